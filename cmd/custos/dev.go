@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/custos-dev/custos/internal/config"
+	"github.com/custos-dev/custos/internal/devenv"
+	"github.com/custos-dev/custos/internal/devissuer"
+	"github.com/custos-dev/custos/internal/selfsigned"
+)
+
+const defaultDataDir = "./.custos"
+
+// Dev mode defaults: loopback only.
+const (
+	defaultDevPGListen    = "127.0.0.1:6543"
+	defaultDevGRPCListen  = "127.0.0.1:9901"
+	defaultDevAdminListen = "127.0.0.1:9902"
+	devIssuerPath         = "/dev-oidc"
+)
+
+// runDev runs custos on embedded defaults: an in-process OIDC issuer, a
+// throwaway PostgreSQL with demo card data, and the pgfilter listener.
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("custos dev", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dataDir := fs.String("data-dir", defaultDataDir, "where keys, certificates and the demo database live (reused by a second run)")
+	pgListen := fs.String("pg-listen", defaultDevPGListen, "Postgres listener for clients")
+	grpcListen := fs.String("grpc-listen", defaultDevGRPCListen, "gRPC listener (health; Envoy services)")
+	adminListen := fs.String("admin-listen", defaultDevAdminListen, "admin HTTP listener (/healthz, /readyz, /metrics, dev issuer)")
+	upstreamPort := fs.Int("upstream-port", 0, "port of the demo PostgreSQL (0 picks a free one)")
+	var lf logFlags
+	lf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	if *adminListen == "" {
+		return fmt.Errorf("--admin-listen is required: the dev issuer is served there")
+	}
+	dir, err := filepath.Abs(*dataDir)
+	if err != nil {
+		return err
+	}
+	// 0711: the demo PostgreSQL may run as the postgres user (custos
+	// started as root) and must reach its cluster inside; everything
+	// secret in here is a 0600 file.
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return err
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chmod(dir, 0o711); err != nil {
+			return err
+		}
+	}
+	iss, err := devissuer.Open(dir)
+	if err != nil {
+		return err
+	}
+	certFile, keyFile := filepath.Join(dir, "tls", "server.crt"), filepath.Join(dir, "tls", "server.key")
+	if err := os.MkdirAll(filepath.Dir(certFile), 0o700); err != nil {
+		return err
+	}
+	if _, err := selfsigned.LoadOrCreate(certFile, keyFile, []string{"localhost", "127.0.0.1", "::1"}); err != nil {
+		return err
+	}
+
+	cfg := &config.Config{
+		DataDir: dir,
+		Listeners: config.Listeners{
+			Postgres: config.PostgresListener{
+				Address: *pgListen,
+				TLS:     config.TLSFiles{CertFile: certFile, KeyFile: keyFile},
+			},
+			GRPC:  config.Listener{Address: *grpcListen},
+			Admin: config.Listener{Address: *adminListen},
+		},
+	}
+	lns, err := listen(cfg)
+	if err != nil {
+		return err
+	}
+	defer lns.close()
+
+	env, err := devenv.Prepare(ctx, devenv.Options{DataDir: dir, Port: *upstreamPort, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := env.Cluster.Stop(); err != nil {
+			log.Error("stopping the demo database", "error", err)
+		}
+	}()
+
+	issuerURL := "http://" + lns.admin.Addr().String() + devIssuerPath
+	if err := iss.SetURL(issuerURL); err != nil {
+		return err
+	}
+	cfg.OIDC.Issuers = []config.Issuer{{URL: issuerURL, Audiences: []string{devissuer.DefaultAudience}}}
+	cfg.Resources = []config.Resource{env.Resource}
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	gw, err := newGateway(ctx, cfg, lns, log, func(mux *http.ServeMux) {
+		mux.Handle(devIssuerPath+"/", http.StripPrefix(devIssuerPath, iss.Handler()))
+	})
+	if err != nil {
+		return err
+	}
+
+	pgAddr := lns.pg.Addr().String()
+	vars := [][2]string{
+		{"CUSTOS_PG_ADDR", pgAddr},
+		{"CUSTOS_PG_HOST", hostOf(pgAddr)},
+		{"CUSTOS_PG_PORT", portOf(pgAddr)},
+		{"CUSTOS_GRPC_ADDR", lns.grpc.Addr().String()},
+		{"CUSTOS_ADMIN_URL", "http://" + lns.admin.Addr().String()},
+		{"CUSTOS_ISSUER", issuerURL},
+		{"CUSTOS_DATABASE", devenv.Database},
+		{"CUSTOS_CA_FILE", certFile},
+		{"CUSTOS_UPSTREAM_DSN", env.Cluster.DSN(devenv.Database)},
+	}
+	envFile := filepath.Join(dir, "dev.env")
+	if err := writeEnvFile(envFile, vars); err != nil {
+		return err
+	}
+	printQuickstart(stdout, dir, envFile, pgAddr, certFile)
+	return gw.serve(ctx)
+}
+
+// writeEnvFile writes KEY='value' lines a POSIX shell can source.
+func writeEnvFile(path string, vars [][2]string) error {
+	var b strings.Builder
+	b.WriteString("# written by custos dev; source it: . " + path + "\n")
+	for _, kv := range vars {
+		fmt.Fprintf(&b, "export %s=%s\n", kv[0], shellQuote(kv[1]))
+	}
+	return os.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+func hostOf(addr string) string {
+	h, _, _ := net.SplitHostPort(addr)
+	return h
+}
+
+func portOf(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+func printQuickstart(w io.Writer, dir, envFile, pgAddr, certFile string) {
+	self := "custos"
+	if exe, err := os.Executable(); err == nil {
+		self = exe
+	}
+	fmt.Fprintf(w, `
+custos dev is running (data dir %s; settings in %s).
+
+Connect as an agent with a token as the password:
+
+  export PGPASSWORD="$(%s token --data-dir %s --sub alice --groups agents --act alice@example.com)"
+  psql "host=%s port=%s dbname=%s user=alice sslmode=verify-full sslrootcert=%s" -c 'SELECT id, holder, pan FROM cards'
+
+Ctrl-C stops custos and the demo database.
+`, dir, envFile, self, shellQuote(dir), hostOf(pgAddr), portOf(pgAddr), devenv.Database, shellQuote(certFile))
+}

@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/custos-dev/custos/internal/authn"
+	"github.com/custos-dev/custos/internal/config"
+	"github.com/custos-dev/custos/pgfilter"
+)
+
+func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
+	fs := flag.NewFlagSet("custos serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "custos.yaml", "config file")
+	var lf logFlags
+	lf.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	lns, err := listen(cfg)
+	if err != nil {
+		return err
+	}
+	gw, err := newGateway(ctx, cfg, lns, log, nil)
+	if err != nil {
+		lns.close()
+		return err
+	}
+	return gw.serve(ctx)
+}
+
+// listeners are bound before anything else so that ":0" addresses are
+// known to whoever needs them (the dev issuer's URL, dev.env).
+type listeners struct {
+	pg, grpc, admin net.Listener
+}
+
+func listen(cfg *config.Config) (*listeners, error) {
+	var lns listeners
+	var err error
+	if lns.pg, err = net.Listen("tcp", cfg.Listeners.Postgres.Address); err != nil {
+		return nil, fmt.Errorf("listeners.postgres.address: %w", err)
+	}
+	if a := cfg.Listeners.GRPC.Address; a != "" {
+		if lns.grpc, err = net.Listen("tcp", a); err != nil {
+			lns.close()
+			return nil, fmt.Errorf("listeners.grpc.address: %w", err)
+		}
+	}
+	if a := cfg.Listeners.Admin.Address; a != "" {
+		if lns.admin, err = net.Listen("tcp", a); err != nil {
+			lns.close()
+			return nil, fmt.Errorf("listeners.admin.address: %w", err)
+		}
+	}
+	return &lns, nil
+}
+
+func (l *listeners) close() {
+	for _, ln := range []net.Listener{l.pg, l.grpc, l.admin} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+}
+
+// gateway is custos assembled from its config.
+type gateway struct {
+	cfg    *config.Config
+	log    *slog.Logger
+	lns    *listeners
+	pg     *pgfilter.Server
+	grpc   *grpc.Server
+	health *health.Server
+	admin  *http.Server
+	ready  atomic.Bool
+}
+
+// newGateway builds every part; extraAdmin may mount more handlers on the
+// admin listener (the dev issuer).
+func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *slog.Logger, extraAdmin func(*http.ServeMux)) (*gateway, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	httpClient, err := issuerHTTPClient(cfg.OIDC.Issuers)
+	if err != nil {
+		return nil, err
+	}
+	issuers := make([]authn.Issuer, 0, len(cfg.OIDC.Issuers))
+	for _, is := range cfg.OIDC.Issuers {
+		issuers = append(issuers, authn.Issuer{
+			URL: is.URL, Audiences: is.Audiences, GroupsClaim: is.GroupsClaim,
+			UserClaim: is.UserClaim, Algorithms: is.Algorithms,
+		})
+	}
+	verifier, err := authn.NewVerifier(ctx, issuers, authn.WithHTTPClient(httpClient), authn.WithClockSkew(cfg.OIDC.ClockSkew))
+	if err != nil {
+		return nil, fmt.Errorf("oidc: %w", err)
+	}
+	var tlsCfg *tls.Config
+	if tf := cfg.Listeners.Postgres.TLS; tf.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(tf.CertFile, tf.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("listeners.postgres.tls: %w", err)
+		}
+		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	pg, err := pgfilter.New(pgfilter.Options{
+		Listener:   cfg.Listeners.Postgres,
+		Sessions:   cfg.Sessions,
+		Resources:  cfg.Resources,
+		TLSConfig:  tlsCfg,
+		Verifier:   verifier,
+		Logger:     log.With("component", "pgfilter"),
+		Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg}
+	if lns.grpc != nil {
+		gw.grpc = grpc.NewServer()
+		gw.health = health.NewServer()
+		healthpb.RegisterHealthServer(gw.grpc, gw.health)
+	}
+	if lns.admin != nil {
+		mux := http.NewServeMux()
+		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = io.WriteString(w, "ok\n")
+		})
+		mux.HandleFunc("GET /readyz", gw.readyz)
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		if extraAdmin != nil {
+			extraAdmin(mux)
+		}
+		gw.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
+	return gw, nil
+}
+
+// readyz reports ready when custos accepts connections and every upstream
+// answers on TCP.
+func (g *gateway) readyz(w http.ResponseWriter, r *http.Request) {
+	if !g.ready.Load() {
+		http.Error(w, "not ready: starting or shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var d net.Dialer
+	for _, res := range g.cfg.Resources {
+		c, err := d.DialContext(ctx, "tcp", res.Address)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("not ready: resource %s unreachable", res.Name), http.StatusServiceUnavailable)
+			return
+		}
+		_ = c.Close()
+	}
+	_, _ = io.WriteString(w, "ready\n")
+}
+
+// serve runs until ctx is done, then shuts down gracefully.
+func (g *gateway) serve(ctx context.Context) error {
+	errc := make(chan error, 3)
+	var wg sync.WaitGroup
+	start := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	start("pgfilter", func() error {
+		if err := g.pg.Serve(g.lns.pg); !errors.Is(err, pgfilter.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	if g.grpc != nil {
+		start("grpc", func() error { return g.grpc.Serve(g.lns.grpc) })
+		g.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	}
+	if g.admin != nil {
+		start("admin", func() error {
+			if err := g.admin.Serve(g.lns.admin); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	g.ready.Store(true)
+	g.log.Info("custos started", "postgres", g.lns.pg.Addr().String(), "version", version)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		g.log.Error("listener failed", "error", runErr)
+	}
+	g.ready.Store(false)
+	g.log.Info("custos shutting down", "grace", g.cfg.Sessions.ShutdownGrace.String())
+	sctx, cancel := context.WithTimeout(context.Background(), g.cfg.Sessions.ShutdownGrace)
+	defer cancel()
+	if g.health != nil {
+		g.health.Shutdown()
+	}
+	if err := g.pg.Shutdown(sctx); err != nil {
+		g.log.Warn("sessions ended by shutdown deadline", "error", err)
+	}
+	if g.grpc != nil {
+		g.grpc.GracefulStop()
+	}
+	if g.admin != nil {
+		_ = g.admin.Shutdown(sctx)
+	}
+	wg.Wait()
+	g.log.Info("custos stopped")
+	return runErr
+}
+
+// issuerHTTPClient trusts the system roots plus every issuer's CA file.
+func issuerHTTPClient(issuers []config.Issuer) (*http.Client, error) {
+	var pool *x509.CertPool
+	for i, is := range issuers {
+		if is.CAFile == "" {
+			continue
+		}
+		if pool == nil {
+			var err error
+			if pool, err = x509.SystemCertPool(); err != nil {
+				pool = x509.NewCertPool()
+			}
+		}
+		pem, err := os.ReadFile(is.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("oidc.issuers[%d].ca_file: %w", i, err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("oidc.issuers[%d].ca_file: no certificate found", i)
+		}
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	if pool != nil {
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	}
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}, nil
+}

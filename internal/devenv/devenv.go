@@ -1,0 +1,161 @@
+// Package devenv prepares what `custos dev` runs on: a throwaway local
+// PostgreSQL cluster in the data dir, seeded with a demo cardholder-data
+// database, and the gateway-held role custos logs in with. A second run on
+// the same data dir reuses all of it.
+package devenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/custos-dev/custos/internal/config"
+	"github.com/custos-dev/custos/internal/pgcluster"
+)
+
+// Names of the demo database and the gateway's upstream role.
+const (
+	Database     = "payments"
+	ResourceName = "payments-db"
+	GatewayRole  = "custos_gateway"
+)
+
+// Options configure Prepare.
+type Options struct {
+	// DataDir is custos' data dir; the cluster lives in DataDir/postgres.
+	DataDir string
+	// Port for the cluster; 0 picks a free one (reused on restart when free).
+	Port   int
+	Logger *slog.Logger
+}
+
+// Env is a running demo database.
+type Env struct {
+	Cluster *pgcluster.Cluster
+	// Resource is the upstream configuration custos uses for the demo.
+	Resource config.Resource
+	// CAFile is the cluster's certificate, which custos verifies.
+	CAFile string
+}
+
+// Prepare starts (initialising on first use) the demo cluster and seeds it.
+func Prepare(ctx context.Context, opts Options) (*Env, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	cl, err := pgcluster.Start(ctx, pgcluster.Options{
+		Dir:    filepath.Join(opts.DataDir, "postgres"),
+		Port:   opts.Port,
+		TLS:    true,
+		Logger: opts.Logger.With("component", "postgres"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("devenv: %w", err)
+	}
+	env, err := Seed(ctx, cl, opts.DataDir)
+	if err != nil {
+		_ = cl.Stop()
+		return nil, err
+	}
+	return env, nil
+}
+
+// Seed creates (or repairs) the gateway role, the demo database and its
+// tables in a running cluster, keeping the role's password in dataDir.
+func Seed(ctx context.Context, cl *pgcluster.Cluster, dataDir string) (*Env, error) {
+	pwFile := filepath.Join(dataDir, "upstream-password")
+	password, err := os.ReadFile(pwFile)
+	fresh := errors.Is(err, fs.ErrNotExist)
+	switch {
+	case fresh:
+		var b [18]byte
+		_, _ = rand.Read(b[:])
+		password = []byte(hex.EncodeToString(b[:]))
+	case err != nil:
+		return nil, fmt.Errorf("devenv: %w", err)
+	}
+	// Role and database first (idempotent), then the password file, so a
+	// crash in between is repaired by the next run.
+	if err := cl.Exec(ctx, "postgres", fmt.Sprintf(`DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '%[1]s') THEN
+    CREATE ROLE %[1]s LOGIN;
+  END IF;
+END $$;
+ALTER ROLE %[1]s PASSWORD '%[2]s';`, GatewayRole, password)); err != nil {
+		return nil, fmt.Errorf("devenv: gateway role: %w", err)
+	}
+	if err := cl.CreateDatabase(ctx, Database); err != nil {
+		return nil, fmt.Errorf("devenv: %w", err)
+	}
+	if err := cl.Exec(ctx, Database, seedSQL); err != nil {
+		return nil, fmt.Errorf("devenv: seed: %w", err)
+	}
+	if fresh {
+		if err := os.WriteFile(pwFile, password, 0o600); err != nil {
+			return nil, fmt.Errorf("devenv: %w", err)
+		}
+	}
+	caFile := filepath.Join(dataDir, "postgres-ca.pem")
+	if err := os.WriteFile(caFile, cl.CACertPEM, 0o644); err != nil {
+		return nil, fmt.Errorf("devenv: %w", err)
+	}
+	return &Env{
+		Cluster: cl,
+		CAFile:  caFile,
+		Resource: config.Resource{
+			Name:     ResourceName,
+			Type:     "postgres",
+			Address:  cl.Addr(),
+			Database: Database,
+			User:     GatewayRole,
+			Password: config.Secret{File: pwFile},
+			TLS:      config.UpstreamTLS{Mode: "verify-full", CAFile: caFile},
+			Labels:   map[string]string{"pci": "cde"},
+		},
+	}, nil
+}
+
+// seedSQL creates the demo schema and fills it once. The PANs are the
+// standard public test numbers.
+const seedSQL = `
+CREATE TABLE IF NOT EXISTS cards (
+  id     serial PRIMARY KEY,
+  holder text NOT NULL,
+  pan    text NOT NULL,
+  cvv    text NOT NULL,
+  exp    text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS customers (
+  id      serial PRIMARY KEY,
+  name    text NOT NULL,
+  email   text NOT NULL,
+  card_id integer REFERENCES cards(id),
+  note    text
+);
+INSERT INTO cards (holder, pan, cvv, exp)
+SELECT * FROM (VALUES
+  ('Ada Lovelace',     '4242424242424242', '123',  '12/30'),
+  ('Alan Turing',      '5555555555554444', '456',  '01/29'),
+  ('Grace Hopper',     '378282246310005',  '7890', '06/28'),
+  ('Edsger Dijkstra',  '6011111111111117', '321',  '09/31'),
+  ('Barbara Liskov',   '3056930009020004', '654',  '03/27'),
+  ('Donald Knuth',     '6200000000000005', '987',  '11/30'),
+  ('Frances Allen',    '4000056655665556', '246',  '02/29'),
+  ('Ken Thompson',     '2223003122003222', '135',  '08/28')
+) AS v(holder, pan, cvv, exp)
+WHERE NOT EXISTS (SELECT 1 FROM cards);
+INSERT INTO customers (name, email, card_id, note)
+SELECT c.holder, lower(replace(c.holder, ' ', '.')) || '@example.com', c.id,
+       CASE WHEN c.id = 1 THEN 'called support, read card 4242 4242 4242 4242 aloud' END
+FROM cards c
+WHERE NOT EXISTS (SELECT 1 FROM customers);
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO ` + GatewayRole + `;
+GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO ` + GatewayRole + `;
+GRANT CREATE ON SCHEMA public TO ` + GatewayRole + `;
+`

@@ -1,0 +1,503 @@
+package pgfilter
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/custos-dev/custos/internal/authn"
+	"github.com/custos-dev/custos/internal/config"
+)
+
+// allowedParams are the startup parameters passed upstream, keyed by their
+// lower-case name. Anything else, `options` and `replication` included, is
+// refused: a startup parameter is a GUC set before any policy can see it.
+var allowedParams = map[string]string{
+	"application_name":                    "application_name",
+	"client_encoding":                     "client_encoding",
+	"datestyle":                           "DateStyle",
+	"timezone":                            "TimeZone",
+	"intervalstyle":                       "IntervalStyle",
+	"extra_float_digits":                  "extra_float_digits",
+	"search_path":                         "search_path",
+	"statement_timeout":                   "statement_timeout",
+	"lock_timeout":                        "lock_timeout",
+	"idle_in_transaction_session_timeout": "idle_in_transaction_session_timeout",
+	"bytea_output":                        "bytea_output",
+	"lc_monetary":                         "lc_monetary",
+	"lc_numeric":                          "lc_numeric",
+	"lc_time":                             "lc_time",
+	"geqo":                                "geqo",
+}
+
+// handshake is the startup phase of one client connection.
+type handshake struct {
+	srv  *Server
+	raw  net.Conn
+	conn net.Conn // raw, or the TLS connection over it
+	br   *bufio.Reader
+	tls  bool
+	log  *slog.Logger
+}
+
+// bufferedConn reads first what a bufio.Reader already holds.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (s *Server) handle(raw net.Conn) {
+	clientAddr := raw.RemoteAddr().String()
+	log := s.log.With("client_address", clientAddr)
+	hs := &handshake{srv: s, raw: raw, conn: raw, br: bufio.NewReaderSize(raw, 16<<10), log: log}
+	_ = raw.SetDeadline(time.Now().Add(s.opts.StartupTimeout))
+	ss, err := hs.run(context.Background())
+	s.trackConn(raw, false)
+	if err != nil || ss == nil {
+		if err != nil {
+			var ce *clientError
+			if errors.As(err, &ce) {
+				_ = hs.send(ce.resp)
+			}
+		}
+		_ = hs.conn.Close()
+		return
+	}
+	_ = raw.SetDeadline(time.Time{})
+	ss.run()
+}
+
+// send writes backend messages to the client during the handshake.
+func (hs *handshake) send(msgs ...pgproto3.BackendMessage) error {
+	var buf []byte
+	var err error
+	for _, m := range msgs {
+		if buf, err = m.Encode(buf); err != nil {
+			return err
+		}
+	}
+	_, err = hs.conn.Write(buf)
+	return err
+}
+
+// run negotiates encryption, reads the startup message, authenticates and
+// logs in upstream. A nil session with a nil error means the connection
+// was fully served (a cancel request).
+func (hs *handshake) run(ctx context.Context) (*session, error) {
+	s := hs.srv
+	first, err := hs.br.Peek(1)
+	if err != nil {
+		return nil, nil // closed before saying anything
+	}
+	if first[0] == 0x16 { // a TLS record: direct TLS (sslnegotiation=direct)
+		if s.opts.TLSConfig == nil {
+			hs.log.Warn("direct TLS refused: no certificate configured")
+			s.metrics.connections.WithLabelValues("tls_refused").Inc()
+			return nil, nil
+		}
+		if err := hs.startTLS(ctx, &bufferedConn{Conn: hs.raw, r: hs.br}, true); err != nil {
+			return nil, err
+		}
+	}
+	for {
+		pkt, err := readStartupPacket(hs.br)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil, nil
+			}
+			s.metrics.connections.WithLabelValues("protocol_error").Inc()
+			return nil, fatal("08P01", "invalid startup packet: "+err.Error())
+		}
+		req, err := parseStartupPacket(pkt)
+		if err != nil {
+			s.metrics.connections.WithLabelValues("protocol_error").Inc()
+			return nil, fatal("08P01", err.Error())
+		}
+		switch req.code {
+		case sslRequestCode:
+			if hs.tls {
+				return nil, fatal("08P01", "SSL request received on an encrypted connection")
+			}
+			if s.opts.TLSConfig == nil {
+				if _, err := hs.conn.Write([]byte{'N'}); err != nil {
+					return nil, nil
+				}
+				continue
+			}
+			if hs.br.Buffered() > 0 {
+				// Bytes sent before the handshake could have been
+				// injected by anyone on the path.
+				s.metrics.connections.WithLabelValues("protocol_error").Inc()
+				hs.log.Warn("unencrypted data after SSL request refused")
+				return nil, fatal("08P01", "received unencrypted data after SSL request")
+			}
+			if _, err := hs.conn.Write([]byte{'S'}); err != nil {
+				return nil, nil
+			}
+			if err := hs.startTLS(ctx, hs.raw, false); err != nil {
+				return nil, err
+			}
+		case gssEncRequestCode:
+			if hs.tls {
+				return nil, fatal("08P01", "GSSAPI encryption request received on an encrypted connection")
+			}
+			if _, err := hs.conn.Write([]byte{'N'}); err != nil {
+				return nil, nil
+			}
+		case cancelRequestCode:
+			s.handleCancel(ctx, req, hs.log)
+			return nil, nil
+		default:
+			return hs.startup(ctx, req)
+		}
+	}
+}
+
+func (hs *handshake) startTLS(ctx context.Context, c net.Conn, direct bool) error {
+	cfg := hs.srv.opts.TLSConfig.Clone()
+	cfg.NextProtos = []string{"postgresql"}
+	tc := tls.Server(c, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		hs.srv.metrics.connections.WithLabelValues("tls_failed").Inc()
+		hs.log.Warn("client TLS handshake failed", "error", err)
+		return fmt.Errorf("tls handshake: %w", err)
+	}
+	if direct && tc.ConnectionState().NegotiatedProtocol != "postgresql" {
+		// Direct TLS without ALPN could be a confused HTTPS client.
+		hs.srv.metrics.connections.WithLabelValues("tls_refused").Inc()
+		hs.log.Warn("direct TLS without ALPN postgresql refused")
+		hs.conn = tc
+		return fatal("08P01", "direct SSL connection requires ALPN protocol \"postgresql\"")
+	}
+	hs.conn = tc
+	hs.br = bufio.NewReaderSize(tc, 16<<10)
+	hs.tls = true
+	return nil
+}
+
+func (s *Server) handleCancel(ctx context.Context, req *startupRequest, log *slog.Logger) {
+	ss := s.sessionByKey(req.pid, req.secret)
+	if ss == nil {
+		s.metrics.cancels.WithLabelValues("unknown_key").Inc()
+		log.Info("cancel request with unknown key ignored")
+		return
+	}
+	if err := cancelUpstream(ctx, ss.upstreamAddr, ss.upstreamTLS, ss.upstreamPID, ss.upstreamSecret); err != nil {
+		s.metrics.cancels.WithLabelValues("failed").Inc()
+		log.Warn("cancel request failed", "session_id", ss.ID, "error", err)
+		return
+	}
+	s.metrics.cancels.WithLabelValues("sent").Inc()
+	log.Info("cancel request forwarded", "session_id", ss.ID, "principal", ss.Principal.Subject)
+}
+
+// startup handles a StartupMessage: parameters, authentication, upstream.
+func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session, error) {
+	s := hs.srv
+	if minor := req.code & 0xffff; minor > 0 || len(req.pqOptions) > 0 {
+		opts := req.pqOptions
+		if opts == nil {
+			opts = []string{}
+		}
+		if err := hs.send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: opts}); err != nil {
+			return nil, nil
+		}
+	}
+	var user, database string
+	params := map[string]string{}
+	for _, p := range req.params {
+		name := strings.ToLower(p.name)
+		switch name {
+		case "user":
+			user = p.value
+		case "database":
+			database = p.value
+		case "replication":
+			s.metrics.connections.WithLabelValues("refused_parameter").Inc()
+			return nil, fatal("28000", "replication connections are not allowed through custos")
+		case "options":
+			s.metrics.connections.WithLabelValues("refused_parameter").Inc()
+			return nil, fatalHint("28000", "startup option settings (-c, PGOPTIONS) are not allowed through custos",
+				"Run SET after connecting instead; policy sees it there.")
+		case "fallback_application_name":
+			if _, ok := params["application_name"]; !ok {
+				params["application_name"] = p.value
+			}
+		default:
+			canon, ok := allowedParams[name]
+			if !ok {
+				s.metrics.connections.WithLabelValues("refused_parameter").Inc()
+				return nil, fatal("28000", fmt.Sprintf("startup parameter %q is not allowed through custos", p.name))
+			}
+			params[canon] = p.value
+		}
+	}
+	if user == "" {
+		return nil, fatal("28000", "no PostgreSQL user name specified in startup packet")
+	}
+	if database == "" {
+		database = user
+	}
+	log := hs.log.With("user", user, "database", database)
+
+	if !hs.tls {
+		switch s.opts.Listener.PasswordTransport {
+		case config.TransportTLS:
+			s.metrics.authFailures.WithLabelValues("insecure_transport").Inc()
+			log.Warn("authentication failed", "reason", "insecure_transport")
+			return nil, fatalHint("28000", "custos requires TLS before a token may be sent", "Connect with sslmode=require (or stronger).")
+		case config.TransportTLSOrLoopback:
+			if !isLoopback(hs.raw.RemoteAddr()) {
+				s.metrics.authFailures.WithLabelValues("insecure_transport").Inc()
+				log.Warn("authentication failed", "reason", "insecure_transport")
+				return nil, fatalHint("28000", "custos requires TLS before a token may be sent from a non-loopback address", "Connect with sslmode=require (or stronger).")
+			}
+		}
+	}
+
+	var token string
+	var err error
+	if s.opts.Listener.OAuthBearer {
+		token, err = hs.oauthBearer(ctx)
+	} else {
+		token, err = hs.cleartextPassword()
+	}
+	if err != nil {
+		s.metrics.authFailures.WithLabelValues("protocol").Inc()
+		log.Warn("authentication failed", "reason", "protocol", "error", err)
+		return nil, err
+	}
+	principal, err := s.opts.Verifier.Verify(ctx, token)
+	if err != nil {
+		reason := authn.Reason(err)
+		s.metrics.authFailures.WithLabelValues(reason).Inc()
+		log.Warn("authentication failed", "reason", reason, "error", err)
+		if s.opts.Listener.OAuthBearer {
+			hs.oauthFailure()
+		}
+		return nil, fatal("28P01", "token authentication failed for user \""+user+"\": "+err.Error())
+	}
+	if principal.User != user {
+		s.metrics.authFailures.WithLabelValues("user_mismatch").Inc()
+		log.Warn("authentication failed", "reason", "user_mismatch", "principal", principal.Subject)
+		return nil, fatalHint("28000",
+			fmt.Sprintf("startup user %q does not match the token's identity %q", user, principal.User),
+			"Connect with the user name your token was issued for.")
+	}
+	up := s.upstreamFor(database)
+	if up == nil {
+		s.metrics.connections.WithLabelValues("unknown_database").Inc()
+		log.Warn("connection refused", "reason", "unknown_database", "principal", principal.Subject)
+		return nil, fatal("3D000", fmt.Sprintf("database %q is not served by custos", database))
+	}
+
+	ss := newSession(s, Session{
+		ID:         newSessionID(),
+		Principal:  principal,
+		Resource:   up.res,
+		ClientAddr: hs.raw.RemoteAddr().String(),
+		Params:     params,
+		TLS:        hs.tls,
+		Started:    time.Now(),
+	}, hs.conn, hs.br, up.res.Address)
+	ss.log = log.With("session_id", ss.ID, "principal", principal.Subject, "resource", up.res.Name)
+	if principal.Act != nil {
+		ss.log = ss.log.With("act", principal.Act.Subject)
+	}
+	if err := s.admitSession(ss); err != nil {
+		s.metrics.connections.WithLabelValues("refused_limit").Inc()
+		ss.log.Warn("connection refused", "reason", "session_limit")
+		return nil, err
+	}
+	hj, err := s.connectUpstream(ctx, up, params)
+	if err != nil {
+		s.releaseSession(ss)
+		s.metrics.connections.WithLabelValues("upstream_failed").Inc()
+		ss.log.Error("upstream login failed", "error", err)
+		return nil, upstreamError(up.res.Name, err)
+	}
+	ss.attachUpstream(hj)
+	if err := s.activateSession(ss); err != nil {
+		ss.closeUpstream()
+		s.releaseSession(ss)
+		return nil, err
+	}
+	ss.log.Info("authentication succeeded", "tls", hs.tls, "issuer", principal.Issuer, "groups", principal.Groups)
+
+	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
+	names := make([]string, 0, len(hj.ParameterStatuses))
+	for k := range hj.ParameterStatuses {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: k, Value: hj.ParameterStatuses[k]})
+	}
+	var secret [4]byte
+	binary.BigEndian.PutUint32(secret[:], ss.keySecret)
+	msgs = append(msgs,
+		&pgproto3.BackendKeyData{ProcessID: ss.keyPID, SecretKey: secret[:]},
+		&pgproto3.ReadyForQuery{TxStatus: hj.TxStatus},
+	)
+	if err := hs.send(msgs...); err != nil {
+		ss.closeUpstream()
+		s.releaseSession(ss)
+		return nil, nil
+	}
+	s.metrics.connections.WithLabelValues("established").Inc()
+	return ss, nil
+}
+
+// upstreamError tells the client the upstream login failed without
+// revealing anything about the gateway-held credential.
+func upstreamError(resource string, err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && !strings.HasPrefix(pgErr.Code, "28") {
+		return fatal(pgErr.Code, fmt.Sprintf("custos could not open resource %q: %s", resource, pgErr.Message))
+	}
+	return fatal("08006", fmt.Sprintf("custos could not open resource %q; the incident is logged", resource))
+}
+
+func (s *Server) upstreamFor(database string) *upstream {
+	if up, ok := s.upstreams[database]; ok {
+		return up
+	}
+	for _, up := range s.upstreams {
+		if up.res.Database == database {
+			return up
+		}
+	}
+	return nil
+}
+
+// readAuthMessage reads the client's next authentication response ('p').
+func (hs *handshake) readAuthMessage() ([]byte, error) {
+	fr := newFrameReader(hs.br, 64<<10)
+	typ, n, err := fr.header()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("client closed the connection during authentication")
+		}
+		return nil, fatal("08P01", "invalid authentication message: "+err.Error())
+	}
+	if typ != 'p' {
+		return nil, fatal("08P01", fmt.Sprintf("expected an authentication response, got message type %q", typ))
+	}
+	body, err := fr.body(typ, n)
+	if err != nil {
+		return nil, fatal("08P01", "invalid authentication message: "+err.Error())
+	}
+	return bytes.Clone(body), nil
+}
+
+func (hs *handshake) cleartextPassword() (string, error) {
+	if err := hs.send(&pgproto3.AuthenticationCleartextPassword{}); err != nil {
+		return "", err
+	}
+	body, err := hs.readAuthMessage()
+	if err != nil {
+		return "", err
+	}
+	tok, rest, ok := cstring(body)
+	if !ok || len(rest) != 0 {
+		return "", fatal("08P01", "invalid password message")
+	}
+	if tok == "" {
+		return "", fatalHint("28P01", "a token is required as the password", "Pass an OIDC access token as the password (PGPASSWORD).")
+	}
+	return tok, nil
+}
+
+// oauthBearer runs SASL OAUTHBEARER (RFC 7628) and returns the bearer token.
+func (hs *handshake) oauthBearer(ctx context.Context) (string, error) {
+	if err := hs.send(&pgproto3.AuthenticationSASL{AuthMechanisms: []string{"OAUTHBEARER"}}); err != nil {
+		return "", err
+	}
+	body, err := hs.readAuthMessage()
+	if err != nil {
+		return "", err
+	}
+	var init pgproto3.SASLInitialResponse
+	if err := init.Decode(body); err != nil {
+		return "", fatal("08P01", "invalid SASL initial response")
+	}
+	if init.AuthMechanism != "OAUTHBEARER" {
+		return "", fatal("28000", fmt.Sprintf("SASL mechanism %q is not offered; use OAUTHBEARER", init.AuthMechanism))
+	}
+	tok, err := parseOAuthBearer(init.Data)
+	if err != nil {
+		return "", fatal("08P01", err.Error())
+	}
+	if tok == "" {
+		// A discovery request: the client has no token yet.
+		hs.oauthFailure()
+		return "", fatalHint("28000", "a bearer token is required", "Obtain a token from your OIDC issuer and retry.")
+	}
+	return tok, nil
+}
+
+// oauthFailure sends the RFC 7628 error result and waits briefly for the
+// client's dummy response before the ErrorResponse.
+func (hs *handshake) oauthFailure() {
+	data, _ := json.Marshal(map[string]string{"status": "invalid_token", "scope": "openid"})
+	if err := hs.send(&pgproto3.AuthenticationSASLContinue{Data: data}); err != nil {
+		return
+	}
+	_ = hs.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, _ = hs.readAuthMessage()
+}
+
+// parseOAuthBearer extracts the token from a client initial response:
+// gs2-header \x01 auth=Bearer <token> \x01 \x01.
+func parseOAuthBearer(data []byte) (string, error) {
+	parts := strings.Split(string(data), "\x01")
+	if len(parts) < 3 || parts[len(parts)-1] != "" || parts[len(parts)-2] != "" {
+		return "", errors.New("malformed OAUTHBEARER message")
+	}
+	gs2 := parts[0]
+	if !strings.HasPrefix(gs2, "n,") && !strings.HasPrefix(gs2, "y,") {
+		return "", errors.New("OAUTHBEARER channel binding is not supported")
+	}
+	for _, kv := range parts[1 : len(parts)-2] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return "", errors.New("malformed OAUTHBEARER key/value pair")
+		}
+		if k == "auth" {
+			scheme, tok, ok := strings.Cut(v, " ")
+			if !ok || !strings.EqualFold(scheme, "bearer") {
+				return "", errors.New("OAUTHBEARER auth value must be \"Bearer <token>\"")
+			}
+			return strings.TrimSpace(tok), nil
+		}
+	}
+	return "", nil
+}
+
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
+func randomKey() (uint32, uint32) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return binary.BigEndian.Uint32(b[:4]) &^ (1 << 31), binary.BigEndian.Uint32(b[4:])
+}

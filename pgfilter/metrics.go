@@ -1,0 +1,45 @@
+package pgfilter
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	connections  *prometheus.CounterVec
+	authFailures *prometheus.CounterVec
+	active       prometheus.Gauge
+	messages     *prometheus.CounterVec
+	bytes        *prometheus.CounterVec
+	cancels      *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "custos", Subsystem: "pg", Name: "connections_total",
+			Help: "Client connections by outcome of the startup phase.",
+		}, []string{"outcome"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "custos", Subsystem: "pg", Name: "auth_failures_total",
+			Help: "Failed client authentications by reason.",
+		}, []string{"reason"}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "custos", Subsystem: "pg", Name: "sessions_active",
+			Help: "Authenticated sessions currently relaying.",
+		}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "custos", Subsystem: "pg", Name: "messages_total",
+			Help: "Relayed protocol messages by direction (added when a session ends).",
+		}, []string{"direction"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "custos", Subsystem: "pg", Name: "bytes_total",
+			Help: "Relayed bytes by direction (added when a session ends).",
+		}, []string{"direction"}),
+		cancels: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "custos", Subsystem: "pg", Name: "cancel_requests_total",
+			Help: "Client cancel requests by outcome.",
+		}, []string{"outcome"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.connections, m.authFailures, m.active, m.messages, m.bytes, m.cancels)
+	}
+	return m
+}

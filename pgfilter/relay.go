@@ -1,0 +1,380 @@
+package pgfilter
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+const (
+	clientBufSize = 16 << 10
+	serverBufSize = 32 << 10
+)
+
+// session is an authenticated connection being relayed.
+type session struct {
+	Session
+	srv *Server
+	log *slog.Logger
+
+	client    net.Conn
+	clientBuf *bufio.Reader
+	clientMu  sync.Mutex
+	clientW   frameWriter
+
+	server   net.Conn
+	serverMu sync.Mutex
+	serverW  frameWriter
+	serverR  *frameReader
+
+	upstreamAddr   string
+	upstreamTLS    *tls.Config
+	upstreamPID    uint32
+	upstreamSecret []byte
+
+	keyPID, keySecret uint32
+	// admitted and active are guarded by the server's mutex.
+	admitted, active bool
+
+	hooks []Hook
+	// wants[d][typ] lists the hooks that handle typ in direction d.
+	wants [2][256][]Hook
+
+	ctx          context.Context
+	cancel       context.CancelFunc
+	lastActivity atomic.Int64
+	endOnce      sync.Once
+	endErr       error
+
+	msgs, bytes [2]uint64
+}
+
+func newSession(s *Server, pub Session, client net.Conn, clientBuf *bufio.Reader, upstreamAddr string) *session {
+	ss := &session{
+		Session:      pub,
+		srv:          s,
+		client:       client,
+		clientBuf:    clientBuf,
+		clientW:      frameWriter{w: bufio.NewWriterSize(client, serverBufSize)},
+		upstreamAddr: upstreamAddr,
+	}
+	ss.ctx, ss.cancel = context.WithCancel(context.Background())
+	return ss
+}
+
+// attachUpstream takes over the hijacked upstream connection; it runs
+// before the session is visible to anything but its own goroutine.
+func (ss *session) attachUpstream(hj *pgconn.HijackedConn) {
+	ss.server = hj.Conn
+	ss.serverR = newFrameReader(bufio.NewReaderSize(hj.Conn, serverBufSize), ss.srv.opts.Listener.MaxMessageBytes)
+	ss.serverW = frameWriter{w: bufio.NewWriterSize(hj.Conn, clientBufSize)}
+	ss.upstreamTLS = hj.TLSConfig
+	ss.upstreamPID = hj.PID
+	ss.upstreamSecret = hj.SecretKey
+}
+
+func (ss *session) closeUpstream() {
+	if ss.server != nil {
+		_ = ss.server.Close()
+	}
+}
+
+// run relays until the session ends.
+func (ss *session) run() {
+	s := ss.srv
+	defer s.releaseSession(ss)
+	s.metrics.active.Inc()
+	defer s.metrics.active.Dec()
+	defer ss.cancel()
+
+	clientR := newFrameReader(ss.clientBuf, s.opts.Listener.MaxMessageBytes)
+
+	for _, f := range s.opts.Hooks {
+		h, err := f(&ss.Session)
+		if err != nil {
+			ss.log.Error("session hook failed to start", "error", err)
+			ss.terminate(fatal("XX000", "custos could not start the session's controls; the incident is logged"))
+			ss.finish()
+			return
+		}
+		ss.hooks = append(ss.hooks, h)
+		for d := range 2 {
+			for typ := range 256 {
+				if h.Wants(Direction(d), byte(typ)) {
+					ss.wants[d][typ] = append(ss.wants[d][typ], h)
+				}
+			}
+		}
+	}
+
+	ss.touch()
+	var timers []*time.Timer
+	if exp := ss.Principal.Expiry; !exp.IsZero() {
+		end := exp.Add(s.opts.Sessions.TokenGrace)
+		timers = append(timers, time.AfterFunc(time.Until(end), func() {
+			ss.terminate(fatalHint("28000",
+				fmt.Sprintf("session ended: the token for %s expired at %s", ss.Principal.Subject, exp.UTC().Format(time.RFC3339)),
+				"Reconnect with a fresh token."))
+		}))
+	}
+	if idle := s.opts.Sessions.IdleTimeout; idle > 0 {
+		var t *time.Timer
+		t = time.AfterFunc(idle, func() {
+			since := time.Since(time.Unix(0, ss.lastActivity.Load()))
+			if since >= idle {
+				ss.terminate(errIdle)
+				return
+			}
+			t.Reset(idle - since)
+		})
+		timers = append(timers, t)
+	}
+	defer func() {
+		for _, t := range timers {
+			t.Stop()
+		}
+	}()
+
+	errc := make(chan error, 2)
+	go func() { errc <- ss.pump(ClientToServer, clientR, &ss.serverW, &ss.serverMu) }()
+	go func() { errc <- ss.pump(ServerToClient, ss.serverR, &ss.clientW, &ss.clientMu) }()
+	ss.terminate(<-errc)
+	if err := <-errc; err != nil {
+		ss.log.Debug("relay direction ended", "error", err)
+	}
+	ss.finish()
+}
+
+// finish logs the end of the session and folds its counters into metrics.
+func (ss *session) finish() {
+	m := ss.srv.metrics
+	for d := range 2 {
+		dir := Direction(d).String()
+		m.messages.WithLabelValues(dir).Add(float64(ss.msgs[d]))
+		m.bytes.WithLabelValues(dir).Add(float64(ss.bytes[d]))
+	}
+	reason := "client_closed"
+	if ss.endErr != nil && !errors.Is(ss.endErr, errClientTerminate) && !isClosedErr(ss.endErr) {
+		reason = ss.endErr.Error()
+	}
+	for _, h := range ss.hooks {
+		h.Close(ss.endErr)
+	}
+	ss.log.Info("connection closed", "reason", reason,
+		"duration_ms", time.Since(ss.Started).Milliseconds(),
+		"messages_in", ss.msgs[ClientToServer], "messages_out", ss.msgs[ServerToClient],
+		"bytes_in", ss.bytes[ClientToServer], "bytes_out", ss.bytes[ServerToClient])
+}
+
+var (
+	errClientTerminate = errors.New("client sent Terminate")
+	errServerClosed    = errors.New("upstream closed the connection")
+)
+
+func isClosedErr(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, errServerClosed)
+}
+
+func (ss *session) touch() { ss.lastActivity.Store(time.Now().UnixNano()) }
+
+// terminate ends the session once: err, when it is meant for the client,
+// is sent as an ErrorResponse before both connections close.
+func (ss *session) terminate(err error) {
+	ss.endOnce.Do(func() {
+		ss.endErr = err
+		ss.cancel()
+		if resp := clientFacing(err); resp != nil {
+			_ = ss.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			ss.clientMu.Lock()
+			if buf, encErr := resp.Encode(nil); encErr == nil {
+				_ = ss.clientW.writeEncoded(buf)
+				_ = ss.clientW.flush()
+			}
+			ss.clientMu.Unlock()
+		}
+		_ = ss.client.Close()
+		ss.closeUpstream()
+	})
+}
+
+// clientFacing picks the ErrorResponse a session-ending error deserves, or
+// nil when the client went away or already heard from the server.
+func clientFacing(err error) *pgproto3.ErrorResponse {
+	switch {
+	case err == nil, errors.Is(err, errClientTerminate), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+		return nil
+	case errors.Is(err, errServerClosed):
+		return nil
+	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrMalformed):
+		return &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "08P01", Message: "custos: " + err.Error()}
+	}
+	var ce *clientError
+	if errors.As(err, &ce) {
+		return errorResponseFor(err)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return nil
+	}
+	return errorResponseFor(err)
+}
+
+// pump relays frames from src to dst until an error. It is the only reader
+// of src; writes to dst are serialised with dstMu.
+func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *sync.Mutex) error {
+	wants := &ss.wants[d]
+	var msgs, nbytes uint64
+	defer func() {
+		ss.msgs[d] = msgs
+		ss.bytes[d] = nbytes
+	}()
+	for {
+		typ, n, err := src.header()
+		if err != nil {
+			return ss.readErr(d, err)
+		}
+		msgs++
+		nbytes += uint64(n) + 5
+		if d == ClientToServer && n > src.max {
+			return ss.refuseOversized(src, typ, n)
+		}
+		hooks := wants[typ]
+		switch {
+		case len(hooks) > 0:
+			body, err := src.body(typ, n)
+			if err != nil {
+				return ss.readErr(d, err)
+			}
+			m := Message{Type: typ, Body: body}
+			verdict := Forward
+			for _, h := range hooks {
+				v, err := h.Handle(ss.ctx, d, &m, ss)
+				if err != nil {
+					return err
+				}
+				if v == Drop {
+					verdict = Drop
+					break
+				}
+			}
+			dstMu.Lock()
+			if verdict == Forward {
+				err = dst.write(m.Type, m.Body)
+			}
+			if err == nil && !src.buffered() {
+				err = dst.flush()
+			}
+			dstMu.Unlock()
+			if err != nil {
+				return ss.writeErr(d, err)
+			}
+		case n > streamThreshold:
+			dstMu.Lock()
+			err := dst.writeHeader(typ, n)
+			if err == nil {
+				err = src.stream(dst.w, n)
+			}
+			if err == nil && !src.buffered() {
+				err = dst.flush()
+			}
+			dstMu.Unlock()
+			if err != nil {
+				return ss.writeErr(d, err)
+			}
+		default:
+			body, err := src.body(typ, n)
+			if err != nil {
+				return ss.readErr(d, err)
+			}
+			dstMu.Lock()
+			err = dst.write(typ, body)
+			if err == nil && !src.buffered() {
+				err = dst.flush()
+			}
+			dstMu.Unlock()
+			if err != nil {
+				return ss.writeErr(d, err)
+			}
+		}
+		if !src.buffered() {
+			ss.touch()
+		}
+		if d == ClientToServer && typ == 'X' {
+			return errClientTerminate
+		}
+	}
+}
+
+// refuseOversized reads and drops a client message over the size limit,
+// within a bound, so that the client is still reading when custos tells it
+// why the session ends (closing mid-write would reset the connection and
+// lose the message).
+func (ss *session) refuseOversized(src *frameReader, typ byte, n int) error {
+	ss.log.Warn("client message over the size limit", "type", string(rune(typ)), "bytes", n, "limit", src.max)
+	_ = ss.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.CopyN(io.Discard, src.r, int64(n))
+	return fmt.Errorf("%w: message type %q of %d bytes exceeds the limit of %d bytes", ErrTooLarge, typ, n, src.max)
+}
+
+func (ss *session) readErr(d Direction, err error) error {
+	if d == ServerToClient && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+		return errServerClosed
+	}
+	if d == ServerToClient && errors.Is(err, ErrTooLarge) {
+		ss.log.Error("upstream message over the size limit", "error", err)
+		return fatal("XX000", "custos: a server message exceeded the size limit; the session is closed")
+	}
+	return err
+}
+
+func (ss *session) writeErr(d Direction, err error) error {
+	if d == ClientToServer {
+		return fmt.Errorf("%w: %w", errServerClosed, err)
+	}
+	return err
+}
+
+// SendToClient implements Conn.
+func (ss *session) SendToClient(msgs ...pgproto3.BackendMessage) error {
+	var buf []byte
+	var err error
+	for _, m := range msgs {
+		if buf, err = m.Encode(buf); err != nil {
+			return err
+		}
+	}
+	ss.clientMu.Lock()
+	defer ss.clientMu.Unlock()
+	if err := ss.clientW.writeEncoded(buf); err != nil {
+		return err
+	}
+	return ss.clientW.flush()
+}
+
+// SendToServer implements Conn.
+func (ss *session) SendToServer(msgs ...pgproto3.FrontendMessage) error {
+	var buf []byte
+	var err error
+	for _, m := range msgs {
+		if buf, err = m.Encode(buf); err != nil {
+			return err
+		}
+	}
+	ss.serverMu.Lock()
+	defer ss.serverMu.Unlock()
+	if err := ss.serverW.writeEncoded(buf); err != nil {
+		return err
+	}
+	return ss.serverW.flush()
+}

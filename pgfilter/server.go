@@ -1,0 +1,290 @@
+package pgfilter
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/custos-dev/custos/internal/authn"
+	"github.com/custos-dev/custos/internal/config"
+)
+
+// TokenVerifier verifies a bearer token and returns its principal.
+type TokenVerifier interface {
+	Verify(ctx context.Context, rawToken string) (*authn.Principal, error)
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("pgfilter: server closed")
+
+// Options configure a Server.
+type Options struct {
+	// Listener holds the password transport rule, OAUTHBEARER and the
+	// message size cap. Its address is not used: Serve takes a listener.
+	Listener config.PostgresListener
+	// Sessions bounds session lifetime and count.
+	Sessions config.Sessions
+	// Resources are the upstreams a client may name as its database.
+	Resources []config.Resource
+	// TLSConfig is presented to clients; nil refuses SSLRequest with 'N'.
+	TLSConfig *tls.Config
+	// Verifier checks the token a client sends as its password.
+	Verifier TokenVerifier
+	// Hooks are created for every authenticated session, in order.
+	Hooks []HookFactory
+	// Logger receives connection and authentication events.
+	Logger *slog.Logger
+	// Registerer receives the proxy's metrics; nil registers nowhere.
+	Registerer prometheus.Registerer
+	// StartupTimeout bounds the handshake and authentication (default 30s).
+	StartupTimeout time.Duration
+	// UpstreamConnectTimeout bounds the upstream login (default 10s).
+	UpstreamConnectTimeout time.Duration
+}
+
+// Server accepts Postgres clients and relays them to their upstream.
+type Server struct {
+	opts      Options
+	log       *slog.Logger
+	upstreams map[string]*upstream
+	metrics   *metrics
+
+	mu         sync.Mutex
+	listeners  map[net.Listener]struct{}
+	conns      map[net.Conn]struct{} // connections still in startup
+	sessions   map[*session]struct{}
+	perSubject map[string]int
+	cancelKeys map[uint64]*session
+	closing    bool
+	sessionsWG sync.WaitGroup
+}
+
+// upstream is a resource's prepared login configuration.
+type upstream struct {
+	res *config.Resource
+	cfg *pgconn.Config
+}
+
+// New validates the options and prepares the upstream configurations.
+func New(opts Options) (*Server, error) {
+	if opts.Verifier == nil {
+		return nil, errors.New("pgfilter: a token verifier is required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Listener.MaxMessageBytes <= 0 {
+		opts.Listener.MaxMessageBytes = config.DefaultMaxMessageBytes
+	}
+	if opts.Listener.PasswordTransport == "" {
+		opts.Listener.PasswordTransport = config.TransportTLSOrLoopback
+	}
+	if opts.StartupTimeout <= 0 {
+		opts.StartupTimeout = 30 * time.Second
+	}
+	if opts.UpstreamConnectTimeout <= 0 {
+		opts.UpstreamConnectTimeout = 10 * time.Second
+	}
+	if opts.Listener.PasswordTransport == config.TransportTLS && opts.TLSConfig == nil {
+		return nil, errors.New("pgfilter: password transport tls needs a TLS certificate")
+	}
+	s := &Server{
+		opts:       opts,
+		log:        opts.Logger,
+		upstreams:  map[string]*upstream{},
+		metrics:    newMetrics(opts.Registerer),
+		listeners:  map[net.Listener]struct{}{},
+		conns:      map[net.Conn]struct{}{},
+		sessions:   map[*session]struct{}{},
+		perSubject: map[string]int{},
+		cancelKeys: map[uint64]*session{},
+	}
+	for i := range opts.Resources {
+		res := &opts.Resources[i]
+		cfg, err := upstreamConfig(res)
+		if err != nil {
+			return nil, fmt.Errorf("pgfilter: resource %s: %w", res.Name, err)
+		}
+		cfg.ConnectTimeout = opts.UpstreamConnectTimeout
+		s.upstreams[res.Name] = &upstream{res: res, cfg: cfg}
+	}
+	if len(s.upstreams) == 0 {
+		return nil, errors.New("pgfilter: no resources")
+	}
+	return s, nil
+}
+
+// Serve accepts connections on ln until Shutdown or a listener error.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("pgfilter: accept: %w", err)
+		}
+		backoff = 0
+		if !s.trackConn(c, true) {
+			_ = c.Close()
+			continue
+		}
+		go s.handle(c)
+	}
+}
+
+func (s *Server) trackConn(c net.Conn, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closing {
+			return false
+		}
+		s.conns[c] = struct{}{}
+		return true
+	}
+	delete(s.conns, c)
+	return true
+}
+
+// Shutdown stops accepting, lets sessions finish until ctx is done, then
+// ends the remaining ones with a FATAL message. It returns when every
+// session is closed.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for ln := range s.listeners {
+		_ = ln.Close()
+	}
+	for c := range s.conns {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.sessionsWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for ss := range s.sessions {
+		go ss.terminate(errShutdown)
+	}
+	s.mu.Unlock()
+	<-done
+	return ctx.Err()
+}
+
+// ActiveSessions is the number of authenticated sessions.
+func (s *Server) ActiveSessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// admitSession reserves a place for an authenticated principal, enforcing
+// the per-principal cap, before the upstream login.
+func (s *Server) admitSession(ss *session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return errShutdown
+	}
+	subj := principalKey(ss)
+	if limit := s.opts.Sessions.MaxPerPrincipal; limit > 0 && s.perSubject[subj] >= limit {
+		return fatal("53300", fmt.Sprintf("too many sessions for %s: %d of %d allowed are open", ss.Principal.Subject, s.perSubject[subj], limit))
+	}
+	s.perSubject[subj]++
+	ss.admitted = true
+	return nil
+}
+
+// activateSession makes a session whose upstream is attached visible to
+// cancel requests and shutdown, and gives it its cancel key.
+func (s *Server) activateSession(ss *session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return errShutdown
+	}
+	for {
+		ss.keyPID, ss.keySecret = randomKey()
+		k := cancelKey(ss.keyPID, ss.keySecret)
+		if _, taken := s.cancelKeys[k]; !taken {
+			s.cancelKeys[k] = ss
+			break
+		}
+	}
+	s.sessions[ss] = struct{}{}
+	ss.active = true
+	s.sessionsWG.Add(1)
+	return nil
+}
+
+// releaseSession undoes admitSession and activateSession.
+func (s *Server) releaseSession(ss *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ss.admitted {
+		ss.admitted = false
+		subj := principalKey(ss)
+		if s.perSubject[subj]--; s.perSubject[subj] <= 0 {
+			delete(s.perSubject, subj)
+		}
+	}
+	if ss.active {
+		ss.active = false
+		delete(s.cancelKeys, cancelKey(ss.keyPID, ss.keySecret))
+		delete(s.sessions, ss)
+		s.sessionsWG.Done()
+	}
+}
+
+func principalKey(ss *session) string { return ss.Principal.Issuer + "\x00" + ss.Principal.Subject }
+
+func (s *Server) sessionByKey(pid uint32, secret []byte) *session {
+	if len(secret) != 4 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cancelKeys[cancelKey(pid, binary.BigEndian.Uint32(secret))]
+}
+
+func cancelKey(pid, secret uint32) uint64 { return uint64(pid)<<32 | uint64(secret) }

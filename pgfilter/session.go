@@ -1,0 +1,35 @@
+package pgfilter
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"time"
+
+	"github.com/custos-dev/custos/internal/authn"
+	"github.com/custos-dev/custos/internal/config"
+)
+
+// Session is one authenticated client connection and what it is bound to.
+// Hooks receive it; it does not change after authentication.
+type Session struct {
+	// ID identifies the session in logs and audit records.
+	ID string
+	// Principal is the verified token's identity.
+	Principal *authn.Principal
+	// Resource is the upstream the session is connected to.
+	Resource *config.Resource
+	// ClientAddr is the client's address as seen by custos.
+	ClientAddr string
+	// Params are the startup parameters passed upstream.
+	Params map[string]string
+	// TLS reports whether the client connection is encrypted.
+	TLS bool
+	// Started is when authentication completed.
+	Started time.Time
+}
+
+func newSessionID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
