@@ -66,6 +66,7 @@ func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 func (s *Server) handle(raw net.Conn) {
 	clientAddr := raw.RemoteAddr().String()
 	log := s.log.With("client_address", clientAddr)
+	log.Debug("connection opened")
 	hs := &handshake{srv: s, raw: raw, conn: raw, br: bufio.NewReaderSize(raw, 16<<10), log: log}
 	_ = raw.SetDeadline(time.Now().Add(s.opts.StartupTimeout))
 	ss, err := hs.run(context.Background())

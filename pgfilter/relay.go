@@ -235,6 +235,8 @@ func clientFacing(err error) *pgproto3.ErrorResponse {
 func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *sync.Mutex) error {
 	wants := &ss.wants[d]
 	var msgs, nbytes uint64
+	// One Message per direction, reused: hooks must not keep it.
+	m := new(Message)
 	defer func() {
 		ss.msgs[d] = msgs
 		ss.bytes[d] = nbytes
@@ -256,10 +258,10 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 			if err != nil {
 				return ss.readErr(d, err)
 			}
-			m := Message{Type: typ, Body: body}
+			m.Type, m.Body = typ, body
 			verdict := Forward
 			for _, h := range hooks {
-				v, err := h.Handle(ss.ctx, d, &m, ss)
+				v, err := h.Handle(ss.ctx, d, m, ss)
 				if err != nil {
 					return err
 				}
