@@ -1,0 +1,177 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/custos-dev/custos/internal/devissuer"
+	"github.com/custos-dev/custos/pgfilter/pgfiltertest"
+)
+
+func TestMain(m *testing.M) { pgfiltertest.Main(m) }
+
+func TestRunUsage(t *testing.T) {
+	t.Parallel()
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), nil, &out, &errOut); err == nil {
+		t.Fatal("no command accepted")
+	}
+	if err := run(context.Background(), []string{"frobnicate"}, &out, &errOut); err == nil || !strings.Contains(err.Error(), `unknown command "frobnicate"`) {
+		t.Fatalf("err = %v", err)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"version"}, &out, &errOut); err != nil || !strings.HasPrefix(out.String(), "custos ") {
+		t.Fatalf("version: %q %v", out.String(), err)
+	}
+}
+
+func TestServeRejectsInvalidConfig(t *testing.T) {
+	t.Parallel()
+	cfg := filepath.Join(t.TempDir(), "custos.yaml")
+	if err := os.WriteFile(cfg, []byte("listeners:\n  postgres:\n    address: nope\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"serve", "--config", cfg}, &out, &errOut)
+	for _, want := range []string{`listeners.postgres.address: "nope" is not host:port`, "oidc.issuers: at least one issuer", "resources: at least one resource"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want it to contain %q", err, want)
+		}
+	}
+}
+
+func TestTokenNeedsDevIssuer(t *testing.T) {
+	t.Parallel()
+	var out, errOut bytes.Buffer
+	dir := t.TempDir()
+	err := run(context.Background(), []string{"token", "--data-dir", dir, "--sub", "alice"}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "run `custos dev") {
+		t.Fatalf("err = %v", err)
+	}
+	if err := run(context.Background(), []string{"token", "--data-dir", dir}, &out, &errOut); err == nil || !strings.Contains(err.Error(), "--sub is required") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestServe runs `custos serve` from a config file against a real cluster
+// and a real issuer, connects through it, then stops it with the context.
+func TestServe(t *testing.T) {
+	t.Parallel()
+	_, res := pgfiltertest.Upstream(t)
+	dir := t.TempDir()
+	iss, err := devissuer.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/oidc/", http.StripPrefix("/oidc", iss.Handler()))
+	ts := httptest.NewServer(mux)
+	defer ts.Close()
+	if err := iss.SetURL(ts.URL + "/oidc"); err != nil {
+		t.Fatal(err)
+	}
+	pgAddr, adminAddr := freeAddr(t), freeAddr(t)
+	cfg := fmt.Sprintf(`
+listeners:
+  postgres: {address: %q}
+  admin: {address: %q}
+oidc:
+  issuers:
+    - url: %q
+      audiences: [custos]
+      algorithms: [ES256]
+sessions:
+  shutdown_grace: 2s
+resources:
+  - name: %s
+    address: %q
+    database: %s
+    user: %s
+    password: {file: %q}
+    tls: {mode: verify-full, ca_file: %q}
+`, pgAddr, adminAddr, iss.URL(), res.Name, res.Address, res.Database, res.User, res.Password.File, res.TLS.CAFile)
+	cfgFile := filepath.Join(dir, "custos.yaml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errOut bytes.Buffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"serve", "--config", cfgFile}, &out, &errOut) }()
+
+	waitHTTP(t, "http://"+adminAddr+"/readyz")
+	tok, err := iss.Mint(devissuer.MintRequest{Subject: "alice", Groups: []string{"agents"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(pgAddr)
+	c, err := pgx.Connect(context.Background(), fmt.Sprintf("host=%s port=%s user=alice password=%s dbname=payments sslmode=disable", host, port, tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var holder string
+	if err := c.QueryRow(context.Background(), "SELECT holder FROM cards WHERE id = 1").Scan(&holder); err != nil || holder != "Ada Lovelace" {
+		t.Fatalf("holder = %q, %v", holder, err)
+	}
+	_ = c.Close(context.Background())
+	resp, err := http.Get("http://" + adminAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body bytes.Buffer
+	_, _ = body.ReadFrom(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(body.String(), `custos_pg_connections_total{outcome="established"} 1`) {
+		t.Errorf("metrics lack the connection:\n%s", body.String())
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("serve: %v\n%s", err, errOut.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+	if !strings.Contains(errOut.String(), "authentication succeeded") {
+		t.Errorf("log lacks the authentication event:\n%s", errOut.String())
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitHTTP(t *testing.T, url string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s not ready", url)
+}
