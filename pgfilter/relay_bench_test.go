@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"sync"
@@ -70,7 +71,7 @@ func BenchmarkRelay(b *testing.B) {
 			for range b.N {
 				src.Reset(stream)
 				br.Reset(src)
-				if err := ss.pump(ServerToClient, newFrameReader(br, 1<<20), &dst, &mu); err != errServerClosed {
+				if err := ss.pump(ServerToClient, newFrameReader(br, 1<<20), &dst, &mu); !errors.Is(err, errServerClosed) {
 					b.Fatal(err)
 				}
 			}

@@ -539,9 +539,9 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		}
 		select {
 		case <-c.done:
-			return fmt.Errorf("server exited during startup: %v", c.waitErr)
+			return fmt.Errorf("server exited during startup: %w", c.waitErr)
 		case <-ctx.Done():
-			return fmt.Errorf("server not accepting connections: %w (last attempt: %v)", ctx.Err(), lastErr)
+			return fmt.Errorf("server not accepting connections: %w (last attempt: %w)", ctx.Err(), lastErr)
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, 100*time.Millisecond)
@@ -640,7 +640,7 @@ func (c *Cluster) Stop() error {
 	pid := c.cmd.Process.Pid
 	select {
 	case <-c.done:
-		return fmt.Errorf("pgcluster: postgres (pid %d) had already exited: %v\nserver log tail:\n%s", pid, c.waitErr, c.output.Tail())
+		return fmt.Errorf("pgcluster: postgres (pid %d) had already exited: %w\nserver log tail:\n%s", pid, c.waitErr, c.output.Tail())
 	default:
 	}
 	if err := c.cmd.Process.Signal(os.Interrupt); err != nil && !errors.Is(err, os.ErrProcessDone) {

@@ -339,7 +339,7 @@ func TestRestartAfterKill(t *testing.T) {
 	if err := sleep.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sleep.Process.Kill(); sleep.Wait() })
+	t.Cleanup(func() { _ = sleep.Process.Kill(); _ = sleep.Wait() })
 	path := filepath.Join(c.Dir, pidFile)
 	b, err := os.ReadFile(path)
 	if err != nil {

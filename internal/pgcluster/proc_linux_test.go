@@ -51,7 +51,7 @@ func TestServerDiesWithParent(t *testing.T) {
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	t.Cleanup(func() { _ = child.Process.Kill(); _ = child.Wait() })
 
 	lines := make(chan string)
 	go func() {
@@ -88,7 +88,7 @@ func TestServerDiesWithParent(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			killTree(pid)
+			_ = killTree(pid)
 			t.Fatalf("server pid %d still alive 15s after its parent was killed", pid)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -105,7 +105,7 @@ func TestChildPIDs(t *testing.T) {
 	if err := sh.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { killTree(sh.Process.Pid); sh.Wait() })
+	t.Cleanup(func() { _ = killTree(sh.Process.Pid); _ = sh.Wait() })
 	deadline := time.Now().Add(10 * time.Second)
 	var children []int
 	for len(children) < 2 && time.Now().Before(deadline) {

@@ -106,8 +106,8 @@ func TestServerLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := newServerLog(logger, file)
-	l.Write([]byte("2026-01-01 00:00:00 UTC [1] LOG:  starting\n2026-01-01 00:00:00 UTC [1] FA"))
-	l.Write([]byte("TAL:  could not bind\npartial"))
+	_, _ = l.Write([]byte("2026-01-01 00:00:00 UTC [1] LOG:  starting\n2026-01-01 00:00:00 UTC [1] FA"))
+	_, _ = l.Write([]byte("TAL:  could not bind\npartial"))
 	if got, want := l.Tail(), "2026-01-01 00:00:00 UTC [1] LOG:  starting\n2026-01-01 00:00:00 UTC [1] FATAL:  could not bind\npartial"; got != want {
 		t.Errorf("Tail = %q, want %q", got, want)
 	}
