@@ -1,0 +1,266 @@
+#!/usr/bin/env bash
+# Compares PostgreSQL throughput direct, through pgbouncer and through custos, with the same
+# pgbench run for all three:
+#
+#   pgbench -n -S -M prepared -c 4 -j 2 -T $BENCH_SECONDS   (select-only, prepared statements)
+#
+#   1. direct     pgbench -> PostgreSQL
+#   2. pgbouncer  pgbench -> pgbouncer (session pool) -> PostgreSQL
+#   3. custos     pgbench -> custos (token as the password) -> PostgreSQL
+#
+# The PostgreSQL is the demo database of `bin/custos dev` (data dir out/bench/custos), which is
+# also the system under test. Every hop uses TLS: pgbench asks for sslmode=require (direct: the
+# upstream DSN's verify-full), pgbouncer and custos verify the upstream's certificate.
+# Each target gets a warm-up run, then one measured run. Results: a table on stdout and
+# out/bench/results.json; pgbench and server logs in out/bench/.
+#
+# Called by `make bench` after `make build`, with the PostgreSQL bin dir and /usr/sbin in PATH.
+# Settings: BENCH_SECONDS (15), BENCH_WARMUP_SECONDS (3), BENCH_SCALE (10).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BENCH_SECONDS=${BENCH_SECONDS:-15}
+WARMUP_SECONDS=${BENCH_WARMUP_SECONDS:-3}
+SCALE=${BENCH_SCALE:-10}
+CLIENTS=4
+JOBS=2
+CUSTOS=bin/custos
+OUT=out/bench
+DATA_DIR=$OUT/custos
+PGBENCH_ARGS=(-n -S -M prepared -c "$CLIENTS" -j "$JOBS")
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
+
+for prog in pgbench psql pgbouncer; do
+	command -v "$prog" >/dev/null 2>&1 ||
+		die "$prog not in PATH; run \`make deps\`, and put the PostgreSQL bin dir and /usr/sbin in PATH (\`make bench\` does)"
+done
+[ -x "$CUSTOS" ] || die "$CUSTOS is missing: run \`make build\` first"
+for n in "$BENCH_SECONDS" "$WARMUP_SECONDS" "$SCALE"; do
+	[[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS, BENCH_WARMUP_SECONDS and BENCH_SCALE must be positive integers"
+done
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# --- cleanup: stop what this script started, by pid, whatever happens -------------------------
+custos_pid=""
+pgbouncer_pid=""
+pgbouncer_dir=""
+
+# stop_pid PID SIGNAL SECONDS: signal PID, wait up to SECONDS for it to exit, then SIGKILL it.
+stop_pid() {
+	local pid=$1 sig=$2 secs=$3 i
+	kill -0 "$pid" 2>/dev/null || return 0
+	kill "-$sig" "$pid" 2>/dev/null || true
+	for ((i = 0; i < secs * 10; i++)); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	log "pid $pid still running after SIG$sig and ${secs}s: killing it"
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local status=$?
+	trap - EXIT INT TERM
+	if [ -n "$pgbouncer_pid" ]; then
+		stop_pid "$pgbouncer_pid" TERM 10
+	fi
+	if [ -n "$custos_pid" ]; then
+		# SIGINT: custos ends its sessions, then stops its PostgreSQL.
+		stop_pid "$custos_pid" INT 45
+		wait "$custos_pid" 2>/dev/null || true
+	fi
+	if [ -n "$pgbouncer_dir" ]; then
+		rm -rf "$pgbouncer_dir"
+	fi
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# free_port prints a loopback TCP port nothing listens on.
+free_port() {
+	local port i
+	for ((i = 0; i < 100; i++)); do
+		port=$((20000 + RANDOM % 40000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			echo "$port"
+			return 0
+		fi
+	done
+	die "no free loopback port found"
+}
+
+# --- 1. custos dev: the demo PostgreSQL and the system under test ------------------------------
+# A fresh demo database every run: every run starts from the same state.
+rm -rf "$DATA_DIR"
+mkdir -p "$DATA_DIR"
+# The demo PostgreSQL runs as the postgres user when this runs as root: let it traverse.
+chmod 0711 out "$OUT" "$DATA_DIR"
+log "starting custos dev (data dir $DATA_DIR, log $OUT/custos.log)"
+"$CUSTOS" dev --data-dir "$DATA_DIR" \
+	--pg-listen "127.0.0.1:$(free_port)" --grpc-listen "127.0.0.1:$(free_port)" --admin-listen "127.0.0.1:$(free_port)" \
+	>"$OUT/custos.log" 2>&1 &
+custos_pid=$!
+
+for ((i = 0; ; i++)); do
+	if [ -f "$DATA_DIR/dev.env" ] && grep -q '^export CUSTOS_UPSTREAM_DSN=' "$DATA_DIR/dev.env"; then
+		break
+	fi
+	if ! kill -0 "$custos_pid" 2>/dev/null; then
+		tail -n 20 "$OUT/custos.log" >&2
+		die "custos dev exited before it was ready (see $OUT/custos.log)"
+	fi
+	((i < 1200)) || die "custos dev not ready after 120s (see $OUT/custos.log)"
+	sleep 0.1
+done
+# shellcheck source=/dev/null
+. "$DATA_DIR/dev.env"
+: "${CUSTOS_PG_HOST:?} ${CUSTOS_PG_PORT:?} ${CUSTOS_DATABASE:?} ${CUSTOS_UPSTREAM_DSN:?} ${CUSTOS_ADMIN_URL:?}"
+
+# The upstream DSN is postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=verify-full&sslrootcert=CA.
+dsn_re='^postgres(ql)?://([^:@/]+):([^@/]*)@([^:/]+):([0-9]+)/[^?]*\?(.*)$'
+[[ $CUSTOS_UPSTREAM_DSN =~ $dsn_re ]] || die "unexpected CUSTOS_UPSTREAM_DSN format"
+up_user=${BASH_REMATCH[2]}
+up_password=${BASH_REMATCH[3]}
+up_host=${BASH_REMATCH[4]}
+up_port=${BASH_REMATCH[5]}
+up_ca=""
+if [[ ${BASH_REMATCH[6]} =~ (^|&)sslrootcert=([^&]*) ]]; then
+	up_ca=$(printf '%b' "${BASH_REMATCH[2]//%/\\x}") # percent-decoding
+fi
+[[ $up_password != *%* ]] || die "percent-encoded superuser password in CUSTOS_UPSTREAM_DSN is not supported"
+[ -r "$up_ca" ] || die "upstream CA file not readable: $up_ca"
+log "upstream PostgreSQL at $up_host:$up_port, custos at $CUSTOS_PG_HOST:$CUSTOS_PG_PORT"
+
+export PGCONNECT_TIMEOUT=20 PGPASSFILE=/dev/null PGSERVICEFILE=/dev/null PSQLRC=/dev/null
+
+# --- 2. pgbench tables, loaded directly, readable by the gateway role ---------------------------
+log "pgbench -i -s $SCALE against the upstream"
+pgbench -i -s "$SCALE" -q "$CUSTOS_UPSTREAM_DSN" >"$OUT/pgbench-init.log" 2>&1 ||
+	{ tail -n 20 "$OUT/pgbench-init.log" >&2; die "pgbench -i failed"; }
+psql -X -q -v ON_ERROR_STOP=1 -d "$CUSTOS_UPSTREAM_DSN" \
+	-c 'GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history TO custos_gateway' ||
+	die "GRANT to custos_gateway failed"
+
+token=$("$CUSTOS" token --data-dir "$DATA_DIR" --sub bench --groups agents --ttl 2h)
+
+# --- 3. pgbouncer, session pooling, in front of the same PostgreSQL ----------------------------
+pgbouncer_dir=$(mktemp -d /tmp/custos-bench-pgbouncer.XXXXXX)
+pgbouncer_port=$(free_port)
+cp "$up_ca" "$pgbouncer_dir/upstream-ca.pem"
+# Client TLS with the same certificate custos presents.
+cp "$DATA_DIR/tls/server.crt" "$pgbouncer_dir/server.crt"
+cp "$DATA_DIR/tls/server.key" "$pgbouncer_dir/server.key"
+printf '"%s" "%s"\n' "$up_user" "$up_password" >"$pgbouncer_dir/userlist.txt"
+cat >"$pgbouncer_dir/pgbouncer.ini" <<EOF
+[databases]
+$CUSTOS_DATABASE = host=$up_host port=$up_port dbname=$CUSTOS_DATABASE
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $pgbouncer_port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $pgbouncer_dir/userlist.txt
+pool_mode = session
+max_client_conn = 100
+default_pool_size = $((CLIENTS * 2))
+server_reset_query = DISCARD ALL
+server_tls_sslmode = verify-full
+server_tls_ca_file = $pgbouncer_dir/upstream-ca.pem
+client_tls_sslmode = require
+client_tls_cert_file = $pgbouncer_dir/server.crt
+client_tls_key_file = $pgbouncer_dir/server.key
+logfile = $pgbouncer_dir/pgbouncer.log
+pidfile = $pgbouncer_dir/pgbouncer.pid
+EOF
+chmod 0600 "$pgbouncer_dir"/*
+# pgbouncer refuses to run as root: run it as the postgres system user.
+pgbouncer_cmd=(pgbouncer "$pgbouncer_dir/pgbouncer.ini")
+if is_root; then
+	id postgres >/dev/null 2>&1 || die "running as root needs a postgres system user to run pgbouncer as"
+	chown -R postgres: "$pgbouncer_dir"
+	pgbouncer_cmd=(setpriv --reuid=postgres --regid=postgres --init-groups "${pgbouncer_cmd[@]}")
+fi
+log "starting pgbouncer on 127.0.0.1:$pgbouncer_port (session pool mode)"
+"${pgbouncer_cmd[@]}" >"$OUT/pgbouncer.out" 2>&1 &
+pgbouncer_pid=$!
+for ((i = 0; ; i++)); do
+	(exec 3<>"/dev/tcp/127.0.0.1/$pgbouncer_port") 2>/dev/null && break
+	if ! kill -0 "$pgbouncer_pid" 2>/dev/null; then
+		cat "$OUT/pgbouncer.out" "$pgbouncer_dir/pgbouncer.log" >&2 2>/dev/null || true
+		die "pgbouncer exited at start"
+	fi
+	((i < 200)) || die "pgbouncer not listening after 20s"
+	sleep 0.1
+done
+
+# --- 4. the three runs ---------------------------------------------------------------------------
+declare -A conninfo password
+targets=(direct pgbouncer custos)
+conninfo[direct]=$CUSTOS_UPSTREAM_DSN
+password[direct]=""
+conninfo[pgbouncer]="host=127.0.0.1 port=$pgbouncer_port dbname=$CUSTOS_DATABASE user=$up_user sslmode=require"
+password[pgbouncer]=$up_password
+conninfo[custos]="host=$CUSTOS_PG_HOST port=$CUSTOS_PG_PORT dbname=$CUSTOS_DATABASE user=bench sslmode=require"
+password[custos]=$token
+
+declare -A tps latency
+for target in "${targets[@]}"; do
+	logfile="$OUT/pgbench-$target.log"
+	log "$target: warm-up ${WARMUP_SECONDS}s, then ${BENCH_SECONDS}s"
+	PGPASSWORD=${password[$target]} pgbench "${PGBENCH_ARGS[@]}" -T "$WARMUP_SECONDS" "${conninfo[$target]}" \
+		>"$OUT/pgbench-$target-warmup.log" 2>&1 ||
+		{ tail -n 20 "$OUT/pgbench-$target-warmup.log" >&2; die "$target: warm-up failed"; }
+	PGPASSWORD=${password[$target]} pgbench "${PGBENCH_ARGS[@]}" -T "$BENCH_SECONDS" "${conninfo[$target]}" \
+		>"$logfile" 2>&1 ||
+		{ tail -n 20 "$logfile" >&2; die "$target: pgbench failed"; }
+	grep -q '^number of failed transactions: 0 ' "$logfile" ||
+		{ cat "$logfile" >&2; die "$target: pgbench reported failed transactions"; }
+	tps[$target]=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$logfile")
+	latency[$target]=$(sed -n 's/^latency average = \([0-9.]*\) ms$/\1/p' "$logfile")
+	[ -n "${tps[$target]}" ] && [ -n "${latency[$target]}" ] ||
+		{ cat "$logfile" >&2; die "$target: no tps or latency in the pgbench output"; }
+done
+
+# --- 5. report -----------------------------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
+custos_direct=$(ratio "${tps[custos]}" "${tps[direct]}")
+custos_pgbouncer=$(ratio "${tps[custos]}" "${tps[pgbouncer]}")
+pgbouncer_direct=$(ratio "${tps[pgbouncer]}" "${tps[direct]}")
+
+printf '\npgbench %s -T %s, scale %s, TLS on every hop\n\n' "${PGBENCH_ARGS[*]}" "$BENCH_SECONDS" "$SCALE"
+printf '%-10s %12s %18s\n' target TPS 'mean latency (ms)'
+for target in "${targets[@]}"; do
+	printf '%-10s %12.0f %18.3f\n' "$target" "${tps[$target]}" "${latency[$target]}"
+done
+printf '\ncustos/direct     %s\ncustos/pgbouncer  %s\npgbouncer/direct  %s\n' \
+	"$custos_direct" "$custos_pgbouncer" "$pgbouncer_direct"
+
+json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
+{
+	printf '{\n'
+	printf '  "time": %s,\n' "$(json_string "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
+	printf '  "pgbench": {"args": %s, "seconds": %s, "warmup_seconds": %s, "scale": %s, "clients": %s, "jobs": %s, "version": %s},\n' \
+		"$(json_string "${PGBENCH_ARGS[*]}")" "$BENCH_SECONDS" "$WARMUP_SECONDS" "$SCALE" "$CLIENTS" "$JOBS" \
+		"$(json_string "$(pgbench --version)")"
+	printf '  "versions": {"custos": %s, "pgbouncer": %s},\n' \
+		"$(json_string "$("$CUSTOS" version)")" "$(json_string "$(pgbouncer --version | head -n 1)")"
+	printf '  "tls": "every hop",\n'
+	printf '  "results": [\n'
+	sep=""
+	for target in "${targets[@]}"; do
+		printf '%s    {"target": "%s", "tps": %s, "latency_ms": %s}' "$sep" "$target" "${tps[$target]}" "${latency[$target]}"
+		sep=$',\n'
+	done
+	printf '\n  ],\n'
+	printf '  "ratios": {"custos_direct": %s, "custos_pgbouncer": %s, "pgbouncer_direct": %s}\n' \
+		"$custos_direct" "$custos_pgbouncer" "$pgbouncer_direct"
+	printf '}\n'
+} >"$OUT/results.json"
+printf '\nresults: %s\n' "$OUT/results.json"
