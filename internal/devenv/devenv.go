@@ -15,9 +15,14 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/pgcluster"
 )
+
+// duplicateDatabase is SQLSTATE 42P04: a second run finds the database.
+const duplicateDatabase = "42P04"
 
 // Names of the demo database and the gateway's upstream role.
 const (
@@ -91,7 +96,10 @@ ALTER ROLE %[1]s PASSWORD '%[2]s';`, GatewayRole, password)); err != nil {
 		return nil, fmt.Errorf("devenv: gateway role: %w", err)
 	}
 	if err := cl.CreateDatabase(ctx, Database); err != nil {
-		return nil, fmt.Errorf("devenv: %w", err)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != duplicateDatabase {
+			return nil, fmt.Errorf("devenv: %w", err)
+		}
 	}
 	if err := cl.Exec(ctx, Database, seedSQL); err != nil {
 		return nil, fmt.Errorf("devenv: seed: %w", err)
