@@ -422,23 +422,56 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestGracefulShutdown(t *testing.T) {
 	t.Parallel()
 	env := pgfiltertest.Start(t, pgfiltertest.Options{})
-	c := connect(t, env.ConnString("alice", env.Token(t, "alice")))
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	tok := env.Token(t, "alice")
+	idle := connect(t, env.ConnString("alice", tok))
+	busy := connect(t, env.ConnString("alice", tok))
+	inTx := connect(t, env.ConnString("alice", tok))
+	if _, err := inTx.Exec(context.Background(), "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	busyDone := make(chan error, 1)
+	go func() {
+		_, err := busy.Exec(context.Background(), "SELECT pg_sleep(0.5)")
+		busyDone <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // let the sleep reach the server
+
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- env.Server.Shutdown(ctx) }()
-	// New connections are refused at once; the open session is closed with
-	// a FATAL message at the deadline.
 	time.Sleep(50 * time.Millisecond)
 	if _, err := net.DialTimeout("tcp", env.Addr, time.Second); err == nil {
 		t.Error("listener still accepting")
 	}
+	// The idle session is closed at once with a FATAL message.
+	assertShutdownErr(t, idle)
+	// The busy statement finishes, then its session is closed.
+	if err := <-busyDone; err != nil {
+		t.Fatalf("busy statement: %v", err)
+	}
+	assertShutdownErr(t, busy)
+	// An open transaction holds its session until the deadline.
 	if err := <-done; !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown = %v", err)
 	}
-	_, err := c.Exec(context.Background(), "SELECT 1")
-	var pgErr *pgconn.PgError
-	if !errors.As(err, &pgErr) || pgErr.Code != "57P01" {
+	assertShutdownErr(t, inTx)
+}
+
+func assertShutdownErr(t *testing.T, c *pgx.Conn) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := c.Exec(context.Background(), "SELECT 1")
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "57P01" {
+			return
+		}
+		if err == nil && time.Now().Before(deadline) {
+			// Still open (in a transaction): wait for the deadline.
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
 		t.Fatalf("after shutdown: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -54,8 +55,12 @@ type session struct {
 	ctx          context.Context
 	cancel       context.CancelFunc
 	lastActivity atomic.Int64
-	endOnce      sync.Once
-	endErr       error
+	// idle is true between a ReadyForQuery 'I' and the client's next
+	// message; draining is set by Shutdown: the session ends at its next
+	// idle point.
+	idle, draining atomic.Bool
+	endOnce        sync.Once
+	endErr         error
 
 	msgs, bytes [2]uint64
 }
@@ -82,6 +87,7 @@ func (ss *session) attachUpstream(hj *pgconn.HijackedConn) {
 	ss.upstreamTLS = hj.TLSConfig
 	ss.upstreamPID = hj.PID
 	ss.upstreamSecret = hj.SecretKey
+	ss.idle.Store(hj.TxStatus == 'I')
 }
 
 func (ss *session) closeUpstream() {
@@ -237,6 +243,7 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 	var msgs, nbytes uint64
 	// One Message per direction, reused: hooks must not keep it.
 	m := new(Message)
+	var lastTxStatus byte
 	defer func() {
 		ss.msgs[d] = msgs
 		ss.bytes[d] = nbytes
@@ -258,6 +265,9 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 			if err != nil {
 				return ss.readErr(d, err)
 			}
+			if typ == 'Z' && d == ServerToClient && len(body) == 1 {
+				lastTxStatus = body[0]
+			}
 			m.Type, m.Body = typ, body
 			verdict := Forward
 			for _, h := range hooks {
@@ -274,6 +284,29 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 			if verdict == Forward {
 				err = dst.write(m.Type, m.Body)
 			}
+			if err == nil && !src.buffered() {
+				err = dst.flush()
+			}
+			dstMu.Unlock()
+			if err != nil {
+				return ss.writeErr(d, err)
+			}
+		case d == ServerToClient && (typ == 'Z' || typ == 'A'):
+			// ReadyForQuery tells whether the session is idle; a
+			// notification the session sent itself carries the upstream
+			// pid, which the client knows as custos' key instead.
+			body, err := src.body(typ, n)
+			if err != nil {
+				return ss.readErr(d, err)
+			}
+			if typ == 'Z' && len(body) == 1 {
+				lastTxStatus = body[0]
+			}
+			if typ == 'A' && len(body) >= 4 && binary.BigEndian.Uint32(body) == ss.upstreamPID {
+				binary.BigEndian.PutUint32(body, ss.keyPID)
+			}
+			dstMu.Lock()
+			err = dst.write(typ, body)
 			if err == nil && !src.buffered() {
 				err = dst.flush()
 			}
@@ -312,8 +345,16 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 		if !src.buffered() {
 			ss.touch()
 		}
-		if d == ClientToServer && typ == 'X' {
-			return errClientTerminate
+		if d == ClientToServer {
+			if typ == 'X' {
+				return errClientTerminate
+			}
+			ss.idle.Store(false)
+		} else if typ == 'Z' && lastTxStatus == 'I' && !src.buffered() {
+			ss.idle.Store(true)
+			if ss.draining.Load() {
+				return errShutdown
+			}
 		}
 	}
 }

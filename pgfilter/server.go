@@ -178,9 +178,10 @@ func (s *Server) trackConn(c net.Conn, add bool) bool {
 	return true
 }
 
-// Shutdown stops accepting, lets sessions finish until ctx is done, then
-// ends the remaining ones with a FATAL message. It returns when every
-// session is closed.
+// Shutdown stops accepting and ends sessions with a FATAL message: idle
+// ones at once, busy ones when their statement or transaction completes,
+// and whatever remains when ctx is done. It returns when every session is
+// closed.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
@@ -189,6 +190,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	for c := range s.conns {
 		_ = c.Close()
+	}
+	// Idle sessions end now; busy ones when their work is done (their
+	// next ReadyForQuery outside a transaction) or at the deadline.
+	for ss := range s.sessions {
+		ss.draining.Store(true)
+		if ss.idle.Load() {
+			go ss.terminate(errShutdown)
+		}
 	}
 	s.mu.Unlock()
 
