@@ -1,0 +1,119 @@
+package mask
+
+// Text masks the PANs and removes the track data found in free text (an
+// error message, a notification payload, a CSV line, a text column) with
+// strategy s (the empty Strategy is the default).
+//
+// If src holds neither, Text returns src itself and zero Counts, without
+// copying and without touching dst, so the caller can pass the original
+// bytes on. Otherwise it appends the masked text to dst and returns the
+// extended slice; dst must not overlap src.
+//
+// Under Last4 and BINLast4 only digits change (to '*'), so the text keeps its
+// length and layout; Redact, Null and Drop write [Redacted]; HMAC writes 64
+// hex digits. Track data is always replaced by [TrackDataRemoved].
+func (m *Masker) Text(dst, src []byte, s Strategy) ([]byte, Counts) {
+	var sc scanner
+	sc.init(src)
+	if !sc.next() {
+		return src, Counts{}
+	}
+	s = m.resolve(s)
+	out, c := m.mask(dst, src, &sc, s)
+	// Replacing a finding changes the bytes around its neighbours (track
+	// data removed next to a run of digits, say), and in rare inputs that
+	// exposes a PAN the first pass rightly left alone. Mask the output
+	// again until nothing is found, so that no output ever holds a PAN and
+	// masking is idempotent. Every pass but HMAC ones hides digits and adds
+	// none, so this ends; from the third pass on HMAC becomes Redact.
+	for pass := 2; ; pass++ {
+		body := out[len(dst):]
+		sc = scanner{}
+		sc.init(body)
+		if !sc.next() {
+			return out, c
+		}
+		if pass >= 3 && s == HMAC {
+			s = Redact
+		}
+		again, c2 := m.mask(make([]byte, 0, len(body)), body, &sc, s)
+		out = append(out[:len(dst)], again...)
+		c.Add(c2)
+	}
+}
+
+// mask appends src to dst with the findings of sc, whose first run has been
+// found, masked.
+func (m *Masker) mask(dst, src []byte, sc *scanner, s Strategy) ([]byte, Counts) {
+	out, copied := dst, 0
+	var c Counts
+	for {
+		out, copied = m.writeFindings(out, src, copied, sc.found(), s, &c)
+		if !sc.next() {
+			break
+		}
+	}
+	return append(out, src[copied:]...), c
+}
+
+// writeFindings appends src[copied:] up to and including the findings of one
+// run, masked, to out, and returns out and the new copied position.
+// Overlapping PAN findings form one cluster: under Last4 and BINLast4 each
+// finding hides its own digits (so a digit shows only if every finding
+// covering it shows it); under the other strategies the cluster is replaced
+// as a whole.
+func (m *Masker) writeFindings(out, src []byte, copied int, f []finding, s Strategy, c *Counts) ([]byte, int) {
+	for i := 0; i < len(f); {
+		if f[i].track {
+			out = append(out, src[copied:f[i].start]...)
+			out = append(out, TrackDataRemoved...)
+			copied = f[i].end
+			c.SAD++
+			i++
+			continue
+		}
+		cs, ce := f[i].start, f[i].end
+		j := i + 1
+		for j < len(f) && !f[j].track && f[j].start < ce {
+			ce = max(ce, f[j].end)
+			j++
+		}
+		out = append(out, src[copied:cs]...)
+		switch s {
+		case Last4, BINLast4:
+			base := len(out)
+			out = append(out, src[cs:ce]...)
+			for _, g := range f[i:j] {
+				hide(out[base+g.start-cs:base+g.end-cs], g.digits, s == BINLast4)
+			}
+		case HMAC:
+			out = m.appendHMAC(out, src[cs:ce])
+		default:
+			out = append(out, Redacted...)
+		}
+		copied = ce
+		c.PANs++
+		i = j
+	}
+	return out, copied
+}
+
+// hide replaces with '*' the digits of b, one PAN of n digit positions
+// (digits, or '*' already masked), except the last four and, when bin is set
+// and n is at least 15, the first six.
+func hide(b []byte, n int, bin bool) {
+	head := 0
+	if bin && n >= 15 {
+		head = 6
+	}
+	pos := 0
+	for i, c := range b {
+		if !isDigit(c) && c != '*' {
+			continue
+		}
+		if pos >= head && pos < n-4 {
+			b[i] = '*'
+		}
+		pos++
+	}
+}
