@@ -16,6 +16,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/custos-dev/custos/internal/mask"
 )
 
 const (
@@ -48,7 +50,8 @@ type session struct {
 	// admitted and active are guarded by the server's mutex.
 	admitted, active bool
 
-	hooks []Hook
+	hooks  []Hook
+	masker *resultMasker
 	// wants[d][typ] lists the hooks that handle typ in direction d.
 	wants [2][256][]Hook
 
@@ -106,7 +109,16 @@ func (ss *session) run() {
 
 	clientR := newFrameReader(ss.clientBuf, s.opts.Listener.MaxMessageBytes)
 
-	for _, f := range s.opts.Hooks {
+	factories := s.opts.Hooks
+	if s.opts.Masker != nil {
+		up := s.upstreams[ss.Resource.Name]
+		factories = append(factories[:len(factories):len(factories)], func(sess *Session) (Hook, error) {
+			rm := newResultMasker(s.opts.Masker, up.catalog, sess)
+			ss.masker = rm
+			return rm, nil
+		})
+	}
+	for _, f := range factories {
 		h, err := f(&ss.Session)
 		if err != nil {
 			ss.log.Error("session hook failed to start", "error", err)
@@ -177,7 +189,12 @@ func (ss *session) finish() {
 	for _, h := range ss.hooks {
 		h.Close(ss.endErr)
 	}
+	var masked mask.Counts
+	if ss.masker != nil {
+		masked = ss.masker.counts
+	}
 	ss.log.Info("connection closed", "reason", reason,
+		"masked_pans", masked.PANs, "removed_sad", masked.SAD,
 		"duration_ms", time.Since(ss.Started).Milliseconds(),
 		"messages_in", ss.msgs[ClientToServer], "messages_out", ss.msgs[ServerToClient],
 		"bytes_in", ss.bytes[ClientToServer], "bytes_out", ss.bytes[ServerToClient])
@@ -265,8 +282,8 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 			if err != nil {
 				return ss.readErr(d, err)
 			}
-			if typ == 'Z' && d == ServerToClient && len(body) == 1 {
-				lastTxStatus = body[0]
+			if d == ServerToClient {
+				ss.serverControl(typ, body, &lastTxStatus)
 			}
 			m.Type, m.Body = typ, body
 			verdict := Forward
@@ -299,12 +316,7 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 			if err != nil {
 				return ss.readErr(d, err)
 			}
-			if typ == 'Z' && len(body) == 1 {
-				lastTxStatus = body[0]
-			}
-			if typ == 'A' && len(body) >= 4 && binary.BigEndian.Uint32(body) == ss.upstreamPID {
-				binary.BigEndian.PutUint32(body, ss.keyPID)
-			}
+			ss.serverControl(typ, body, &lastTxStatus)
 			dstMu.Lock()
 			err = dst.write(typ, body)
 			if err == nil && !src.buffered() {
@@ -355,6 +367,21 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 			if ss.draining.Load() {
 				return errShutdown
 			}
+		}
+	}
+}
+
+// serverControl notes the transaction status of a ReadyForQuery and gives
+// a session's own notifications the process id the client knows.
+func (ss *session) serverControl(typ byte, body []byte, txStatus *byte) {
+	switch typ {
+	case 'Z':
+		if len(body) == 1 {
+			*txStatus = body[0]
+		}
+	case 'A':
+		if len(body) >= 4 && binary.BigEndian.Uint32(body) == ss.upstreamPID {
+			binary.BigEndian.PutUint32(body, ss.keyPID)
 		}
 	}
 }

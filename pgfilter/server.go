@@ -16,6 +16,7 @@ import (
 
 	"github.com/custos-dev/custos/internal/authn"
 	"github.com/custos-dev/custos/internal/config"
+	"github.com/custos-dev/custos/internal/mask"
 )
 
 // TokenVerifier verifies a bearer token and returns its principal.
@@ -41,6 +42,9 @@ type Options struct {
 	Verifier TokenVerifier
 	// Hooks are created for every authenticated session, in order.
 	Hooks []HookFactory
+	// Masker, when set, masks card numbers and removes sensitive
+	// authentication data on every server-to-client path, after the hooks.
+	Masker *mask.Masker
 	// Logger receives connection and authentication events.
 	Logger *slog.Logger
 	// Registerer receives the proxy's metrics; nil registers nowhere.
@@ -70,8 +74,9 @@ type Server struct {
 
 // upstream is a resource's prepared login configuration.
 type upstream struct {
-	res *config.Resource
-	cfg *pgconn.Config
+	res     *config.Resource
+	cfg     *pgconn.Config
+	catalog *catalog
 }
 
 // New validates the options and prepares the upstream configurations.
@@ -115,7 +120,11 @@ func New(opts Options) (*Server, error) {
 			return nil, fmt.Errorf("pgfilter: resource %s: %w", res.Name, err)
 		}
 		cfg.ConnectTimeout = opts.UpstreamConnectTimeout
-		s.upstreams[res.Name] = &upstream{res: res, cfg: cfg}
+		up := &upstream{res: res, cfg: cfg}
+		if opts.Masker != nil {
+			up.catalog = newCatalog(s, up)
+		}
+		s.upstreams[res.Name] = up
 	}
 	if len(s.upstreams) == 0 {
 		return nil, errors.New("pgfilter: no resources")
@@ -208,6 +217,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		s.closeCatalogs()
 		return nil
 	case <-ctx.Done():
 	}
@@ -217,6 +227,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	<-done
+	s.closeCatalogs()
 	return ctx.Err()
 }
 
@@ -294,6 +305,14 @@ func (s *Server) sessionByKey(pid uint32, secret []byte) *session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.cancelKeys[cancelKey(pid, binary.BigEndian.Uint32(secret))]
+}
+
+func (s *Server) closeCatalogs() {
+	for _, up := range s.upstreams {
+		if up.catalog != nil {
+			up.catalog.close()
+		}
+	}
 }
 
 func cancelKey(pid, secret uint32) uint64 { return uint64(pid)<<32 | uint64(secret) }

@@ -331,9 +331,14 @@ func TestCustosDev(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("psql through custos dev: %s", r)
 		}
-		// Masking is not there yet: the demo's test PANs come back as stored.
-		if pans := strings.Fields(r.stdout); len(pans) != 8 || pans[0] != "4242424242424242" || pans[1] != "5555555555554444" {
+		// The demo's test PANs come back masked to their last four.
+		if pans := strings.Fields(r.stdout); len(pans) != 8 || pans[0] != "************4242" || pans[1] != "************4444" {
 			t.Errorf("cards: %q", r.stdout)
+		}
+		for _, pan := range []string{"4242424242424242", "5555555555554444", "378282246310005"} {
+			if strings.Contains(r.stdout, pan) {
+				t.Errorf("full PAN %s reached the client", pan)
+			}
 		}
 		r = psql(t, vars, "alice", firstToken,
 			"-c", "CREATE TABLE dev_e2e_persist (v text)",

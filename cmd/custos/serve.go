@@ -25,6 +25,7 @@ import (
 
 	"github.com/custos-dev/custos/internal/authn"
 	"github.com/custos-dev/custos/internal/config"
+	"github.com/custos-dev/custos/internal/mask"
 	"github.com/custos-dev/custos/pgfilter"
 )
 
@@ -133,12 +134,17 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
+	masker, err := newMasker(cfg.Masking)
+	if err != nil {
+		return nil, err
+	}
 	pg, err := pgfilter.New(pgfilter.Options{
 		Listener:   cfg.Listeners.Postgres,
 		Sessions:   cfg.Sessions,
 		Resources:  cfg.Resources,
 		TLSConfig:  tlsCfg,
 		Verifier:   verifier,
+		Masker:     masker,
 		Logger:     log.With("component", "pgfilter"),
 		Registerer: reg,
 	})
@@ -246,6 +252,23 @@ func (g *gateway) serve(ctx context.Context) error {
 	wg.Wait()
 	g.log.Info("custos stopped")
 	return runErr
+}
+
+// newMasker builds the masker from the masking section.
+func newMasker(mc config.Masking) (*mask.Masker, error) {
+	opts := mask.Options{Default: mask.Strategy(mc.DefaultStrategy)}
+	if mc.HMACKey != nil {
+		key, err := mc.HMACKey.Read()
+		if err != nil {
+			return nil, fmt.Errorf("masking.hmac_key: %w", err)
+		}
+		opts.HMACKey = []byte(key)
+	}
+	m, err := mask.New(opts)
+	if err != nil {
+		return nil, fmt.Errorf("masking: %w", err)
+	}
+	return m, nil
 }
 
 // issuerHTTPClient trusts the system roots plus every issuer's CA file.

@@ -23,7 +23,18 @@ type Config struct {
 	Listeners Listeners  `yaml:"listeners"`
 	OIDC      OIDC       `yaml:"oidc"`
 	Sessions  Sessions   `yaml:"sessions"`
+	Masking   Masking    `yaml:"masking"`
 	Resources []Resource `yaml:"resources"`
+}
+
+// Masking configures how card numbers are shown. Masking itself is always
+// on: every server-to-client path is inspected.
+type Masking struct {
+	// DefaultStrategy applies to detected PANs: last4 (default), redact,
+	// null, drop or hmac. bin_last4 is only granted by a policy decision.
+	DefaultStrategy string `yaml:"default_strategy"`
+	// HMACKey keys the hmac strategy (at least 32 bytes).
+	HMACKey *Secret `yaml:"hmac_key"`
 }
 
 // Listeners are the addresses custos serves on.
@@ -276,6 +287,18 @@ func (c *Config) Validate() error {
 	}
 	if c.OIDC.ClockSkew < 0 || c.OIDC.ClockSkew > 5*time.Minute {
 		add("oidc.clock_skew", "must be between 0 and 5m")
+	}
+	switch c.Masking.DefaultStrategy {
+	case "", "last4", "redact", "null", "drop":
+	case "hmac":
+		if c.Masking.HMACKey == nil {
+			add("masking.hmac_key", "is required by default_strategy hmac")
+		}
+	default:
+		add("masking.default_strategy", "must be last4, redact, null, drop or hmac, not %q", c.Masking.DefaultStrategy)
+	}
+	if k := c.Masking.HMACKey; k != nil && (k.Env == "") == (k.File == "") {
+		add("masking.hmac_key", "set exactly one of env or file")
 	}
 	if c.Sessions.IdleTimeout < 0 {
 		add("sessions.idle_timeout", "must not be negative")

@@ -27,6 +27,7 @@ import (
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/devenv"
 	"github.com/custos-dev/custos/internal/devissuer"
+	"github.com/custos-dev/custos/internal/mask"
 	"github.com/custos-dev/custos/internal/pgcluster"
 	"github.com/custos-dev/custos/internal/selfsigned"
 	"github.com/custos-dev/custos/pgfilter"
@@ -96,6 +97,8 @@ type Options struct {
 	Sessions config.Sessions
 	// Hooks for every session.
 	Hooks []pgfilter.HookFactory
+	// Masker turns on masking of every server-to-client path.
+	Masker *mask.Masker
 	// NoTLS runs the proxy without a certificate.
 	NoTLS bool
 	// Logger for the proxy; nil discards.
@@ -170,6 +173,7 @@ func Start(t testing.TB, opts Options) *Env {
 		TLSConfig:  tlsCfg,
 		Verifier:   verifier,
 		Hooks:      opts.Hooks,
+		Masker:     opts.Masker,
 		Logger:     logger,
 		Registerer: e.Registry,
 	})

@@ -1,0 +1,199 @@
+package pgfilter
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// catalogTTL bounds how long a table's column names are trusted: a column
+// renamed to a sensitive name is recognised within this time.
+const catalogTTL = time.Minute
+
+// column names a result column by its table and attribute, as
+// RowDescription identifies it (so an alias does not hide it).
+type column struct {
+	schema, table, name string
+}
+
+// catalog resolves a RowDescription's (table OID, attribute number) to
+// names, on a connection of its own with the gateway-held credential. One
+// per upstream, shared by its sessions.
+type catalog struct {
+	srv *Server
+	up  *upstream
+
+	mu         sync.Mutex
+	conn       *pgconn.PgConn
+	tables     map[uint32]*catalogTable
+	composites map[uint32]compositeEntry
+}
+
+type catalogTable struct {
+	loaded time.Time
+	cols   map[int16]column
+}
+
+func newCatalog(s *Server, up *upstream) *catalog {
+	return &catalog{srv: s, up: up, tables: map[uint32]*catalogTable{}, composites: map[uint32]compositeEntry{}}
+}
+
+// lookup returns the column at (table, attnum); ok is false for a table or
+// attribute that does not exist (a dropped table, a system column).
+func (c *catalog) lookup(ctx context.Context, table uint32, attnum int16) (column, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tables[table]
+	if t == nil || time.Since(t.loaded) > catalogTTL {
+		var err error
+		if t, err = c.load(ctx, table); err != nil {
+			return column{}, false, err
+		}
+		c.tables[table] = t
+	}
+	col, ok := t.cols[attnum]
+	return col, ok, nil
+}
+
+const catalogQuery = `SELECT a.attnum, a.attname, c.relname, n.nspname
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped`
+
+func (c *catalog) load(ctx context.Context, table uint32) (*catalogTable, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		if err := c.connect(ctx); err != nil {
+			return nil, err
+		}
+		rr := c.conn.ExecParams(ctx, catalogQuery, [][]byte{[]byte(strconv.FormatUint(uint64(table), 10))}, []uint32{26}, nil, nil)
+		t := &catalogTable{loaded: time.Now(), cols: map[int16]column{}}
+		for rr.NextRow() {
+			v := rr.Values()
+			n, err := strconv.ParseInt(string(v[0]), 10, 16)
+			if err != nil {
+				continue
+			}
+			t.cols[int16(n)] = column{schema: string(v[3]), table: string(v[2]), name: string(v[1])}
+		}
+		if _, err := rr.Close(); err != nil {
+			if attempt == 0 && c.conn.IsClosed() {
+				continue // the connection went away: reconnect once
+			}
+			return nil, fmt.Errorf("catalog lookup of table %d: %w", table, err)
+		}
+		return t, nil
+	}
+}
+
+// compositeAttrs returns the attribute names of a composite (row) type, in
+// order, or nil when typ is not a composite type.
+func (c *catalog) compositeAttrs(ctx context.Context, typ uint32) ([]string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.composites[typ]; ok && time.Since(e.loaded) < catalogTTL {
+		return e.attrs, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var attrs []string
+	for attempt := 0; ; attempt++ {
+		if err := c.connect(ctx); err != nil {
+			return nil, err
+		}
+		rr := c.conn.ExecParams(ctx, compositeQuery, [][]byte{[]byte(strconv.FormatUint(uint64(typ), 10))}, []uint32{26}, nil, nil)
+		attrs = attrs[:0]
+		for rr.NextRow() {
+			attrs = append(attrs, string(rr.Values()[0]))
+		}
+		if _, err := rr.Close(); err != nil {
+			if attempt == 0 && c.conn.IsClosed() {
+				continue
+			}
+			return nil, fmt.Errorf("catalog lookup of type %d: %w", typ, err)
+		}
+		break
+	}
+	if len(attrs) == 0 {
+		attrs = nil
+	}
+	c.composites[typ] = compositeEntry{loaded: time.Now(), attrs: attrs}
+	return attrs, nil
+}
+
+const compositeQuery = `SELECT a.attname
+FROM pg_catalog.pg_type t
+JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid
+WHERE t.oid = $1 AND t.typtype = 'c' AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum`
+
+type compositeEntry struct {
+	loaded time.Time
+	attrs  []string
+}
+
+func (c *catalog) connect(ctx context.Context) error {
+	if c.conn != nil && !c.conn.IsClosed() {
+		return nil
+	}
+	password, err := c.up.res.Password.Read()
+	if err != nil {
+		return err
+	}
+	cfg := c.up.cfg.Copy()
+	cfg.Password = password
+	cfg.RuntimeParams["application_name"] = "custos catalog"
+	if c.conn, err = pgconn.ConnectConfig(ctx, cfg); err != nil {
+		return fmt.Errorf("catalog connection: %w", err)
+	}
+	return nil
+}
+
+func (c *catalog) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = c.conn.Close(ctx)
+		c.conn = nil
+	}
+}
+
+// functionName returns a function's schema-qualified name by OID, for
+// deciding FunctionCall messages.
+func (c *catalog) functionName(ctx context.Context, oid uint32) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for attempt := 0; ; attempt++ {
+		if err := c.connect(ctx); err != nil {
+			return "", err
+		}
+		rr := c.conn.ExecParams(ctx, `SELECT p.proname, n.nspname FROM pg_catalog.pg_proc p
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = $1`,
+			[][]byte{[]byte(strconv.FormatUint(uint64(oid), 10))}, []uint32{26}, nil, nil)
+		name := ""
+		for rr.NextRow() {
+			v := rr.Values()
+			name = string(v[0])
+			if s := string(v[1]); s != "pg_catalog" {
+				name = s + "." + name
+			}
+		}
+		if _, err := rr.Close(); err != nil {
+			if attempt == 0 && c.conn.IsClosed() {
+				continue
+			}
+			return "", fmt.Errorf("catalog lookup of function %d: %w", oid, err)
+		}
+		return name, nil
+	}
+}

@@ -1,0 +1,1309 @@
+package pgfilter
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/custos-dev/custos/internal/mask"
+)
+
+// resultMasker is the built-in hook that keeps full card numbers and
+// sensitive authentication data from reaching the client: it follows the
+// protocol to know each DataRow's column types and formats, and masks every
+// server message that can carry client-visible data (rows, COPY data,
+// errors and notices, notifications, parameter status, function results,
+// column names).
+//
+// Column formats are known from the message flow: a simple query's
+// RowDescription carries the real formats; in the extended protocol a
+// Describe of a statement reports types only (formats come from Bind's
+// result format codes) and a Describe of a portal reports both. A portal
+// executed without either is described by custos itself first (the reply is
+// swallowed), so no row is ever relayed without its types (fail closed).
+type resultMasker struct {
+	m   *mask.Masker
+	cat *catalog
+	ses *Session
+
+	mu      sync.Mutex
+	pending []pendingOp
+	// stmts holds described statements (an empty, non-nil slice for one
+	// that returns no rows); describing lists those asked about.
+	stmts      map[string][]field
+	describing map[string]bool
+	portals    map[string]*portal
+	simple     []field // current simple-query result set
+
+	// next holds the rules the policy decision gave the message being
+	// relayed (set by the policy hook, which runs first).
+	next *maskRules
+	// rules are the current op's rules while its rows are masked.
+	rules *maskRules
+
+	copyBinary bool
+	copyHeader bool // the binary COPY header is still to come
+	out        []byte
+	counts     mask.Counts
+}
+
+type field struct {
+	oid    uint32
+	format int16
+	sad    bool
+	col    string // the real column name, when it is a table column
+	// attrSAD marks, for a composite (row) type, which attributes hold
+	// sensitive authentication data.
+	attrSAD []bool
+}
+
+type portal struct {
+	stmt      string
+	formats   []int16
+	fields    []field // from a Describe of the portal: real formats
+	described bool    // a Describe of the portal is on its way
+}
+
+type opKind uint8
+
+const (
+	opSimple opKind = iota + 1
+	opFunc
+	opSync
+	opDescribeStmt
+	opDescribePortal
+	opDescribeInternal
+	opExecute
+)
+
+type pendingOp struct {
+	kind  opKind
+	name  string
+	rules *maskRules // the decision's rules for the rows this op returns
+}
+
+// maskRules are a policy decision's masking rules for one statement.
+type maskRules struct {
+	// columns maps a column name (the real one, not an alias) to its
+	// strategy.
+	columns map[string]mask.Strategy
+	// noDetect turns content detection off (a decision's detect_pan
+	// false); column rules still apply.
+	noDetect bool
+	// reveal is the strategy for detected PANs (bin_last4 where granted).
+	reveal mask.Strategy
+}
+
+func newResultMasker(m *mask.Masker, cat *catalog, s *Session) *resultMasker {
+	return &resultMasker{m: m, cat: cat, ses: s, stmts: map[string][]field{}, describing: map[string]bool{}, portals: map[string]*portal{}}
+}
+
+// Wants implements Hook.
+func (rm *resultMasker) Wants(d Direction, typ byte) bool {
+	if d == ClientToServer {
+		switch typ {
+		case 'Q', 'F', 'S', 'P', 'B', 'D', 'E', 'C':
+			return true
+		}
+		return false
+	}
+	switch typ {
+	case 'T', 'n', 'D', 'C', 'I', 's', 'E', 'N', 'Z', 'H', 'd', 'A', 'S', 'V':
+		return true
+	}
+	return false
+}
+
+// Close implements Hook.
+func (rm *resultMasker) Close(error) {}
+
+// Handle implements Hook.
+func (rm *resultMasker) Handle(ctx context.Context, d Direction, m *Message, c Conn) (Verdict, error) {
+	if d == ClientToServer {
+		return Forward, rm.client(m, c)
+	}
+	return rm.server(ctx, m)
+}
+
+func (rm *resultMasker) push(op pendingOp) { rm.pending = append(rm.pending, op) }
+
+func (rm *resultMasker) front() (pendingOp, bool) {
+	if len(rm.pending) == 0 {
+		return pendingOp{}, false
+	}
+	return rm.pending[0], true
+}
+
+func (rm *resultMasker) pop() {
+	if len(rm.pending) > 0 {
+		rm.pending = rm.pending[1:]
+		if len(rm.pending) == 0 {
+			rm.pending = rm.pending[:0:0]
+		}
+	}
+}
+
+// client records what the client asked for, in order.
+func (rm *resultMasker) client(m *Message, c Conn) error {
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	b := m.Body
+	switch m.Type {
+	case 'Q':
+		rm.push(pendingOp{kind: opSimple, rules: rm.takeRules()})
+	case 'F':
+		rm.push(pendingOp{kind: opFunc})
+	case 'S':
+		rm.push(pendingOp{kind: opSync})
+	case 'P':
+		name, _, ok := cstring(b)
+		if !ok {
+			return nil // the server will refuse it
+		}
+		delete(rm.stmts, name)
+		delete(rm.describing, name)
+	case 'B':
+		p, name, ok := parseBind(b)
+		if ok {
+			rm.portals[name] = p
+		}
+	case 'D':
+		if len(b) < 2 {
+			return nil
+		}
+		name, _, _ := cstring(b[1:])
+		if b[0] == 'S' {
+			rm.describing[name] = true
+			rm.push(pendingOp{kind: opDescribeStmt, name: name})
+		} else {
+			if p := rm.portals[name]; p != nil {
+				p.described = true
+			}
+			rm.push(pendingOp{kind: opDescribePortal, name: name})
+		}
+	case 'E':
+		name, _, ok := cstring(b)
+		if !ok {
+			return nil
+		}
+		if p := rm.portals[name]; p == nil || (p.fields == nil && !p.described && rm.stmts[p.stmt] == nil && !rm.describing[p.stmt]) {
+			// Nothing says what this portal returns: ask the server
+			// first, so its rows can be inspected.
+			rm.push(pendingOp{kind: opDescribeInternal, name: name})
+			if err := c.SendToServer(&pgproto3.Describe{ObjectType: 'P', Name: name}); err != nil {
+				return err
+			}
+		}
+		rm.push(pendingOp{kind: opExecute, name: name, rules: rm.takeRules()})
+	case 'C':
+		if len(b) < 2 {
+			return nil
+		}
+		name, _, _ := cstring(b[1:])
+		if b[0] == 'S' {
+			delete(rm.stmts, name)
+		} else {
+			delete(rm.portals, name)
+		}
+	}
+	return nil
+}
+
+func (rm *resultMasker) takeRules() *maskRules {
+	r := rm.next
+	rm.next = nil
+	return r
+}
+
+// setRules hands the next simple query or Execute the decision's rules.
+func (rm *resultMasker) setRules(r *maskRules) {
+	rm.mu.Lock()
+	rm.next = r
+	rm.mu.Unlock()
+}
+
+// parseBind reads a Bind's portal, statement and result format codes.
+func parseBind(b []byte) (*portal, string, bool) {
+	name, b, ok := cstring(b)
+	if !ok {
+		return nil, "", false
+	}
+	stmt, b, ok := cstring(b)
+	if !ok || len(b) < 2 {
+		return nil, "", false
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if len(b) < 2*n+2 {
+		return nil, "", false
+	}
+	b = b[2*n:]
+	np := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	for range np {
+		if len(b) < 4 {
+			return nil, "", false
+		}
+		l := int(int32(binary.BigEndian.Uint32(b)))
+		b = b[4:]
+		if l > 0 {
+			if len(b) < l {
+				return nil, "", false
+			}
+			b = b[l:]
+		}
+	}
+	if len(b) < 2 {
+		return nil, "", false
+	}
+	nr := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
+	if len(b) < 2*nr {
+		return nil, "", false
+	}
+	formats := make([]int16, nr)
+	for i := range formats {
+		formats[i] = int16(binary.BigEndian.Uint16(b[2*i:]))
+	}
+	return &portal{stmt: stmt, formats: formats}, name, true
+}
+
+// server masks one server message and advances the request queue.
+func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error) {
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	op, _ := rm.front()
+	rm.rules = op.rules
+	switch m.Type {
+	case 'T':
+		fields, err := rm.rowDescription(ctx, m)
+		if err != nil {
+			return Forward, err
+		}
+		switch op.kind {
+		case opDescribeStmt:
+			rm.stmts[op.name] = fields
+			delete(rm.describing, op.name)
+			rm.pop()
+		case opDescribePortal, opDescribeInternal:
+			if p := rm.portals[op.name]; p != nil {
+				p.fields = fields
+			} else {
+				rm.portals[op.name] = &portal{fields: fields}
+			}
+			rm.pop()
+			if op.kind == opDescribeInternal {
+				return Drop, nil
+			}
+		default:
+			rm.simple = fields
+		}
+	case 'n':
+		switch op.kind {
+		case opDescribeStmt:
+			rm.stmts[op.name] = []field{}
+		case opDescribePortal, opDescribeInternal:
+			if p := rm.portals[op.name]; p != nil {
+				p.fields = []field{}
+			}
+		}
+		if op.kind == opDescribeStmt || op.kind == opDescribePortal || op.kind == opDescribeInternal {
+			rm.pop()
+			if op.kind == opDescribeInternal {
+				return Drop, nil
+			}
+		}
+	case 'D':
+		fields, formats := rm.rowShape(op)
+		if err := rm.dataRow(m, fields, formats); err != nil {
+			return Forward, err
+		}
+	case 'C', 'I', 's':
+		switch op.kind {
+		case opExecute:
+			rm.pop()
+		case opSimple:
+			rm.simple = nil
+		}
+		rm.copyBinary = false
+	case 'E':
+		rm.maskFields(m)
+		if op.kind != opSimple && op.kind != opFunc {
+			// The server skips to the next Sync.
+			for len(rm.pending) > 0 && rm.pending[0].kind != opSync {
+				rm.pop()
+			}
+		}
+	case 'N':
+		rm.maskFields(m)
+	case 'Z':
+		for len(rm.pending) > 0 {
+			k := rm.pending[0].kind
+			rm.pop()
+			if k == opSync || k == opSimple || k == opFunc {
+				break
+			}
+		}
+		rm.simple = nil
+	case 'H':
+		rm.copyBinary = len(m.Body) > 0 && m.Body[0] == 1
+		rm.copyHeader = rm.copyBinary
+	case 'd':
+		rm.copyData(m)
+	case 'A':
+		// pid, channel, payload
+		if len(m.Body) > 4 {
+			rm.maskCStrings(m, 4)
+		}
+	case 'S':
+		rm.maskCStrings(m, 0)
+	case 'V':
+		rm.functionResult(m)
+	}
+	return Forward, nil
+}
+
+// rowDescription reads a RowDescription, resolving which columns hold
+// sensitive authentication data by their real (table, column) names, and
+// masks card numbers in column names.
+func (rm *resultMasker) rowDescription(ctx context.Context, m *Message) ([]field, error) {
+	var rd pgproto3.RowDescription
+	if err := rd.Decode(m.Body); err != nil {
+		return nil, fmt.Errorf("custos: malformed RowDescription from the server: %w", err)
+	}
+	fields := make([]field, len(rd.Fields))
+	renamed := false
+	for i, f := range rd.Fields {
+		fields[i] = field{oid: f.DataTypeOID, format: f.Format}
+		name := string(f.Name)
+		if f.TableOID != 0 && f.TableAttributeNumber > 0 && rm.cat != nil {
+			col, ok, err := rm.cat.lookup(ctx, f.TableOID, int16(f.TableAttributeNumber))
+			if err != nil {
+				// Without the column's name custos cannot tell whether it
+				// is sensitive authentication data: fail closed.
+				return nil, ClientError(&pgproto3.ErrorResponse{
+					Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "XX000",
+					Message: "custos could not inspect the result's columns; the session is closed and the incident logged",
+				})
+			}
+			if ok {
+				name = col.name
+				fields[i].col = col.name
+			}
+		}
+		fields[i].sad = mask.IsSADColumn(name) || mask.IsSADColumn(string(f.Name))
+		if f.DataTypeOID >= firstUserOID && rm.cat != nil {
+			attrs, err := rm.cat.compositeAttrs(ctx, f.DataTypeOID)
+			if err != nil {
+				return nil, ClientError(&pgproto3.ErrorResponse{
+					Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "XX000",
+					Message: "custos could not inspect the result's columns; the session is closed and the incident logged",
+				})
+			}
+			for j, a := range attrs {
+				if mask.IsSADColumn(a) {
+					if fields[i].attrSAD == nil {
+						fields[i].attrSAD = make([]bool, len(attrs))
+					}
+					fields[i].attrSAD[j] = true
+				}
+			}
+		}
+		if out, c := rm.m.Text(nil, f.Name, ""); c.PANs > 0 || c.SAD > 0 {
+			rd.Fields[i].Name = out
+			rm.counts.Add(c)
+			renamed = true
+		}
+	}
+	if renamed {
+		enc, err := rd.Encode(nil)
+		if err != nil {
+			return nil, err
+		}
+		m.Body = enc[5:]
+	}
+	return fields, nil
+}
+
+// rowShape returns the fields and format codes that apply to a DataRow
+// answering op.
+func (rm *resultMasker) rowShape(op pendingOp) ([]field, []int16) {
+	if op.kind == opExecute {
+		p := rm.portals[op.name]
+		if p == nil {
+			return nil, nil
+		}
+		if p.fields != nil {
+			return p.fields, nil
+		}
+		return rm.stmts[p.stmt], p.formats
+	}
+	return rm.simple, nil
+}
+
+// dataRow masks a DataRow's values, rebuilding the message only when one
+// changes.
+func (rm *resultMasker) dataRow(m *Message, fields []field, formats []int16) error {
+	b := m.Body
+	if len(b) < 2 {
+		return fmt.Errorf("%w: DataRow from the server", ErrMalformed)
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	pos := 2
+	changed := false
+	out := rm.out[:0]
+	for i := range n {
+		if len(b) < pos+4 {
+			return fmt.Errorf("%w: DataRow from the server", ErrMalformed)
+		}
+		start := pos
+		l := int(int32(binary.BigEndian.Uint32(b[pos:])))
+		pos += 4
+		if l < 0 {
+			if changed {
+				out = binary.BigEndian.AppendUint32(out, math.MaxUint32)
+			}
+			continue
+		}
+		if len(b) < pos+l {
+			return fmt.Errorf("%w: DataRow from the server", ErrMalformed)
+		}
+		v := b[pos : pos+l]
+		pos += l
+		var f field
+		known := i < len(fields)
+		if known {
+			f = fields[i]
+		}
+		format := f.format
+		if formats != nil || !known {
+			format = formatAt(formats, i)
+		}
+		var nv []byte
+		null := false
+		strategy, ruled := rm.columnRule(f)
+		switch {
+		case ruled:
+			nv, null = rm.applyRule(v, f.oid, format == 1, strategy)
+		case f.sad:
+			null = true
+			rm.counts.SAD++
+		case !known && format == 1:
+			// A binary value of unknown type: only what looks like text in
+			// it can be checked.
+			nv = rm.maskText(v)
+		case f.attrSAD != nil:
+			nv, null = rm.maskComposite(v, f.attrSAD, format == 1)
+		default:
+			nv, null = rm.maskValue(v, f.oid, format == 1, 0)
+		}
+		if !changed && (null || !sameBytes(nv, v)) {
+			changed = true
+			out = append(out, b[:start]...)
+		}
+		if changed {
+			if null {
+				out = binary.BigEndian.AppendUint32(out, math.MaxUint32)
+			} else {
+				out = binary.BigEndian.AppendUint32(out, uint32(len(nv)))
+				out = append(out, nv...)
+			}
+		}
+	}
+	if changed {
+		rm.out = out
+		m.Body = out
+	}
+	return nil
+}
+
+// firstUserOID is where user-defined types (and tables' row types) start.
+const firstUserOID = 16384
+
+func formatAt(formats []int16, i int) int16 {
+	switch len(formats) {
+	case 0:
+		return 0
+	case 1:
+		return formats[0]
+	}
+	if i < len(formats) {
+		return formats[i]
+	}
+	return 0
+}
+
+func sameBytes(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// columnRule returns the decision's strategy for a column, if any.
+func (rm *resultMasker) columnRule(f field) (mask.Strategy, bool) {
+	if rm.rules == nil || f.col == "" || rm.rules.columns == nil {
+		return "", false
+	}
+	s, ok := rm.rules.columns[f.col]
+	return s, ok
+}
+
+// applyRule masks a value a decision's column rule names, by its shape,
+// whether or not it passes the PAN checks.
+func (rm *resultMasker) applyRule(v []byte, oid uint32, bin bool, s mask.Strategy) ([]byte, bool) {
+	if s == mask.Null || s == mask.Drop {
+		rm.counts.PANs++
+		return nil, true
+	}
+	if bin {
+		switch oid {
+		case oidText, oidVarchar, oidBPChar, oidName, oidUnknown:
+		default:
+			// A binary value of another type under a rule: not shown.
+			rm.counts.PANs++
+			return nil, true
+		}
+	}
+	var out []byte
+	var c mask.Counts
+	switch oid {
+	case oidInt8, oidNumeric, oidFloat8:
+		out, c = rm.m.Number(v, s, true)
+	default:
+		out, c = rm.m.Value(v, s)
+	}
+	rm.counts.Add(c)
+	return out, out == nil
+}
+
+// maskText masks free text; the result may alias v.
+func (rm *resultMasker) maskText(v []byte) []byte {
+	if rm.rules != nil && rm.rules.noDetect {
+		return v
+	}
+	s := mask.Strategy("")
+	if rm.rules != nil {
+		s = rm.rules.reveal
+	}
+	out, c := rm.m.Text(nil, v, s)
+	rm.counts.Add(c)
+	return out
+}
+
+func (rm *resultMasker) maskNumberText(v []byte) ([]byte, bool) {
+	if rm.rules != nil && rm.rules.noDetect {
+		return v, false
+	}
+	s := mask.Strategy("")
+	if rm.rules != nil {
+		s = rm.rules.reveal
+	}
+	out, c := rm.m.Number(v, s, false)
+	rm.counts.Add(c)
+	return out, out == nil
+}
+
+// maskValue masks one column value of type oid; null asks for NULL.
+func (rm *resultMasker) maskValue(v []byte, oid uint32, bin bool, depth int) (out []byte, null bool) {
+	if noPANTypes[oid] {
+		if bin {
+			return v, false
+		}
+		// Text forms are checked all the same: cheap, and a mislabelled
+		// value must not slip through.
+		return rm.maskText(v), false
+	}
+	if depth > 8 {
+		return nil, true
+	}
+	if !bin {
+		switch oid {
+		case oidInt8, oidNumeric, oidFloat8:
+			return rm.maskNumberText(v)
+		case oidJSON, oidJSONB:
+			return rm.maskJSON(v)
+		case oidBytea:
+			return rm.maskByteaText(v)
+		}
+		if elem, ok := arrayElem[oid]; ok && (elem == oidInt8 || elem == oidNumeric || elem == oidFloat8) {
+			return rm.maskNumberList(v), false
+		}
+		if _, ok := rangeElem[oid]; ok {
+			return rm.maskNumberList(v), false
+		}
+		if _, ok := multirangeElem[oid]; ok {
+			return rm.maskNumberList(v), false
+		}
+		return rm.maskText(v), false
+	}
+	switch oid {
+	case oidText, oidVarchar, oidBPChar, oidName, oidUnknown, oidXML, oidBytea:
+		return rm.maskText(v), false
+	case oidJSON:
+		return rm.maskJSON(v)
+	case oidJSONB:
+		if len(v) == 0 || v[0] != 1 {
+			return nil, true
+		}
+		j, null := rm.maskJSON(v[1:])
+		if null || sameBytes(j, v[1:]) {
+			return v, null
+		}
+		return append([]byte{1}, j...), false
+	case oidInt8:
+		if len(v) != 8 {
+			return nil, true
+		}
+		n := int64(binary.BigEndian.Uint64(v))
+		if n > -1e11 && n < 1e11 {
+			return v, false // fewer than 12 digits: not a PAN
+		}
+		txt := strconv.FormatInt(n, 10)
+		nt, null := rm.maskNumberText([]byte(txt))
+		if null || string(nt) == txt {
+			return v, null
+		}
+		n, err := strconv.ParseInt(string(nt), 10, 64)
+		if err != nil {
+			return nil, true
+		}
+		return binary.BigEndian.AppendUint64(nil, uint64(n)), false
+	case oidFloat8:
+		txt, ok := float8Integer(v)
+		if !ok {
+			return v, false
+		}
+		nt, null := rm.maskNumberText([]byte(txt))
+		if null || string(nt) == txt {
+			return v, null
+		}
+		f, err := strconv.ParseFloat(string(nt), 64)
+		if err != nil {
+			return nil, true
+		}
+		return binary.BigEndian.AppendUint64(nil, math.Float64bits(f)), false
+	case oidNumeric:
+		if len(v) >= 8 && int16(binary.BigEndian.Uint16(v[2:])) < 2 && binary.BigEndian.Uint16(v[4:]) < 0x8000 {
+			// Weight below 2: under 10^12, not a PAN.
+			if _, err := numericToText(v); err == nil {
+				return v, false
+			}
+		}
+		txt, err := numericToText(v)
+		if err != nil {
+			return nil, true
+		}
+		nt, null := rm.maskNumberText([]byte(txt))
+		if null || string(nt) == txt {
+			return v, null
+		}
+		enc, err := numericFromText(string(nt))
+		if err != nil {
+			return nil, true
+		}
+		return enc, false
+	case oidRecord:
+		return rm.maskRecord(v, depth, nil)
+	}
+	if _, ok := arrayElem[oid]; ok {
+		return rm.maskArray(v, depth)
+	}
+	if elem, ok := rangeElem[oid]; ok {
+		return rm.maskRange(v, elem, depth)
+	}
+	if rng, ok := multirangeElem[oid]; ok {
+		return rm.maskMultirange(v, rng, depth)
+	}
+	if oid >= firstUserOID && isRecordShaped(v) {
+		// A table's row type: the same layout as record.
+		return rm.maskRecord(v, depth, nil)
+	}
+	if isArrayShaped(v) {
+		return rm.maskArray(v, depth)
+	}
+	// A binary type custos does not decode: check what looks like text.
+	return rm.maskText(v), false
+}
+
+func (rm *resultMasker) maskJSON(v []byte) ([]byte, bool) {
+	out, c, err := rm.m.JSON(v, nil, true)
+	if err != nil {
+		// Not inspectable: never passed through.
+		rm.counts.PANs++
+		return nil, true
+	}
+	rm.counts.Add(c)
+	return out, false
+}
+
+// maskByteaText handles bytea's hex text form, in which digits would not
+// be recognised: decode, inspect, re-encode when something was masked.
+func (rm *resultMasker) maskByteaText(v []byte) ([]byte, bool) {
+	if !bytes.HasPrefix(v, []byte(`\x`)) {
+		return rm.maskText(v), false
+	}
+	raw := make([]byte, hex.DecodedLen(len(v)-2))
+	if _, err := hex.Decode(raw, v[2:]); err != nil {
+		return nil, true
+	}
+	out := rm.maskText(raw)
+	if sameBytes(out, raw) {
+		return v, false
+	}
+	enc := make([]byte, 2+hex.EncodedLen(len(out)))
+	copy(enc, `\x`)
+	hex.Encode(enc[2:], out)
+	return enc, false
+}
+
+// maskNumberList masks each number of a numeric array's text form
+// ({1,2,3}), keeping every number a number.
+func (rm *resultMasker) maskNumberList(v []byte) []byte {
+	var out []byte
+	changed := false
+	i := 0
+	for i < len(v) {
+		j := i
+		for j < len(v) && (v[j] == '-' || v[j] == '.' || (v[j] >= '0' && v[j] <= '9')) {
+			j++
+		}
+		if j == i {
+			if changed {
+				out = append(out, v[i])
+			}
+			i++
+			continue
+		}
+		nt, null := rm.maskNumberText(v[i:j])
+		if null {
+			nt = []byte("NULL")
+		}
+		if !changed && !sameBytes(nt, v[i:j]) {
+			changed = true
+			out = append(out, v[:i]...)
+		}
+		if changed {
+			out = append(out, nt...)
+		}
+		i = j
+	}
+	if !changed {
+		return v
+	}
+	return out
+}
+
+// maskArray masks a binary array's elements.
+func (rm *resultMasker) maskArray(v []byte, depth int) ([]byte, bool) {
+	if len(v) < 12 {
+		return nil, true
+	}
+	ndim := int(binary.BigEndian.Uint32(v))
+	elem := binary.BigEndian.Uint32(v[8:])
+	hdr := 12 + 8*ndim
+	if ndim < 0 || ndim > 6 || len(v) < hdr {
+		return nil, true
+	}
+	if noPANTypes[elem] {
+		return v, false
+	}
+	pos := hdr
+	var out []byte
+	changed := false
+	for pos < len(v) {
+		if len(v) < pos+4 {
+			return nil, true
+		}
+		start := pos
+		l := int(int32(binary.BigEndian.Uint32(v[pos:])))
+		pos += 4
+		if l < 0 {
+			if changed {
+				out = binary.BigEndian.AppendUint32(out, math.MaxUint32)
+			}
+			continue
+		}
+		if len(v) < pos+l {
+			return nil, true
+		}
+		e := v[pos : pos+l]
+		pos += l
+		ne, null := rm.maskValue(e, elem, true, depth+1)
+		if !changed && (null || !sameBytes(ne, e)) {
+			changed = true
+			out = append(out, v[:start]...)
+			// The has-null flag must be set if an element becomes NULL.
+			binary.BigEndian.PutUint32(out[4:], 1)
+		}
+		if changed {
+			if null {
+				out = binary.BigEndian.AppendUint32(out, math.MaxUint32)
+			} else {
+				out = binary.BigEndian.AppendUint32(out, uint32(len(ne)))
+				out = append(out, ne...)
+			}
+		}
+	}
+	if !changed {
+		return v, false
+	}
+	return out, false
+}
+
+// maskRecord masks a binary record's fields (each carries its type);
+// fields marked in sad become NULL.
+func (rm *resultMasker) maskRecord(v []byte, depth int, sad []bool) ([]byte, bool) {
+	if len(v) < 4 {
+		return nil, true
+	}
+	n := int(binary.BigEndian.Uint32(v))
+	pos := 4
+	var out []byte
+	changed := false
+	for i := range n {
+		if len(v) < pos+8 {
+			return nil, true
+		}
+		start := pos
+		oid := binary.BigEndian.Uint32(v[pos:])
+		l := int(int32(binary.BigEndian.Uint32(v[pos+4:])))
+		pos += 8
+		if l < 0 {
+			if changed {
+				out = binary.BigEndian.AppendUint32(out, oid)
+				out = binary.BigEndian.AppendUint32(out, math.MaxUint32)
+			}
+			continue
+		}
+		if len(v) < pos+l {
+			return nil, true
+		}
+		e := v[pos : pos+l]
+		pos += l
+		var ne []byte
+		var null bool
+		if i < len(sad) && sad[i] {
+			null = true
+			rm.counts.SAD++
+		} else {
+			ne, null = rm.maskValue(e, oid, true, depth+1)
+		}
+		if !changed && (null || !sameBytes(ne, e)) {
+			changed = true
+			out = append(out, v[:start]...)
+		}
+		if changed {
+			out = binary.BigEndian.AppendUint32(out, oid)
+			if null {
+				out = binary.BigEndian.AppendUint32(out, math.MaxUint32)
+			} else {
+				out = binary.BigEndian.AppendUint32(out, uint32(len(ne)))
+				out = append(out, ne...)
+			}
+		}
+	}
+	if !changed {
+		return v, false
+	}
+	return out, false
+}
+
+// maskFields masks every field of an ErrorResponse or NoticeResponse.
+func (rm *resultMasker) maskFields(m *Message) {
+	b := m.Body
+	var out []byte
+	changed := false
+	pos := 0
+	for pos < len(b) && b[pos] != 0 {
+		start := pos
+		val, _, ok := cstringBytes(b[pos+1:])
+		if !ok {
+			return // malformed: the client's driver will complain
+		}
+		pos += 1 + len(val) + 1
+		nv := rm.maskText(val)
+		if !changed && !sameBytes(nv, val) {
+			changed = true
+			out = append(out, b[:start]...)
+		}
+		if changed {
+			out = append(out, b[start])
+			out = append(out, nv...)
+			out = append(out, 0)
+		}
+	}
+	if changed {
+		m.Body = append(out, 0)
+	}
+}
+
+// maskCStrings masks each NUL-terminated string of the body from offset on
+// (NotificationResponse channel and payload, ParameterStatus).
+func (rm *resultMasker) maskCStrings(m *Message, offset int) {
+	b := m.Body
+	var out []byte
+	changed := false
+	pos := offset
+	for pos < len(b) {
+		s, _, ok := cstringBytes(b[pos:])
+		if !ok {
+			return
+		}
+		start := pos
+		pos += len(s) + 1
+		ns := rm.maskText(s)
+		if !changed && !sameBytes(ns, s) {
+			changed = true
+			out = append(out, b[:start]...)
+		}
+		if changed {
+			out = append(out, ns...)
+			out = append(out, 0)
+		}
+	}
+	if changed {
+		m.Body = out
+	}
+}
+
+// copyData masks a COPY TO STDOUT row: text and csv as text; binary by
+// walking the tuple, masking each field by what it looks like.
+func (rm *resultMasker) copyData(m *Message) {
+	if !rm.copyBinary {
+		if nv := rm.maskText(m.Body); !sameBytes(nv, m.Body) {
+			m.Body = nv
+		}
+		return
+	}
+	b := m.Body
+	pos := 0
+	if rm.copyHeader {
+		// PGCOPY\n\377\r\n\0, flags, extension length and data.
+		if len(b) < 19 || !bytes.HasPrefix(b, []byte("PGCOPY\n\xff\r\n\x00")) {
+			m.Body = rm.maskText(b)
+			return
+		}
+		pos = 19 + int(binary.BigEndian.Uint32(b[15:]))
+		rm.copyHeader = false
+	}
+	var out []byte
+	changed := false
+	for pos+2 <= len(b) {
+		n := int(int16(binary.BigEndian.Uint16(b[pos:])))
+		if n < 0 { // trailer
+			break
+		}
+		if changed {
+			out = append(out, b[pos:pos+2]...)
+		}
+		pos += 2
+		for range n {
+			if len(b) < pos+4 {
+				m.Body = rm.maskText(b)
+				return
+			}
+			start := pos
+			l := int(int32(binary.BigEndian.Uint32(b[pos:])))
+			pos += 4
+			if l < 0 {
+				if changed {
+					out = append(out, b[start:pos]...)
+				}
+				continue
+			}
+			if len(b) < pos+l {
+				m.Body = rm.maskText(b)
+				return
+			}
+			v := b[pos : pos+l]
+			pos += l
+			nv := rm.maskCopyField(v)
+			if !changed && !sameBytes(nv, v) {
+				changed = true
+				out = append(out, b[:start]...)
+			}
+			if changed {
+				out = binary.BigEndian.AppendUint32(out, uint32(len(nv)))
+				out = append(out, nv...)
+			}
+		}
+	}
+	if changed {
+		out = append(out, b[pos:]...)
+		m.Body = out
+	}
+}
+
+// maskCopyField masks a binary COPY field, whose type the stream does not
+// say: an 8-byte field is checked as an int8, a field shaped like a binary
+// numeric as a numeric, anything else as text.
+func (rm *resultMasker) maskCopyField(v []byte) []byte {
+	if len(v) == 8 {
+		if nv, null := rm.maskValue(v, oidInt8, true, 0); !null && !sameBytes(nv, v) {
+			return nv
+		}
+		if nv, null := rm.maskValue(v, oidFloat8, true, 0); !null && !sameBytes(nv, v) {
+			return nv
+		}
+	}
+	if isArrayShaped(v) {
+		if nv, null := rm.maskArray(v, 0); !null {
+			return nv
+		}
+	}
+	if isRecordShaped(v) {
+		if nv, null := rm.maskRecord(v, 0, nil); !null {
+			return nv
+		}
+	}
+	if len(v) >= 8 && len(v) == 8+2*int(binary.BigEndian.Uint16(v)) {
+		if _, err := numericToText(v); err == nil {
+			if nv, null := rm.maskValue(v, oidNumeric, true, 0); !null && !sameBytes(nv, v) {
+				return nv
+			}
+		}
+	}
+	return rm.maskText(v)
+}
+
+// functionResult masks a FunctionCallResponse (large object reads).
+func (rm *resultMasker) functionResult(m *Message) {
+	b := m.Body
+	if len(b) < 4 {
+		return
+	}
+	l := int(int32(binary.BigEndian.Uint32(b)))
+	if l < 0 || len(b) < 4+l {
+		return
+	}
+	v := b[4 : 4+l]
+	nv := rm.maskText(v)
+	if sameBytes(nv, v) {
+		return
+	}
+	out := binary.BigEndian.AppendUint32(nil, uint32(len(nv)))
+	m.Body = append(out, nv...)
+}
+
+func cstringBytes(b []byte) ([]byte, []byte, bool) {
+	i := bytes.IndexByte(b, 0)
+	if i < 0 {
+		return nil, b, false
+	}
+	return b[:i], b[i+1:], true
+}
+
+// maskComposite masks a value of a composite type some of whose
+// attributes hold sensitive authentication data: those become NULL.
+func (rm *resultMasker) maskComposite(v []byte, sad []bool, bin bool) ([]byte, bool) {
+	if bin {
+		if !isRecordShaped(v) {
+			return nil, true
+		}
+		return rm.maskRecord(v, 0, sad)
+	}
+	out, ok := blankCompositeText(v, sad)
+	if !ok {
+		return nil, true // not inspectable: never passed
+	}
+	rm.counts.SAD += countTrue(sad)
+	return rm.maskText(out), false
+}
+
+func countTrue(b []bool) int {
+	n := 0
+	for _, x := range b {
+		if x {
+			n++
+		}
+	}
+	return n
+}
+
+// blankCompositeText rewrites a composite's text form `(a,"b c",,d)` with
+// the attributes marked in sad left empty (NULL).
+func blankCompositeText(v []byte, sad []bool) ([]byte, bool) {
+	if len(v) < 2 || v[0] != '(' || v[len(v)-1] != ')' {
+		return nil, false
+	}
+	body := v[1 : len(v)-1]
+	out := make([]byte, 0, len(v))
+	out = append(out, '(')
+	i, attr := 0, 0
+	for {
+		start := i
+		inQuote := false
+	scan:
+		for i < len(body) {
+			c := body[i]
+			switch {
+			case c == '\\' && i+1 < len(body):
+				i += 2
+				continue
+			case c == '"':
+				if inQuote && i+1 < len(body) && body[i+1] == '"' {
+					i += 2
+					continue
+				}
+				inQuote = !inQuote
+			case c == ',' && !inQuote:
+				break scan
+			}
+			i++
+		}
+		if inQuote {
+			return nil, false
+		}
+		if attr >= len(sad) || !sad[attr] {
+			out = append(out, body[start:i]...)
+		}
+		attr++
+		if i >= len(body) {
+			break
+		}
+		out = append(out, ',')
+		i++
+	}
+	return append(out, ')'), true
+}
+
+// maskRange masks a binary range's bounds (after its flags byte).
+func (rm *resultMasker) maskRange(v []byte, elem uint32, depth int) ([]byte, bool) {
+	if len(v) < 1 {
+		return nil, true
+	}
+	out := []byte{v[0]}
+	pos := 1
+	changed := false
+	for pos < len(v) {
+		if len(v) < pos+4 {
+			return nil, true
+		}
+		l := int(int32(binary.BigEndian.Uint32(v[pos:])))
+		if l < 0 || len(v) < pos+4+l {
+			return nil, true
+		}
+		e := v[pos+4 : pos+4+l]
+		pos += 4 + l
+		ne, null := rm.maskValue(e, elem, true, depth+1)
+		if null {
+			return nil, true
+		}
+		if !sameBytes(ne, e) {
+			changed = true
+		}
+		out = binary.BigEndian.AppendUint32(out, uint32(len(ne)))
+		out = append(out, ne...)
+	}
+	if !changed {
+		return v, false
+	}
+	return out, false
+}
+
+// maskMultirange masks each range of a binary multirange.
+func (rm *resultMasker) maskMultirange(v []byte, rng uint32, depth int) ([]byte, bool) {
+	if len(v) < 4 {
+		return nil, true
+	}
+	n := int(binary.BigEndian.Uint32(v))
+	out := append([]byte(nil), v[:4]...)
+	pos := 4
+	changed := false
+	for range n {
+		if len(v) < pos+4 {
+			return nil, true
+		}
+		l := int(int32(binary.BigEndian.Uint32(v[pos:])))
+		if l < 0 || len(v) < pos+4+l {
+			return nil, true
+		}
+		e := v[pos+4 : pos+4+l]
+		pos += 4 + l
+		ne, null := rm.maskValue(e, rng, true, depth+1)
+		if null {
+			return nil, true
+		}
+		if !sameBytes(ne, e) {
+			changed = true
+		}
+		out = binary.BigEndian.AppendUint32(out, uint32(len(ne)))
+		out = append(out, ne...)
+	}
+	if !changed {
+		return v, false
+	}
+	return out, false
+}
+
+// isRecordShaped reports whether v parses exactly as a binary record.
+func isRecordShaped(v []byte) bool {
+	if len(v) < 4 {
+		return false
+	}
+	n := int(int32(binary.BigEndian.Uint32(v)))
+	if n < 0 || n > 1600 {
+		return false
+	}
+	pos := 4
+	for range n {
+		if len(v) < pos+8 {
+			return false
+		}
+		l := int(int32(binary.BigEndian.Uint32(v[pos+4:])))
+		pos += 8
+		if l < -1 || (l > 0 && len(v) < pos+l) {
+			return false
+		}
+		if l > 0 {
+			pos += l
+		}
+	}
+	return pos == len(v)
+}
+
+// isArrayShaped reports whether v parses exactly as a binary array.
+func isArrayShaped(v []byte) bool {
+	if len(v) < 12 {
+		return false
+	}
+	ndim := int(int32(binary.BigEndian.Uint32(v)))
+	flags := binary.BigEndian.Uint32(v[4:])
+	if ndim < 0 || ndim > 6 || flags > 1 || len(v) < 12+8*ndim {
+		return false
+	}
+	count := 0
+	if ndim > 0 {
+		count = 1
+	}
+	for d := range ndim {
+		dim := int(int32(binary.BigEndian.Uint32(v[12+8*d:])))
+		if dim < 0 || dim > 1<<20 {
+			return false
+		}
+		count *= dim
+		if count > 1<<20 {
+			return false
+		}
+	}
+	pos := 12 + 8*ndim
+	for range count {
+		if len(v) < pos+4 {
+			return false
+		}
+		l := int(int32(binary.BigEndian.Uint32(v[pos:])))
+		pos += 4
+		if l < -1 || (l > 0 && len(v) < pos+l) {
+			return false
+		}
+		if l > 0 {
+			pos += l
+		}
+	}
+	return pos == len(v)
+}
