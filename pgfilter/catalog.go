@@ -92,9 +92,15 @@ func (c *catalog) load(ctx context.Context, table uint32) (*catalogTable, error)
 	}
 }
 
-// compositeAttrs returns the attribute names of a composite (row) type, in
+// attr is one attribute of a composite type.
+type attr struct {
+	name string
+	typ  uint32
+}
+
+// compositeAttrs returns the attributes of a composite (row) type, in
 // order, or nil when typ is not a composite type.
-func (c *catalog) compositeAttrs(ctx context.Context, typ uint32) ([]string, error) {
+func (c *catalog) compositeAttrs(ctx context.Context, typ uint32) ([]attr, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.composites[typ]; ok && time.Since(e.loaded) < catalogTTL {
@@ -102,7 +108,7 @@ func (c *catalog) compositeAttrs(ctx context.Context, typ uint32) ([]string, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	var attrs []string
+	var attrs []attr
 	for attempt := 0; ; attempt++ {
 		if err := c.connect(ctx); err != nil {
 			return nil, err
@@ -110,7 +116,9 @@ func (c *catalog) compositeAttrs(ctx context.Context, typ uint32) ([]string, err
 		rr := c.conn.ExecParams(ctx, compositeQuery, [][]byte{[]byte(strconv.FormatUint(uint64(typ), 10))}, []uint32{26}, nil, nil)
 		attrs = attrs[:0]
 		for rr.NextRow() {
-			attrs = append(attrs, string(rr.Values()[0]))
+			v := rr.Values()
+			t, _ := strconv.ParseUint(string(v[1]), 10, 32)
+			attrs = append(attrs, attr{name: string(v[0]), typ: uint32(t)})
 		}
 		if _, err := rr.Close(); err != nil {
 			if attempt == 0 && c.conn.IsClosed() {
@@ -127,7 +135,7 @@ func (c *catalog) compositeAttrs(ctx context.Context, typ uint32) ([]string, err
 	return attrs, nil
 }
 
-const compositeQuery = `SELECT a.attname
+const compositeQuery = `SELECT a.attname, a.atttypid
 FROM pg_catalog.pg_type t
 JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid
 WHERE t.oid = $1 AND t.typtype = 'c' AND a.attnum > 0 AND NOT a.attisdropped
@@ -135,7 +143,7 @@ ORDER BY a.attnum`
 
 type compositeEntry struct {
 	loaded time.Time
-	attrs  []string
+	attrs  []attr
 }
 
 func (c *catalog) connect(ctx context.Context) error {

@@ -50,3 +50,52 @@ func TestMaskingBasics(t *testing.T) {
 		t.Fatalf("error = %v", err)
 	}
 }
+
+func TestMaskingCompositeSAD(t *testing.T) {
+	t.Parallel()
+	env := maskedEnv(t)
+	c := connect(t, env.ConnString("alice", env.Token(t, "alice")))
+	ctx := context.Background()
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		rows, err := c.Query(ctx, "SELECT c FROM cards c WHERE id = 1", mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			raw := rows.RawValues()
+			if strings.Contains(string(raw[0]), "123") || strings.Contains(string(raw[0]), "4242424242424242") {
+				t.Errorf("mode %v: row value %q shows SAD or a PAN", mode, raw[0])
+			}
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestMaskingNewTableRowType(t *testing.T) {
+	t.Parallel()
+	env := maskedEnv(t)
+	ctx := context.Background()
+	if err := env.Cluster.Exec(ctx, pgfiltertest.Database, `CREATE TABLE mask_rowtype (id int8, pan text, cvv text, pin_block text, doc jsonb);
+		INSERT INTO mask_rowtype VALUES (1, '4242424242424242', '731', '0412AC89FFFFFFFF', '{"a": "x \"y\""}');
+		GRANT ALL ON mask_rowtype TO `+env.Resource.User); err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t, env.ConnString("alice", env.Token(t, "alice")))
+	for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeCacheStatement, pgx.QueryExecModeSimpleProtocol} {
+		rows, err := c.Query(ctx, "SELECT t FROM mask_rowtype t", mode)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			raw := string(rows.RawValues()[0])
+			if strings.Contains(raw, "731") || strings.Contains(raw, "0412AC89") || strings.Contains(raw, "4242424242424242") {
+				t.Errorf("mode %v: row value %q shows SAD or a PAN", mode, raw)
+			}
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"math"
 	"strconv"
@@ -36,7 +37,8 @@ type resultMasker struct {
 	mu      sync.Mutex
 	pending []pendingOp
 	// stmts holds described statements (an empty, non-nil slice for one
-	// that returns no rows); describing lists those asked about.
+	// that returns no rows), in the server's order; describing lists the
+	// statements the client has described since their last Parse.
 	stmts      map[string][]field
 	describing map[string]bool
 	portals    map[string]*portal
@@ -59,8 +61,9 @@ type field struct {
 	format int16
 	sad    bool
 	col    string // the real column name, when it is a table column
-	// attrSAD marks, for a composite (row) type, which attributes hold
-	// sensitive authentication data.
+	// attrs are a composite (row) type's attributes; attrSAD marks those
+	// that hold sensitive authentication data.
+	attrs   []attr
 	attrSAD []bool
 }
 
@@ -81,11 +84,13 @@ const (
 	opDescribePortal
 	opDescribeInternal
 	opExecute
+	opParse // ParseComplete drops what was known of the statement
 )
 
 type pendingOp struct {
 	kind  opKind
 	name  string
+	p     *portal    // the portal as it was bound when the op was sent
 	rules *maskRules // the decision's rules for the rows this op returns
 }
 
@@ -115,7 +120,7 @@ func (rm *resultMasker) Wants(d Direction, typ byte) bool {
 		return false
 	}
 	switch typ {
-	case 'T', 'n', 'D', 'C', 'I', 's', 'E', 'N', 'Z', 'H', 'd', 'A', 'S', 'V':
+	case 'T', 'n', 'D', 'C', 'I', 's', 'E', 'N', 'Z', 'H', 'd', 'A', 'S', 'V', '1':
 		return true
 	}
 	return false
@@ -167,7 +172,10 @@ func (rm *resultMasker) client(m *Message, c Conn) error {
 		if !ok {
 			return nil // the server will refuse it
 		}
-		delete(rm.stmts, name)
+		// What is known of a statement changes in the server's order
+		// (at its ParseComplete); what the client has asked for so far,
+		// now.
+		rm.push(pendingOp{kind: opParse, name: name})
 		delete(rm.describing, name)
 	case 'B':
 		p, name, ok := parseBind(b)
@@ -183,25 +191,34 @@ func (rm *resultMasker) client(m *Message, c Conn) error {
 			rm.describing[name] = true
 			rm.push(pendingOp{kind: opDescribeStmt, name: name})
 		} else {
-			if p := rm.portals[name]; p != nil {
-				p.described = true
+			p := rm.portals[name]
+			if p == nil {
+				p = &portal{}
+				rm.portals[name] = p
 			}
-			rm.push(pendingOp{kind: opDescribePortal, name: name})
+			p.described = true
+			rm.push(pendingOp{kind: opDescribePortal, name: name, p: p})
 		}
 	case 'E':
 		name, _, ok := cstring(b)
 		if !ok {
 			return nil
 		}
-		if p := rm.portals[name]; p == nil || (p.fields == nil && !p.described && rm.stmts[p.stmt] == nil && !rm.describing[p.stmt]) {
+		p := rm.portals[name]
+		if p == nil {
+			p = &portal{}
+			rm.portals[name] = p
+		}
+		if !p.described && !rm.describing[p.stmt] {
 			// Nothing says what this portal returns: ask the server
 			// first, so its rows can be inspected.
-			rm.push(pendingOp{kind: opDescribeInternal, name: name})
+			p.described = true
+			rm.push(pendingOp{kind: opDescribeInternal, name: name, p: p})
 			if err := c.SendToServer(&pgproto3.Describe{ObjectType: 'P', Name: name}); err != nil {
 				return err
 			}
 		}
-		rm.push(pendingOp{kind: opExecute, name: name, rules: rm.takeRules()})
+		rm.push(pendingOp{kind: opExecute, name: name, p: p, rules: rm.takeRules()})
 	case 'C':
 		if len(b) < 2 {
 			return nil
@@ -290,14 +307,9 @@ func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error)
 		switch op.kind {
 		case opDescribeStmt:
 			rm.stmts[op.name] = fields
-			delete(rm.describing, op.name)
 			rm.pop()
 		case opDescribePortal, opDescribeInternal:
-			if p := rm.portals[op.name]; p != nil {
-				p.fields = fields
-			} else {
-				rm.portals[op.name] = &portal{fields: fields}
-			}
+			op.p.fields = fields
 			rm.pop()
 			if op.kind == opDescribeInternal {
 				return Drop, nil
@@ -310,9 +322,7 @@ func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error)
 		case opDescribeStmt:
 			rm.stmts[op.name] = []field{}
 		case opDescribePortal, opDescribeInternal:
-			if p := rm.portals[op.name]; p != nil {
-				p.fields = []field{}
-			}
+			op.p.fields = []field{}
 		}
 		if op.kind == opDescribeStmt || op.kind == opDescribePortal || op.kind == opDescribeInternal {
 			rm.pop()
@@ -324,6 +334,11 @@ func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error)
 		fields, formats := rm.rowShape(op)
 		if err := rm.dataRow(m, fields, formats); err != nil {
 			return Forward, err
+		}
+	case '1':
+		if op.kind == opParse {
+			delete(rm.stmts, op.name)
+			rm.pop()
 		}
 	case 'C', 'I', 's':
 		switch op.kind {
@@ -407,12 +422,11 @@ func (rm *resultMasker) rowDescription(ctx context.Context, m *Message) ([]field
 					Message: "custos could not inspect the result's columns; the session is closed and the incident logged",
 				})
 			}
-			for j, a := range attrs {
-				if mask.IsSADColumn(a) {
-					if fields[i].attrSAD == nil {
-						fields[i].attrSAD = make([]bool, len(attrs))
-					}
-					fields[i].attrSAD[j] = true
+			if attrs != nil {
+				fields[i].attrs = attrs
+				fields[i].attrSAD = make([]bool, len(attrs))
+				for j, a := range attrs {
+					fields[i].attrSAD[j] = mask.IsSADColumn(a.name)
 				}
 			}
 		}
@@ -436,10 +450,7 @@ func (rm *resultMasker) rowDescription(ctx context.Context, m *Message) ([]field
 // answering op.
 func (rm *resultMasker) rowShape(op pendingOp) ([]field, []int16) {
 	if op.kind == opExecute {
-		p := rm.portals[op.name]
-		if p == nil {
-			return nil, nil
-		}
+		p := op.p
 		if p.fields != nil {
 			return p.fields, nil
 		}
@@ -496,11 +507,12 @@ func (rm *resultMasker) dataRow(m *Message, fields []field, formats []int16) err
 			null = true
 			rm.counts.SAD++
 		case !known && format == 1:
-			// A binary value of unknown type: only what looks like text in
-			// it can be checked.
-			nv = rm.maskText(v)
-		case f.attrSAD != nil:
-			nv, null = rm.maskComposite(v, f.attrSAD, format == 1)
+			// A binary value of unknown type cannot be inspected: it is
+			// never passed (fail closed).
+			null = true
+			rm.counts.PANs++
+		case f.attrs != nil:
+			nv, null = rm.maskComposite(v, f, format == 1)
 		default:
 			nv, null = rm.maskValue(v, f.oid, format == 1, 0)
 		}
@@ -590,9 +602,106 @@ func (rm *resultMasker) maskText(v []byte) []byte {
 	if rm.rules != nil {
 		s = rm.rules.reveal
 	}
+	v = rm.maskNumberTokens(v, s)
+	v = rm.unescapeDigits(v)
 	out, c := rm.m.Text(nil, v, s)
 	rm.counts.Add(c)
 	return out
+}
+
+// maskNumberTokens masks, type-preservingly, numbers in free text that
+// Text leaves alone: a decimal ("4242424242424242.00") or exponent
+// ("4.242424242424242e+15") form whose integer value is a PAN, as COPY
+// rows, composite values and casts of numeric columns show them.
+func (rm *resultMasker) maskNumberTokens(v []byte, s mask.Strategy) []byte {
+	if bytes.IndexByte(v, '.') < 0 && bytes.IndexByte(v, 'e') < 0 && bytes.IndexByte(v, 'E') < 0 {
+		return v
+	}
+	var out []byte
+	copied := 0
+	for i := 0; i < len(v); {
+		c := v[i]
+		if !isDigitByte(c) || (i > 0 && (isAlnumByte(v[i-1]) || v[i-1] == '.' || v[i-1] == '_')) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(v) && isDigitByte(v[j]) {
+			j++
+		}
+		special := false
+		if j+1 < len(v) && v[j] == '.' && isDigitByte(v[j+1]) {
+			special = true
+			j++
+			for j < len(v) && isDigitByte(v[j]) {
+				j++
+			}
+		}
+		if j+1 < len(v) && (v[j] == 'e' || v[j] == 'E') {
+			k := j + 1
+			if k < len(v) && (v[k] == '+' || v[k] == '-') {
+				k++
+			}
+			if k < len(v) && isDigitByte(v[k]) {
+				special = true
+				for k < len(v) && isDigitByte(v[k]) {
+					k++
+				}
+				j = k
+			}
+		}
+		if !special || (j < len(v) && (isAlnumByte(v[j]) || v[j] == '.')) {
+			i = j
+			continue
+		}
+		start := i
+		if start > 0 && v[start-1] == '-' {
+			start--
+		}
+		nt, cnt := rm.m.Number(v[start:j], s, false)
+		if cnt.PANs > 0 {
+			if nt == nil {
+				nt = []byte("0")
+			}
+			out = append(out, v[copied:start]...)
+			out = append(out, nt...)
+			copied = j
+			rm.counts.Add(cnt)
+		}
+		i = j
+	}
+	if out == nil {
+		return v
+	}
+	return append(out, v[copied:]...)
+}
+
+// unescapeDigits decodes JSON-style escapes of digits (\u0030–\u0039) when
+// the text holds any, so a PAN spelled with them is seen (COPY shows json
+// values as they were written).
+func (rm *resultMasker) unescapeDigits(v []byte) []byte {
+	if bytes.Index(v, []byte(`\u003`)) < 0 {
+		return v
+	}
+	out := make([]byte, 0, len(v))
+	for i := 0; i < len(v); i++ {
+		if v[i] == '\\' && i+5 < len(v) && v[i+1] == 'u' && v[i+2] == '0' && v[i+3] == '0' && v[i+4] == '3' && isDigitByte(v[i+5]) {
+			out = append(out, v[i+5])
+			i += 5
+			continue
+		}
+		out = append(out, v[i])
+	}
+	if !mask.Contains(out) {
+		return v // nothing hidden behind escapes: keep the text as it was
+	}
+	return out
+}
+
+func isDigitByte(c byte) bool { return c >= '0' && c <= '9' }
+
+func isAlnumByte(c byte) bool {
+	return isDigitByte(c) || (c|0x20 >= 'a' && c|0x20 <= 'z')
 }
 
 func (rm *resultMasker) maskNumberText(v []byte) ([]byte, bool) {
@@ -629,6 +738,12 @@ func (rm *resultMasker) maskValue(v []byte, oid uint32, bin bool, depth int) (ou
 			return rm.maskJSON(v)
 		case oidBytea:
 			return rm.maskByteaText(v)
+		case oidRecord:
+			out, ok := rm.maskCompositeText(v, field{})
+			if !ok {
+				return nil, true
+			}
+			return out, false
 		}
 		if elem, ok := arrayElem[oid]; ok && (elem == oidInt8 || elem == oidNumeric || elem == oidFloat8) {
 			return rm.maskNumberList(v), false
@@ -769,7 +884,7 @@ func (rm *resultMasker) maskNumberList(v []byte) []byte {
 	i := 0
 	for i < len(v) {
 		j := i
-		for j < len(v) && (v[j] == '-' || v[j] == '.' || (v[j] >= '0' && v[j] <= '9')) {
+		for j < len(v) && (v[j] == '-' || v[j] == '+' || v[j] == '.' || v[j] == 'e' || v[j] == 'E' || (v[j] >= '0' && v[j] <= '9')) {
 			j++
 		}
 		if j == i {
@@ -1061,6 +1176,11 @@ func (rm *resultMasker) maskCopyField(v []byte) []byte {
 			return nv
 		}
 	}
+	if len(v) > 1 && len(v) < 64 && isRangeShaped(v) {
+		if nv := rm.maskRangeGuess(v); !sameBytes(nv, v) {
+			return nv
+		}
+	}
 	if len(v) >= 8 && len(v) == 8+2*int(binary.BigEndian.Uint16(v)) {
 		if _, err := numericToText(v); err == nil {
 			if nv, null := rm.maskValue(v, oidNumeric, true, 0); !null && !sameBytes(nv, v) {
@@ -1098,78 +1218,140 @@ func cstringBytes(b []byte) ([]byte, []byte, bool) {
 	return b[:i], b[i+1:], true
 }
 
-// maskComposite masks a value of a composite type some of whose
-// attributes hold sensitive authentication data: those become NULL.
-func (rm *resultMasker) maskComposite(v []byte, sad []bool, bin bool) ([]byte, bool) {
+// maskComposite masks a value of a composite (row) type attribute by
+// attribute, by each attribute's type; attributes that hold sensitive
+// authentication data become NULL.
+func (rm *resultMasker) maskComposite(v []byte, f field, bin bool) ([]byte, bool) {
 	if bin {
 		if !isRecordShaped(v) {
 			return nil, true
 		}
-		return rm.maskRecord(v, 0, sad)
+		return rm.maskRecord(v, 0, f.attrSAD)
 	}
-	out, ok := blankCompositeText(v, sad)
+	out, ok := rm.maskCompositeText(v, f)
 	if !ok {
 		return nil, true // not inspectable: never passed
 	}
-	rm.counts.SAD += countTrue(sad)
-	return rm.maskText(out), false
+	return out, false
 }
 
-func countTrue(b []bool) int {
-	n := 0
-	for _, x := range b {
-		if x {
-			n++
-		}
-	}
-	return n
-}
-
-// blankCompositeText rewrites a composite's text form `(a,"b c",,d)` with
-// the attributes marked in sad left empty (NULL).
-func blankCompositeText(v []byte, sad []bool) ([]byte, bool) {
+// maskCompositeText rewrites a composite's text form `(a,"b c",,d)`,
+// masking each attribute as a value of its type and leaving sensitive
+// ones empty (NULL).
+func (rm *resultMasker) maskCompositeText(v []byte, f field) ([]byte, bool) {
 	if len(v) < 2 || v[0] != '(' || v[len(v)-1] != ')' {
 		return nil, false
 	}
 	body := v[1 : len(v)-1]
 	out := make([]byte, 0, len(v))
 	out = append(out, '(')
-	i, attr := 0, 0
+	i, n := 0, 0
+	changed := false
+	var val []byte
 	for {
-		start := i
-		inQuote := false
-	scan:
+		fieldStart := i
+		val = val[:0]
+		quoted, inQuote := false, false
 		for i < len(body) {
 			c := body[i]
-			switch {
-			case c == '\\' && i+1 < len(body):
-				i += 2
-				continue
-			case c == '"':
-				if inQuote && i+1 < len(body) && body[i+1] == '"' {
+			if inQuote {
+				switch {
+				case c == '\\' && i+1 < len(body):
+					val = append(val, body[i+1])
 					i += 2
 					continue
+				case c == '"' && i+1 < len(body) && body[i+1] == '"':
+					val = append(val, '"')
+					i += 2
+					continue
+				case c == '"':
+					inQuote = false
+					i++
+					continue
 				}
-				inQuote = !inQuote
-			case c == ',' && !inQuote:
-				break scan
+				val = append(val, c)
+				i++
+				continue
+			}
+			if c == ',' {
+				break
+			}
+			switch {
+			case c == '"':
+				inQuote, quoted = true, true
+			case c == '\\' && i+1 < len(body):
+				val = append(val, body[i+1])
+				i++
+			default:
+				val = append(val, c)
 			}
 			i++
 		}
 		if inQuote {
 			return nil, false
 		}
-		if attr >= len(sad) || !sad[attr] {
-			out = append(out, body[start:i]...)
+		null := !quoted && len(val) == 0
+		if !null {
+			switch {
+			case n < len(f.attrSAD) && f.attrSAD[n]:
+				rm.counts.SAD++
+				changed = true
+			default:
+				var nv []byte
+				var isNull bool
+				if n < len(f.attrs) {
+					nv, isNull = rm.maskValue(val, f.attrs[n].typ, false, 1)
+				} else {
+					nv, isNull = rm.maskUntyped(val)
+				}
+				switch {
+				case isNull:
+					changed = true
+				case sameBytes(nv, val) || string(nv) == string(val):
+					out = append(out, body[fieldStart:i]...)
+				default:
+					changed = true
+					out = appendCompositeField(out, nv)
+				}
+			}
 		}
-		attr++
+		n++
 		if i >= len(body) {
 			break
 		}
 		out = append(out, ',')
 		i++
 	}
+	if !changed {
+		return v, true
+	}
 	return append(out, ')'), true
+}
+
+// maskUntyped masks a value whose type is unknown (an attribute of an
+// anonymous record): JSON by its members, anything else as text.
+func (rm *resultMasker) maskUntyped(v []byte) ([]byte, bool) {
+	if len(v) > 1 && (v[0] == '{' || v[0] == '[') && json.Valid(v) {
+		return rm.maskJSON(v)
+	}
+	return rm.maskText(v), false
+}
+
+// appendCompositeField writes one attribute of a composite's text form,
+// always quoted.
+func appendCompositeField(out, v []byte) []byte {
+	out = append(out, '"')
+	for _, c := range v {
+		switch c {
+		case '"':
+			out = append(out, '"', '"')
+		case '\\':
+			out = append(out, '\\', '\\')
+		default:
+			out = append(out, c)
+		}
+	}
+	return append(out, '"')
 }
 
 // maskRange masks a binary range's bounds (after its flags byte).
@@ -1306,4 +1488,57 @@ func isArrayShaped(v []byte) bool {
 		}
 	}
 	return pos == len(v)
+}
+
+// isRangeShaped reports whether v parses exactly as a binary range: a flags
+// byte, then the bounds it says are present.
+func isRangeShaped(v []byte) bool {
+	if len(v) < 1 {
+		return false
+	}
+	flags := v[0]
+	if flags&^0x1f != 0 {
+		return false
+	}
+	if flags&0x01 != 0 { // empty
+		return len(v) == 1
+	}
+	pos := 1
+	for _, inf := range []byte{0x08, 0x10} {
+		if flags&inf != 0 {
+			continue
+		}
+		if len(v) < pos+4 {
+			return false
+		}
+		l := int(int32(binary.BigEndian.Uint32(v[pos:])))
+		if l < 0 || len(v) < pos+4+l {
+			return false
+		}
+		pos += 4 + l
+	}
+	return pos == len(v) && pos > 1
+}
+
+// maskRangeGuess masks a binary range of unknown element type: each bound
+// is checked as an int8, a numeric or text.
+func (rm *resultMasker) maskRangeGuess(v []byte) []byte {
+	out := []byte{v[0]}
+	pos := 1
+	changed := false
+	for pos < len(v) {
+		l := int(int32(binary.BigEndian.Uint32(v[pos:])))
+		e := v[pos+4 : pos+4+l]
+		pos += 4 + l
+		ne := rm.maskCopyField(e)
+		if !sameBytes(ne, e) {
+			changed = true
+		}
+		out = binary.BigEndian.AppendUint32(out, uint32(len(ne)))
+		out = append(out, ne...)
+	}
+	if !changed {
+		return v
+	}
+	return out
 }
