@@ -680,7 +680,7 @@ func (rm *resultMasker) maskNumberTokens(v []byte, s mask.Strategy) []byte {
 // the text holds any, so a PAN spelled with them is seen (COPY shows json
 // values as they were written).
 func (rm *resultMasker) unescapeDigits(v []byte) []byte {
-	if bytes.Index(v, []byte(`\u003`)) < 0 {
+	if !bytes.Contains(v, []byte(`\u003`)) {
 		return v
 	}
 	out := make([]byte, 0, len(v))
