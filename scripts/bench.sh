@@ -14,8 +14,13 @@
 # Each target gets a warm-up run, then one measured run. Results: a table on stdout and
 # out/bench/results.json; pgbench and server logs in out/bench/.
 #
+# Then the masking benchmark: a SELECT of BENCH_MASK_ROWS (1,000,000) rows with a card number in
+# each, streamed by psql directly and through custos (which masks every one), and the same rows by
+# COPY TO STDOUT; 3 runs each, median wall time; target custos/direct <= 1.5 for the SELECT. And
+# custos' peak RSS (VmHWM) after a 100,000-row result versus a 1,000,000-row one: it must not grow.
+#
 # Called by `make bench` after `make build`, with the PostgreSQL bin dir and /usr/sbin in PATH.
-# Settings: BENCH_SECONDS (15), BENCH_WARMUP_SECONDS (3), BENCH_SCALE (10).
+# Settings: BENCH_SECONDS (15), BENCH_WARMUP_SECONDS (3), BENCH_SCALE (10), BENCH_MASK_ROWS (1000000).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,6 +28,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BENCH_SECONDS=${BENCH_SECONDS:-15}
 WARMUP_SECONDS=${BENCH_WARMUP_SECONDS:-3}
 SCALE=${BENCH_SCALE:-10}
+MASK_ROWS=${BENCH_MASK_ROWS:-1000000}
+MASK_RUNS=3
 CLIENTS=4
 JOBS=2
 CUSTOS=bin/custos
@@ -38,9 +45,10 @@ for prog in pgbench psql pgbouncer; do
 		die "$prog not in PATH; run \`make deps\`, and put the PostgreSQL bin dir and /usr/sbin in PATH (\`make bench\` does)"
 done
 [ -x "$CUSTOS" ] || die "$CUSTOS is missing: run \`make build\` first"
-for n in "$BENCH_SECONDS" "$WARMUP_SECONDS" "$SCALE"; do
-	[[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS, BENCH_WARMUP_SECONDS and BENCH_SCALE must be positive integers"
+for n in "$BENCH_SECONDS" "$WARMUP_SECONDS" "$SCALE" "$MASK_ROWS"; do
+	[[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS, BENCH_WARMUP_SECONDS, BENCH_SCALE and BENCH_MASK_ROWS must be positive integers"
 done
+((MASK_ROWS >= 100000)) || die "BENCH_MASK_ROWS must be at least 100000 (the small RSS run streams 100,000 rows)"
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 
@@ -228,7 +236,95 @@ for target in "${targets[@]}"; do
 		{ cat "$logfile" >&2; die "$target: no tps or latency in the pgbench output"; }
 done
 
-# --- 5. report -----------------------------------------------------------------------------------
+# --- 5. masking: a large result with a card number in every row ----------------------------------
+# The rows cycle through the standard test PANs of several brands, some written with separators;
+# all are valid card numbers, so custos masks every one. ref is the same number with its check
+# digit changed (not a card number): selecting it instead shows what inspecting costs when
+# nothing has to be masked.
+log "masking: loading bench_cards ($MASK_ROWS rows) directly"
+psql -X -q -v ON_ERROR_STOP=1 -d "$CUSTOS_UPSTREAM_DSN" >"$OUT/mask-load.log" 2>&1 <<SQL ||
+DROP TABLE IF EXISTS bench_cards;
+CREATE TABLE bench_cards AS
+SELECT id, holder, pan, left(pan, -1) || ((right(pan, 1)::int + 1) % 10)::text AS ref
+FROM (SELECT i::int8 AS id, 'Holder ' || i AS holder,
+             (ARRAY['4242424242424242', '5555555555554444', '378282246310005', '6011111111111117',
+                    '3056930009020004', '6200000000000005', '4000 0566 5566 5556', '2223-0031-2200-3222'])[1 + i % 8] AS pan
+      FROM generate_series(1, $MASK_ROWS) i) s;
+ALTER TABLE bench_cards ADD PRIMARY KEY (id);
+VACUUM ANALYZE bench_cards;
+GRANT SELECT ON bench_cards TO custos_gateway;
+SQL
+	{ tail -n 20 "$OUT/mask-load.log" >&2; die "masking: loading bench_cards failed"; }
+
+# psql_to TARGET OUTFILE ARGS...: psql against TARGET (direct or custos), rows to OUTFILE.
+psql_to() {
+	local target=$1 out=$2
+	shift 2
+	PGPASSWORD=${password[$target]} psql -X -q -A -t -v ON_ERROR_STOP=1 -d "${conninfo[$target]}" -o "$out" "$@"
+}
+
+# Masking must really be on: custos shows the last four digits only.
+sample=$(PGPASSWORD=${password[custos]} psql -X -q -A -t -v ON_ERROR_STOP=1 -d "${conninfo[custos]}" \
+	-c 'SELECT pan FROM bench_cards WHERE id IN (1, 2) ORDER BY id') || die "masking: query through custos failed"
+[ "$sample" = $'************4444\n***********0005' ] ||
+	die "masking: custos did not mask bench_cards.pan: $(printf '%q' "$sample")"
+
+mask_select="SELECT id, holder, pan FROM bench_cards"
+mask_select_ref="SELECT id, holder, ref FROM bench_cards"
+# wall_seconds CMD...: runs CMD and prints its wall time in seconds.
+wall_seconds() {
+	local start=$EPOCHREALTIME
+	"$@" || return 1
+	awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%.3f", e - s }'
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# Timed: every row streamed to psql, which discards it. SELECT with FETCH_COUNT (psql reads it
+# through a cursor, 10,000 rows per FETCH, instead of holding the whole result), the same SELECT
+# of ref (no card number to mask), and COPY.
+mask_methods=(select select_no_pan copy)
+declare -A mask_median mask_runs
+for method in "${mask_methods[@]}"; do
+	for target in direct custos; do
+		times=()
+		for ((run = 1; run <= MASK_RUNS; run++)); do
+			case $method in
+			select) args=(-v FETCH_COUNT=10000 -c "$mask_select") ;;
+			select_no_pan) args=(-v FETCH_COUNT=10000 -c "$mask_select_ref") ;;
+			copy) args=(-c "\\copy ($mask_select) TO '/dev/null'") ;;
+			esac
+			t=$(wall_seconds psql_to "$target" /dev/null "${args[@]}") || die "masking: $method through $target failed"
+			times+=("$t")
+		done
+		mask_runs[$method,$target]="${times[*]}"
+		mask_median[$method,$target]=$(median "${times[@]}")
+		log "masking: $method of $MASK_ROWS rows, $target: ${times[*]} s (median ${mask_median[$method,$target]})"
+	done
+done
+
+# Peak RSS of the custos process after a 100,000-row and after a MASK_ROWS-row result, each one
+# plain SELECT (a single result set), the peak reset before each (clear_refs 5) when the kernel
+# lets us; otherwise the second figure is the peak over both.
+vm_kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$custos_pid/status"; }
+reset_peak() { { echo 5 >"/proc/$custos_pid/clear_refs"; } 2>/dev/null; }
+peak_reset=true
+declare -A mask_hwm
+for rows in 100000 "$MASK_ROWS"; do
+	reset_peak || peak_reset=false
+	psql_to custos "$OUT/mask-custos.out" -c "$mask_select ORDER BY id LIMIT $rows" ||
+		die "masking: $rows-row SELECT through custos failed"
+	mask_hwm[$rows]=$(vm_kb VmHWM)
+	log "masking: custos VmHWM after $rows rows: ${mask_hwm[$rows]} kB (VmRSS now $(vm_kb VmRSS) kB)"
+done
+# What custos sent holds no full card number.
+got_rows=$(wc -l <"$OUT/mask-custos.out")
+[ "$got_rows" -eq "$MASK_ROWS" ] || die "masking: custos returned $got_rows rows, want $MASK_ROWS"
+if grep -q -E '4242424242424242|5555555555554444|378282246310005|6011111111111117|3056930009020004|6200000000000005|4000 0566 5566 5556|2223-0031-2200-3222' "$OUT/mask-custos.out"; then
+	die "masking: a full card number came through custos (see $OUT/mask-custos.out)"
+fi
+rm -f "$OUT/mask-custos.out"
+
+# --- 6. report -----------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
 custos_direct=$(ratio "${tps[custos]}" "${tps[direct]}")
 custos_pgbouncer=$(ratio "${tps[custos]}" "${tps[pgbouncer]}")
@@ -241,6 +337,19 @@ for target in "${targets[@]}"; do
 done
 printf '\ncustos/direct     %s\ncustos/pgbouncer  %s\npgbouncer/direct  %s\n' \
 	"$custos_direct" "$custos_pgbouncer" "$pgbouncer_direct"
+
+mask_select_ratio=$(ratio "${mask_median[select,custos]}" "${mask_median[select,direct]}")
+mask_nopan_ratio=$(ratio "${mask_median[select_no_pan,custos]}" "${mask_median[select_no_pan,direct]}")
+mask_copy_ratio=$(ratio "${mask_median[copy,custos]}" "${mask_median[copy,direct]}")
+mask_hwm_ratio=$(ratio "${mask_hwm[$MASK_ROWS]}" "${mask_hwm[100000]}")
+printf '\nmasking: %s rows with a card number in each, psql, TLS, median of %s runs\n\n' "$MASK_ROWS" "$MASK_RUNS"
+printf '%-36s %10s %10s %14s\n' method 'direct (s)' 'custos (s)' custos/direct
+printf '%-36s %10s %10s %14s\n' 'SELECT (FETCH_COUNT=10000)' "${mask_median[select,direct]}" "${mask_median[select,custos]}" "$mask_select_ratio"
+printf '%-36s %10s %10s %14s\n' 'SELECT, no card number (ref)' "${mask_median[select_no_pan,direct]}" "${mask_median[select_no_pan,custos]}" "$mask_nopan_ratio"
+printf '%-36s %10s %10s %14s\n' 'COPY TO STDOUT' "${mask_median[copy,direct]}" "${mask_median[copy,custos]}" "$mask_copy_ratio"
+printf '\ncustos peak RSS (VmHWM): %s kB after 100000 rows, %s kB after %s rows (ratio %s)%s\n' \
+	"${mask_hwm[100000]}" "${mask_hwm[$MASK_ROWS]}" "$MASK_ROWS" "$mask_hwm_ratio" \
+	"$($peak_reset || echo '; the peak could not be reset between the two')"
 
 json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
 {
@@ -259,8 +368,19 @@ json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'
 		sep=$',\n'
 	done
 	printf '\n  ],\n'
-	printf '  "ratios": {"custos_direct": %s, "custos_pgbouncer": %s, "pgbouncer_direct": %s}\n' \
+	printf '  "ratios": {"custos_direct": %s, "custos_pgbouncer": %s, "pgbouncer_direct": %s},\n' \
 		"$custos_direct" "$custos_pgbouncer" "$pgbouncer_direct"
+	printf '  "masking": {\n'
+	printf '    "rows": %s, "runs": %s, "client": "psql", "tls": true, "target_custos_direct": 1.5,\n' "$MASK_ROWS" "$MASK_RUNS"
+	for method in "${mask_methods[@]}"; do
+		printf '    "%s": {"direct_s": [%s], "custos_s": [%s], "direct_median_s": %s, "custos_median_s": %s, "custos_direct": %s},\n' \
+			"$method" "${mask_runs[$method,direct]// /, }" "${mask_runs[$method,custos]// /, }" \
+			"${mask_median[$method,direct]}" "${mask_median[$method,custos]}" \
+			"$(ratio "${mask_median[$method,custos]}" "${mask_median[$method,direct]}")"
+	done
+	printf '    "custos_peak_rss_kb": {"rows_100000": %s, "rows_%s": %s, "ratio": %s, "peak_reset_between": %s}\n' \
+		"${mask_hwm[100000]}" "$MASK_ROWS" "${mask_hwm[$MASK_ROWS]}" "$mask_hwm_ratio" "$peak_reset"
+	printf '  }\n'
 	printf '}\n'
 } >"$OUT/results.json"
 printf '\nresults: %s\n' "$OUT/results.json"
