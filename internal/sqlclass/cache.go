@@ -1,0 +1,102 @@
+package sqlclass
+
+import (
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+)
+
+// DefaultCacheEntries is the cache size New uses for 0.
+const DefaultCacheEntries = 4096
+
+// maxCachedQueryBytes keeps very long texts (bulk INSERTs, generated SQL) out of the cache,
+// which bounds its memory by entries × this size. Such texts are rarely repeated anyway.
+const maxCachedQueryBytes = 16 << 10
+
+// Classifier classifies query strings and caches the results by exact text. It is safe for
+// concurrent use.
+type Classifier struct {
+	max int // 0: no cache
+
+	mu      sync.RWMutex
+	byQuery map[string]*cacheEntry
+	entries []*cacheEntry // for random eviction
+	clock   atomic.Uint64
+}
+
+type cacheEntry struct {
+	query string
+	res   *Result
+	err   error
+	idx   int           // position in Classifier.entries
+	used  atomic.Uint64 // Classifier.clock at the last hit
+}
+
+// New returns a Classifier whose cache holds up to cacheEntries query texts (0 means
+// DefaultCacheEntries, a negative number disables the cache). When full, the less recently
+// used of two random entries is evicted, which approximates LRU without a lock on hits.
+func New(cacheEntries int) *Classifier {
+	switch {
+	case cacheEntries == 0:
+		cacheEntries = DefaultCacheEntries
+	case cacheEntries < 0:
+		cacheEntries = 0
+	}
+	return &Classifier{max: cacheEntries, byQuery: make(map[string]*cacheEntry)}
+}
+
+// Classify classifies every statement of query. A text that does not parse yields an error
+// wrapping ErrSyntax (a *SyntaxError); an empty text (or only comments and semicolons) yields
+// a Result without statements, as PostgreSQL answers it with EmptyQueryResponse. The Result is
+// shared: callers must not modify it.
+func (c *Classifier) Classify(query string) (*Result, error) {
+	if c.max == 0 || len(query) > maxCachedQueryBytes {
+		return classify(query)
+	}
+	c.mu.RLock()
+	e := c.byQuery[query]
+	c.mu.RUnlock()
+	if e != nil {
+		e.used.Store(c.clock.Add(1))
+		return e.res, e.err
+	}
+	res, err := classify(query)
+	c.store(query, res, err)
+	return res, err
+}
+
+// Len reports how many query texts the cache holds.
+func (c *Classifier) Len() int {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return len(c.entries)
+}
+
+func (c *Classifier) store(query string, res *Result, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.byQuery[query]; ok {
+		return // stored meanwhile by a concurrent miss
+	}
+	for len(c.entries) >= c.max {
+		c.evictLocked()
+	}
+	e := &cacheEntry{query: query, res: res, err: err, idx: len(c.entries)}
+	e.used.Store(c.clock.Add(1))
+	c.entries = append(c.entries, e)
+	c.byQuery[query] = e
+}
+
+func (c *Classifier) evictLocked() {
+	n := len(c.entries)
+	victim := c.entries[rand.IntN(n)]
+	if other := c.entries[rand.IntN(n)]; other.used.Load() < victim.used.Load() {
+		victim = other
+	}
+	last := c.entries[n-1]
+	c.entries[victim.idx] = last
+	last.idx = victim.idx
+	c.entries[n-1] = nil
+	c.entries = c.entries[:n-1]
+	delete(c.byQuery, victim.query)
+}
