@@ -1,7 +1,8 @@
 # custos build, lint, test, fuzz and benchmark entry points.
 #
 #   make run ARGS='...'     build and start `custos dev` (data dir ./.custos unless ARGS say otherwise)
-#   make test               deps, lint, then the whole test suite (tests start their own Postgres)
+#   make test               deps, lint, policy-test, then the whole test suite (tests start their own Postgres)
+#   make policy-test        the Rego policy in policies/: opa fmt, opa check, opa test with coverage
 #   make fuzz FUZZTIME=1m   run every fuzz target for FUZZTIME each
 #   make bench              Go benchmarks, then scripts/bench.sh when present
 
@@ -19,6 +20,9 @@ CUSTOS        := $(BIN)/custos
 GOLANGCI_LINT := $(BIN)/golangci-lint
 GOLANGCI_PKG  := github.com/golangci/golangci-lint/v2/cmd/golangci-lint
 
+# Minimum coverage of the policy files by their opa tests, in percent.
+POLICY_COVERAGE ?= 90
+
 # Debian keeps the PostgreSQL server binaries (initdb, postgres, pg_ctl) out of PATH, under
 # /usr/lib/postgresql/<version>/bin, and pgbouncer in /usr/sbin. Recipes that start servers
 # begin with $(WITH_PG_PATH) to put the newest version (and /usr/sbin) on PATH. It is evaluated
@@ -27,7 +31,7 @@ WITH_PG_PATH = pgbin=$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | 
 	if [ -n "$$pgbin" ]; then PATH="$$pgbin:$$PATH"; fi; \
 	case ":$$PATH:" in *:/usr/sbin:*) ;; *) PATH="$$PATH:/usr/sbin" ;; esac; export PATH;
 
-.PHONY: deps build run lint test fuzz bench clean
+.PHONY: deps build run lint policy-test test fuzz bench clean
 
 # Make builds a target once per invocation, so every target below that depends on deps
 # runs the script at most once.
@@ -57,7 +61,19 @@ lint: $(GOLANGCI_LINT)
 	$(GO) vet ./...; echo "go vet: ok"; \
 	$(GOLANGCI_LINT) run ./...
 
-test: deps lint
+# OPA is the one from go.mod's tool directive: nothing to install. opa fmt lists files that
+# need formatting (fix with `go tool opa fmt -w policies`); opa check --strict also refuses
+# unused variables, imports and the like; the tests' timeout is generous for busy machines.
+# The coverage minimum counts the policy files, not the *_test.rego files.
+policy-test:
+	$(GO) tool opa fmt --list --fail policies
+	$(GO) tool opa check --strict policies
+	$(GO) tool opa test --timeout 60s policies
+	@mkdir -p out
+	$(GO) tool opa test --timeout 60s --coverage policies > out/policy-coverage.json
+	$(GO) run ./internal/policy/covercheck -min $(POLICY_COVERAGE) out/policy-coverage.json
+
+test: deps lint policy-test
 	@$(WITH_PG_PATH) $(GO) test -count=1 -timeout 40m ./...
 
 # One fuzz target at a time (go test -fuzz takes a single package and a single target).

@@ -1,0 +1,145 @@
+package policy
+
+import (
+	"container/list"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+)
+
+// cacheKey identifies an SQL input for the decision cache.
+type cacheKey [sha256.Size]byte
+
+// makeCacheKey hashes every part of the input the default policy reads, and
+// a little more: the version and kind, the principal (subject, issuer,
+// sorted groups, actor), the resource (name, type, labels) and the SQL
+// (normalized text, fingerprint and the statements' JSON: the fingerprint
+// alone does not tell schemas, columns or flags apart). Session fields,
+// claims and email are left out so that one statement repeated by many
+// sessions of a principal is decided once.
+func makeCacheKey(in *Input) (cacheKey, error) {
+	var stmts []byte
+	if in.SQL != nil {
+		var err error
+		if stmts, err = statementsJSON(in.SQL.Statements); err != nil {
+			return cacheKey{}, fmt.Errorf("statements: %w", err)
+		}
+	}
+	p := in.Principal
+	size := 256 + len(stmts)
+	if in.SQL != nil {
+		size += len(in.SQL.Normalized) + len(in.SQL.Fingerprint)
+	}
+	b := make([]byte, 0, size)
+	b = appendInt(b, int64(in.Version))
+	b = appendStr(b, in.Kind)
+	b = appendStr(b, p.Sub)
+	b = appendStr(b, p.Iss)
+	groups := slices.Clone(p.Groups)
+	slices.Sort(groups)
+	b = appendInt(b, int64(len(groups)))
+	for _, g := range groups {
+		b = appendStr(b, g)
+	}
+	if p.Act != nil {
+		b = appendInt(b, 1)
+		b = appendStr(b, p.Act.Sub)
+	} else {
+		b = appendInt(b, 0)
+	}
+	b = appendStr(b, in.Resource.Name)
+	b = appendStr(b, in.Resource.Type)
+	b = appendInt(b, int64(len(in.Resource.Labels)))
+	for _, k := range slices.Sorted(maps.Keys(in.Resource.Labels)) {
+		b = appendStr(b, k)
+		b = appendStr(b, in.Resource.Labels[k])
+	}
+	if in.SQL == nil {
+		b = appendInt(b, 0)
+	} else {
+		b = appendInt(b, 1)
+		b = appendStr(b, in.SQL.Normalized)
+		b = appendStr(b, in.SQL.Fingerprint)
+		b = appendInt(b, int64(len(stmts)))
+		b = append(b, stmts...)
+	}
+	return sha256.Sum256(b), nil
+}
+
+// statementsJSON is the JSON of SQL.Statements. A json.RawMessage is taken
+// as it is: it was evaluated, and so parsed, before a decision for it could
+// be cached.
+func statementsJSON(v any) ([]byte, error) {
+	if raw, ok := v.(json.RawMessage); ok {
+		return raw, nil
+	}
+	return json.Marshal(v)
+}
+
+func appendInt(b []byte, n int64) []byte {
+	return binary.BigEndian.AppendUint64(b, uint64(n))
+}
+
+func appendStr(b []byte, s string) []byte {
+	return append(appendInt(b, int64(len(s))), s...)
+}
+
+// decisionCache is a bounded LRU of decisions (without id).
+type decisionCache struct {
+	mu      sync.Mutex
+	max     int
+	order   *list.List // of *cacheEntry, most recent first
+	entries map[cacheKey]*list.Element
+}
+
+type cacheEntry struct {
+	key cacheKey
+	d   *Decision
+}
+
+func newDecisionCache(max int) *decisionCache {
+	return &decisionCache{max: max, order: list.New(), entries: make(map[cacheKey]*list.Element)}
+}
+
+// get returns a copy of the cached decision.
+func (c *decisionCache) get(k cacheKey) (*Decision, bool) {
+	c.mu.Lock()
+	el, ok := c.entries[k]
+	var d *Decision
+	if ok {
+		c.order.MoveToFront(el)
+		d = el.Value.(*cacheEntry).d
+	}
+	c.mu.Unlock()
+	if !ok {
+		return nil, false
+	}
+	return d.clone(), true
+}
+
+// put keeps d, which the caller must not change afterwards.
+func (c *decisionCache) put(k cacheKey, d *Decision) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.entries[k]; ok {
+		el.Value.(*cacheEntry).d = d
+		c.order.MoveToFront(el)
+		return
+	}
+	c.entries[k] = c.order.PushFront(&cacheEntry{key: k, d: d})
+	for c.order.Len() > c.max {
+		last := c.order.Back()
+		c.order.Remove(last)
+		delete(c.entries, last.Value.(*cacheEntry).key)
+	}
+}
+
+func (c *decisionCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.order.Len()
+}

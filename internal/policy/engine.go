@@ -1,0 +1,300 @@
+package policy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/custos-dev/custos/policies"
+)
+
+// Defaults of Options.
+const (
+	DefaultTimeout       = 100 * time.Millisecond
+	DefaultCacheEntries  = 10_000
+	DefaultWatchInterval = 2 * time.Second
+)
+
+// ErrUndefined: the policy defines no decision for an input.
+var ErrUndefined = errors.New(Query + " is undefined")
+
+// Options configure an Engine.
+type Options struct {
+	// Dir is the policy directory; "" loads the embedded default policy
+	// (package policies).
+	Dir string
+	// Logger receives reloads (Info), failed reloads and policy errors
+	// (Error). nil discards.
+	Logger *slog.Logger
+	// Timeout bounds one evaluation (default 100ms).
+	Timeout time.Duration
+	// CacheEntries bounds the decision cache (default 10000); a negative
+	// value turns the cache off. The cache key covers what the default
+	// policy reads; a policy deciding SQL on input.session,
+	// input.principal.claims or input.principal.email, or on anything
+	// outside the input that changes without a reload, must run without it.
+	CacheEntries int
+	// WatchInterval is how often Watch looks at Dir (default 2s).
+	WatchInterval time.Duration
+	// Registerer receives the engine's metrics; nil registers nowhere.
+	Registerer prometheus.Registerer
+}
+
+// Engine decides requests with the current policy version.
+type Engine struct {
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics
+
+	cur atomic.Pointer[version]
+
+	reloadMu sync.Mutex
+	// failedHash is the hash of the sources that last failed to load, so
+	// that Watch does not retry (and log) the same broken files every tick.
+	failedHash string
+}
+
+// version is one loaded policy: immutable but for its cache.
+type version struct {
+	query rego.PreparedEvalQuery
+	hash  string
+	id    string
+	cache *decisionCache // nil when caching is off
+}
+
+// New loads and prepares the policy. It fails when the policy does not load.
+func New(ctx context.Context, opts Options) (*Engine, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.CacheEntries == 0 {
+		opts.CacheEntries = DefaultCacheEntries
+	}
+	if opts.WatchInterval <= 0 {
+		opts.WatchInterval = DefaultWatchInterval
+	}
+	e := &Engine{opts: opts, log: opts.Logger, metrics: newMetrics(opts.Registerer)}
+	if err := e.Reload(ctx); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Version identifies the policy in use: the first 12 hex digits of the
+// SHA-256 of its files' names and contents.
+func (e *Engine) Version() string { return e.cur.Load().id }
+
+func (e *Engine) source() (fs.FS, string) {
+	if e.opts.Dir == "" {
+		return policies.FS, "embedded"
+	}
+	return os.DirFS(e.opts.Dir), e.opts.Dir
+}
+
+// Reload loads the policy again and, when it compiles, swaps it in with an
+// empty decision cache. On failure the previous version keeps serving, the
+// failure is logged at Error and returned.
+func (e *Engine) Reload(ctx context.Context) error {
+	e.reloadMu.Lock()
+	defer e.reloadMu.Unlock()
+	fsys, from := e.source()
+	prev := e.cur.Load()
+	srcs, err := readSources(fsys)
+	hash := ""
+	if err == nil {
+		hash = hashSources(srcs)
+		err = e.install(ctx, srcs, hash)
+	}
+	if err != nil {
+		e.failedHash = hash
+		e.metrics.reloads.WithLabelValues("error").Inc()
+		attrs := []any{slog.String("source", from), slog.Any("error", err)}
+		if prev != nil {
+			attrs = append(attrs, slog.String("policy_version", prev.id))
+		}
+		e.log.Error("policy load failed, previous policy kept", attrs...)
+		return err
+	}
+	e.failedHash = ""
+	e.metrics.reloads.WithLabelValues("ok").Inc()
+	attrs := []any{slog.String("source", from), slog.String("policy_version", e.cur.Load().id), slog.Int("files", len(srcs))}
+	if prev != nil {
+		attrs = append(attrs, slog.String("previous_policy_version", prev.id))
+	}
+	e.log.Info("policy loaded", attrs...)
+	return nil
+}
+
+func (e *Engine) install(ctx context.Context, srcs []source, hash string) error {
+	pq, err := prepare(ctx, srcs)
+	if err != nil {
+		return err
+	}
+	v := &version{query: pq, hash: hash, id: hash[:12]}
+	if e.opts.CacheEntries > 0 {
+		v.cache = newDecisionCache(e.opts.CacheEntries)
+	}
+	e.cur.Store(v)
+	return nil
+}
+
+// Watch reloads the policy whenever the files of Dir change, until ctx ends.
+// It looks every WatchInterval and compares contents, not times, so an
+// editor's or a ConfigMap's atomic replace is seen. Sources that failed to
+// load are not tried again until they change. Without Dir it returns at once.
+func (e *Engine) Watch(ctx context.Context) {
+	if e.opts.Dir == "" {
+		return
+	}
+	t := time.NewTicker(e.opts.WatchInterval)
+	defer t.Stop()
+	lastErr := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		srcs, err := readSources(os.DirFS(e.opts.Dir))
+		if err != nil {
+			// A directory being replaced can be missing for a moment: say so
+			// once, keep the policy, look again.
+			if msg := err.Error(); msg != lastErr {
+				e.log.Warn("policy directory unreadable", slog.String("dir", e.opts.Dir), slog.Any("error", err))
+				lastErr = msg
+			}
+			continue
+		}
+		lastErr = ""
+		hash := hashSources(srcs)
+		e.reloadMu.Lock()
+		stale := hash != e.cur.Load().hash && hash != e.failedHash
+		e.reloadMu.Unlock()
+		if stale {
+			_ = e.Reload(ctx) // logged by Reload
+		}
+	}
+}
+
+// Decide evaluates data.custos.decision for in. It never fails open: an
+// undefined decision, an evaluation error, a timeout (Options.Timeout) or a
+// decision of the wrong shape is a denial with a reason starting with
+// "policy error:", logged at Error. Decisions of kind "sql" are cached. The
+// returned decision is the caller's own.
+func (e *Engine) Decide(ctx context.Context, in *Input) *Decision {
+	id := newDecisionID()
+	v := e.cur.Load()
+	if in == nil {
+		return e.fail(v, id, "input", errors.New("no input"))
+	}
+	input := *in
+	if input.Version == 0 {
+		input.Version = InputVersion
+	}
+	cache := v.cache
+	if input.Kind != KindSQL {
+		cache = nil
+	}
+	var key cacheKey
+	if cache != nil {
+		var err error
+		if key, err = makeCacheKey(&input); err != nil {
+			return e.fail(v, id, "input", err)
+		}
+		if d, ok := cache.get(key); ok {
+			d.ID, d.Cached = id, true
+			e.metrics.decisions.WithLabelValues(string(d.Outcome()), "true").Inc()
+			return d
+		}
+	}
+	start := time.Now()
+	d, kind, err := e.eval(ctx, v, &input)
+	e.metrics.evalSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return e.fail(v, id, kind, err)
+	}
+	d.PolicyVersion = v.id
+	if cache != nil {
+		cache.put(key, d.clone())
+	}
+	d.ID = id
+	e.metrics.decisions.WithLabelValues(string(d.Outcome()), "false").Inc()
+	return d
+}
+
+// eval runs the prepared query. kind classifies an error for the metrics.
+func (e *Engine) eval(ctx context.Context, v *version, in *Input) (*Decision, string, error) {
+	raw, err := json.Marshal(in)
+	if err != nil {
+		return nil, "input", fmt.Errorf("input: %w", err)
+	}
+	value, err := ast.ValueFromReader(bytes.NewReader(raw))
+	if err != nil {
+		return nil, "input", fmt.Errorf("input: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.opts.Timeout)
+	defer cancel()
+	rs, err := v.query.Eval(ctx, rego.EvalParsedInput(value))
+	if err != nil {
+		if ctx.Err() != nil {
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return nil, "timeout", fmt.Errorf("evaluation did not finish within %s", e.opts.Timeout)
+			}
+			return nil, "canceled", fmt.Errorf("evaluation canceled: %w", ctx.Err())
+		}
+		return nil, "eval", fmt.Errorf("evaluation failed: %w", err)
+	}
+	if len(rs) == 0 || len(rs[0].Expressions) == 0 {
+		return nil, "undefined", ErrUndefined
+	}
+	out, err := json.Marshal(rs[0].Expressions[0].Value)
+	if err != nil {
+		return nil, "malformed", fmt.Errorf("%w: %w", ErrMalformedDecision, err)
+	}
+	d, err := parseDecision(out)
+	if err != nil {
+		return nil, "malformed", err
+	}
+	if !d.Allow && len(d.Reasons) == 0 {
+		d.Reasons = []string{"denied by policy"}
+	}
+	return d, "", nil
+}
+
+// fail is the denial for a decision that could not be made.
+func (e *Engine) fail(v *version, id, kind string, err error) *Decision {
+	e.metrics.errors.WithLabelValues(kind).Inc()
+	e.metrics.decisions.WithLabelValues(string(OutcomeDeny), "false").Inc()
+	e.log.Error("policy decision failed, denied", slog.String("decision_id", id),
+		slog.String("policy_version", v.id), slog.String("error_kind", kind), slog.Any("error", err))
+	return &Decision{
+		ID:            id,
+		Allow:         false,
+		Reasons:       []string{"policy error: " + err.Error()},
+		PolicyVersion: v.id,
+	}
+}
+
+// newDecisionID is "dec_" and 16 random hex digits.
+func newDecisionID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand, Go 1.24+)
+	return "dec_" + hex.EncodeToString(b[:])
+}
