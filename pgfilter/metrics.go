@@ -9,6 +9,7 @@ type metrics struct {
 	messages     *prometheus.CounterVec
 	bytes        *prometheus.CounterVec
 	cancels      *prometheus.CounterVec
+	decisions    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,9 +38,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "custos", Subsystem: "pg", Name: "cancel_requests_total",
 			Help: "Client cancel requests by outcome.",
 		}, []string{"outcome"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "custos", Subsystem: "pg", Name: "statement_decisions_total",
+			Help: "Statement decisions by outcome (allow, deny, approval_required).",
+		}, []string{"outcome"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.authFailures, m.active, m.messages, m.bytes, m.cancels)
+		reg.MustRegister(m.connections, m.authFailures, m.active, m.messages, m.bytes, m.cancels, m.decisions)
 	}
 	return m
 }

@@ -52,6 +52,7 @@ type session struct {
 
 	hooks  []Hook
 	masker *resultMasker
+	policy *policyHook
 	// wants[d][typ] lists the hooks that handle typ in direction d.
 	wants [2][256][]Hook
 
@@ -110,11 +111,21 @@ func (ss *session) run() {
 	clientR := newFrameReader(ss.clientBuf, s.opts.Listener.MaxMessageBytes)
 
 	factories := s.opts.Hooks
+	if s.opts.Policy != nil {
+		factories = append([]HookFactory{func(sess *Session) (Hook, error) {
+			ph := newPolicyHook(s, sess)
+			ss.policy = ph
+			return ph, nil
+		}}, factories...)
+	}
 	if s.opts.Masker != nil {
 		up := s.upstreams[ss.Resource.Name]
 		factories = append(factories[:len(factories):len(factories)], func(sess *Session) (Hook, error) {
 			rm := newResultMasker(s.opts.Masker, up.catalog, sess)
 			ss.masker = rm
+			if ss.policy != nil {
+				ss.policy.masker = rm
+			}
 			return rm, nil
 		})
 	}

@@ -17,6 +17,8 @@ import (
 	"github.com/custos-dev/custos/internal/authn"
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/mask"
+	"github.com/custos-dev/custos/internal/policy"
+	"github.com/custos-dev/custos/internal/sqlclass"
 )
 
 // TokenVerifier verifies a bearer token and returns its principal.
@@ -45,6 +47,10 @@ type Options struct {
 	// Masker, when set, masks card numbers and removes sensitive
 	// authentication data on every server-to-client path, after the hooks.
 	Masker *mask.Masker
+	// Policy, when set, decides every statement before it runs; Classifier
+	// (required with Policy) says what each statement does.
+	Policy     *policy.Engine
+	Classifier *sqlclass.Classifier
 	// Logger receives connection and authentication events.
 	Logger *slog.Logger
 	// Registerer receives the proxy's metrics; nil registers nowhere.
@@ -121,10 +127,13 @@ func New(opts Options) (*Server, error) {
 		}
 		cfg.ConnectTimeout = opts.UpstreamConnectTimeout
 		up := &upstream{res: res, cfg: cfg}
-		if opts.Masker != nil {
+		if opts.Masker != nil || opts.Policy != nil {
 			up.catalog = newCatalog(s, up)
 		}
 		s.upstreams[res.Name] = up
+	}
+	if opts.Policy != nil && opts.Classifier == nil {
+		return nil, errors.New("pgfilter: a policy needs a classifier")
 	}
 	if len(s.upstreams) == 0 {
 		return nil, errors.New("pgfilter: no resources")

@@ -1,0 +1,457 @@
+package pgfilter
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/custos-dev/custos/internal/mask"
+	"github.com/custos-dev/custos/internal/policy"
+	"github.com/custos-dev/custos/internal/sqlclass"
+)
+
+// policyHook decides every statement before anything with an effect
+// reaches the server.
+//
+// Simple protocol: the whole query string is classified and decided once
+// (one deny refuses all of it). Extended protocol: a statement is
+// classified at Parse and decided at each Execute, the only message with
+// effects. SQL-level PREPARE is remembered per session so that EXECUTE is
+// decided as what it runs. FunctionCall messages are decided by function
+// name.
+//
+// A refused message is not answered by custos: it is replaced by one the
+// server rejects (a FETCH from, or an Execute of, a cursor or portal that
+// does not exist, named with a session token; a Parse of text that does
+// not parse; a FunctionCall of OID 0). The server then fails the
+// transaction and discards until Sync exactly as for a real error, and
+// custos rewrites that error into its own refusal. The client sees the
+// server's true transaction state.
+type policyHook struct {
+	srv *Server
+	ses *Session
+	cls *sqlclass.Classifier
+	eng *policy.Engine
+
+	token  string        // names the objects denied messages refer to
+	masker *resultMasker // receives an allowed statement's mask rules
+
+	mu       sync.Mutex
+	stmts    map[string]*stmtInfo // extended-protocol statements
+	portals  map[string]string    // portal → statement
+	prepared map[string]*sqlclass.Statement
+	denials  map[int]*pgproto3.ErrorResponse
+	next     int
+	fcall    *pgproto3.ErrorResponse // a refused FunctionCall's answer
+	encoded  map[*sqlclass.Result]json.RawMessage
+}
+
+type stmtInfo struct {
+	res *sqlclass.Result
+	err error
+}
+
+func newPolicyHook(s *Server, ses *Session) *policyHook {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return &policyHook{
+		srv: s, ses: ses, cls: s.opts.Classifier, eng: s.opts.Policy,
+		token:    "custos_denied_" + hex.EncodeToString(b[:]) + "_",
+		stmts:    map[string]*stmtInfo{},
+		portals:  map[string]string{},
+		prepared: map[string]*sqlclass.Statement{},
+		denials:  map[int]*pgproto3.ErrorResponse{},
+		encoded:  map[*sqlclass.Result]json.RawMessage{},
+	}
+}
+
+// Wants implements Hook.
+func (h *policyHook) Wants(d Direction, typ byte) bool {
+	if d == ClientToServer {
+		switch typ {
+		case 'Q', 'P', 'B', 'E', 'F', 'C':
+			return true
+		}
+		return false
+	}
+	return typ == 'E' || typ == 'Z'
+}
+
+// Close implements Hook.
+func (h *policyHook) Close(error) {}
+
+// Handle implements Hook.
+func (h *policyHook) Handle(ctx context.Context, d Direction, m *Message, _ Conn) (Verdict, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if d == ServerToClient {
+		h.server(m)
+		return Forward, nil
+	}
+	switch m.Type {
+	case 'Q':
+		h.query(ctx, m)
+	case 'P':
+		h.parse(m)
+	case 'B':
+		name, rest, ok := cstring(m.Body)
+		if ok {
+			if stmt, _, ok := cstring(rest); ok {
+				h.portals[name] = stmt
+			}
+		}
+	case 'E':
+		h.execute(ctx, m)
+	case 'F':
+		h.functionCall(ctx, m)
+	case 'C':
+		if len(m.Body) > 1 {
+			name, _, _ := cstring(m.Body[1:])
+			if m.Body[0] == 'S' {
+				delete(h.stmts, name)
+			} else {
+				delete(h.portals, name)
+			}
+		}
+	}
+	return Forward, nil
+}
+
+// query decides a simple-protocol query string.
+func (h *policyHook) query(ctx context.Context, m *Message) {
+	q, _, ok := cstring(m.Body)
+	if !ok {
+		return // the server will reject the malformed message
+	}
+	res, err := h.cls.Classify(q)
+	if err != nil {
+		h.refuseQuery(m, syntaxRefusal(err))
+		return
+	}
+	if len(res.Statements) == 0 {
+		return
+	}
+	stmts := h.resolve(res.Statements)
+	dec := h.decide(ctx, res, stmts)
+	if resp := refusal(dec); resp != nil {
+		h.refuseQuery(m, resp)
+		return
+	}
+	h.track(res.Statements)
+	h.handMask(dec)
+}
+
+// handMask gives the masking hook, which sees the same message next, the
+// decision's mask rules.
+func (h *policyHook) handMask(dec *policy.Decision) {
+	if h.masker == nil || dec.Mask == nil {
+		return
+	}
+	r := &maskRules{noDetect: !dec.Mask.DetectPAN}
+	if s, err := mask.ParseStrategy(dec.Mask.Reveal); err == nil && s == mask.BINLast4 {
+		r.reveal = s
+	}
+	if len(dec.Mask.Columns) > 0 {
+		r.columns = make(map[string]mask.Strategy, len(dec.Mask.Columns))
+		for col, st := range dec.Mask.Columns {
+			s, err := mask.ParseStrategy(st)
+			if err != nil {
+				s = mask.Null // an unknown strategy shows nothing
+			}
+			r.columns[col] = s
+		}
+	}
+	h.masker.setRules(r)
+}
+
+// parse classifies an extended-protocol statement; one that does not
+// parse is replaced by text the server cannot parse either.
+func (h *policyHook) parse(m *Message) {
+	name, rest, ok := cstring(m.Body)
+	if !ok {
+		return
+	}
+	q, tail, ok := cstring(rest)
+	if !ok {
+		return
+	}
+	res, err := h.cls.Classify(q)
+	h.stmts[name] = &stmtInfo{res: res, err: err}
+	if err != nil {
+		n := h.addDenial(syntaxRefusal(err))
+		body := append([]byte(name), 0)
+		body = append(body, h.token+strconv.Itoa(n)...)
+		body = append(body, 0)
+		m.Body = append(body, tail...)
+	}
+}
+
+// execute decides the statement behind a portal at the moment it would run.
+func (h *policyHook) execute(ctx context.Context, m *Message) {
+	portal, tail, ok := cstring(m.Body)
+	if !ok {
+		return
+	}
+	var resp *pgproto3.ErrorResponse
+	stmtName, bound := h.portals[portal]
+	info := h.stmts[stmtName]
+	switch {
+	case !bound || info == nil:
+		// custos saw no Bind or Parse for it: the server will refuse it
+		// too, but nothing unknown runs.
+		resp = denyResponse("custos has no record of what this portal runs", "")
+	case info.err != nil:
+		return // its Parse already failed at the server
+	case len(info.res.Statements) == 0:
+		return
+	default:
+		stmts := h.resolve(info.res.Statements)
+		dec := h.decide(ctx, info.res, stmts)
+		resp = refusal(dec)
+		if resp == nil {
+			h.track(info.res.Statements)
+			h.handMask(dec)
+			return
+		}
+	}
+	n := h.addDenial(resp)
+	body := append([]byte(h.token+strconv.Itoa(n)), 0)
+	m.Body = append(body, tail...)
+}
+
+// functionCall decides a FunctionCall message by function name.
+func (h *policyHook) functionCall(ctx context.Context, m *Message) {
+	if len(m.Body) < 4 {
+		return
+	}
+	oid := binary.BigEndian.Uint32(m.Body)
+	name := "oid " + strconv.FormatUint(uint64(oid), 10)
+	if up := h.srv.upstreams[h.ses.Resource.Name]; up != nil && up.catalog != nil {
+		if n, err := up.catalog.functionName(ctx, oid); err == nil && n != "" {
+			name = n
+		}
+	}
+	stmt := sqlclass.Statement{
+		Command: "FUNCTION CALL", Functions: []string{name},
+		Flags: []string{"side_effect_function"}, Normalized: "FUNCTION CALL " + name,
+	}
+	res := &sqlclass.Result{Normalized: stmt.Normalized, Fingerprint: "function-call:" + name, Statements: []sqlclass.Statement{stmt}}
+	dec := h.decide(ctx, res, res.Statements)
+	if resp := refusal(dec); resp != nil {
+		h.fcall = resp
+		binary.BigEndian.PutUint32(m.Body, 0)
+	}
+}
+
+// resolve substitutes, for SQL-level EXECUTE, the statement it runs.
+func (h *policyHook) resolve(stmts []sqlclass.Statement) []sqlclass.Statement {
+	out := stmts
+	for i, st := range stmts {
+		if st.Command != "EXECUTE" {
+			continue
+		}
+		if p := h.prepared[strings.ToLower(st.Name)]; p != nil {
+			if &out[0] == &stmts[0] {
+				out = append([]sqlclass.Statement(nil), stmts...)
+			}
+			out[i] = *p
+		}
+	}
+	return out
+}
+
+// track remembers SQL-level PREPARE and forgets DEALLOCATE, once allowed.
+func (h *policyHook) track(stmts []sqlclass.Statement) {
+	for _, st := range stmts {
+		switch st.Command {
+		case "PREPARE":
+			if st.Prepared != nil {
+				h.prepared[strings.ToLower(st.Name)] = st.Prepared
+			}
+		case "DEALLOCATE":
+			if st.Name == "*" || st.Name == "" {
+				clear(h.prepared)
+			} else {
+				delete(h.prepared, strings.ToLower(st.Name))
+			}
+		case "DISCARD":
+			clear(h.prepared)
+		}
+	}
+}
+
+func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []sqlclass.Statement) *policy.Decision {
+	p := h.ses.Principal
+	in := &policy.Input{
+		Version: 1,
+		Kind:    "sql",
+		Principal: policy.Principal{
+			Sub: p.Subject, Iss: p.Issuer, Groups: p.Groups, Email: p.Email, Claims: p.Claims,
+		},
+		Session: policy.Session{
+			ID: h.ses.ID, ClientAddress: h.ses.ClientAddr,
+			ApplicationName: h.ses.Params["application_name"], Database: h.ses.Resource.Database,
+		},
+		Resource: policy.Resource{Name: h.ses.Resource.Name, Type: "postgres", Labels: h.ses.Resource.Labels},
+		SQL:      &policy.SQL{Normalized: res.Normalized, Fingerprint: res.Fingerprint, Statements: h.statementsJSON(res, stmts)},
+	}
+	if p.Act != nil {
+		in.Principal.Act = &policy.Actor{Sub: p.Act.Subject}
+	}
+	dec := h.eng.Decide(ctx, in)
+	h.srv.metrics.decisions.WithLabelValues(decisionLabel(dec)).Inc()
+	if !dec.Allow || dec.RequireApproval != nil {
+		h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", p.Subject,
+			"decision_id", dec.ID, "outcome", decisionLabel(dec), "reasons", dec.Reasons, "query", res.Normalized)
+	}
+	return dec
+}
+
+// statementsJSON encodes the statements for the policy input once per
+// classified text (results are shared by the classifier's cache).
+func (h *policyHook) statementsJSON(res *sqlclass.Result, stmts []sqlclass.Statement) any {
+	own := len(stmts) > 0 && len(res.Statements) > 0 && &stmts[0] == &res.Statements[0]
+	if own {
+		if raw, ok := h.encoded[res]; ok {
+			return raw
+		}
+	}
+	raw, err := json.Marshal(stmts)
+	if err != nil {
+		return stmts
+	}
+	if own {
+		if len(h.encoded) > 256 {
+			clear(h.encoded)
+		}
+		h.encoded[res] = raw
+	}
+	return json.RawMessage(raw)
+}
+
+func decisionLabel(d *policy.Decision) string {
+	switch {
+	case !d.Allow:
+		return "deny"
+	case d.RequireApproval != nil:
+		return "approval_required"
+	}
+	return "allow"
+}
+
+// refusal is the client's answer to a decision that does not let the
+// statement run now, or nil.
+func refusal(d *policy.Decision) *pgproto3.ErrorResponse {
+	reason := strings.Join(d.Reasons, "; ")
+	switch {
+	case !d.Allow:
+		if reason == "" {
+			reason = "denied by policy"
+		}
+		return denyResponse(reason, d.ID)
+	case d.RequireApproval != nil:
+		groups := strings.Join(d.RequireApproval.ApproverGroups, ", ")
+		if groups == "" {
+			groups = "an approver"
+		}
+		msg := fmt.Sprintf("approval required from %s (quorum %d)", groups, max(d.RequireApproval.Quorum, 1))
+		if reason != "" {
+			msg += ": " + reason
+		}
+		resp := denyResponse(msg, d.ID)
+		resp.Hint = "Approval of parked statements is not available on this gateway yet; ask a member of " + groups + " to run it."
+		return resp
+	}
+	return nil
+}
+
+func denyResponse(reason, decisionID string) *pgproto3.ErrorResponse {
+	msg := "custos: " + reason
+	detail := ""
+	if decisionID != "" {
+		msg += " (decision " + decisionID + ")"
+		detail = "decision id: " + decisionID
+	}
+	return &pgproto3.ErrorResponse{
+		Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42501", Message: msg, Detail: detail,
+	}
+}
+
+func syntaxRefusal(err error) *pgproto3.ErrorResponse {
+	msg := err.Error()
+	if !errors.Is(err, sqlclass.ErrSyntax) {
+		msg = "custos could not classify the statement: " + msg
+	}
+	return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42601", Message: msg}
+}
+
+func (h *policyHook) addDenial(resp *pgproto3.ErrorResponse) int {
+	h.next++
+	h.denials[h.next] = resp
+	return h.next
+}
+
+// refuseQuery replaces a simple query with a FETCH from a cursor that does
+// not exist; the server's error is rewritten into resp.
+func (h *policyHook) refuseQuery(m *Message, resp *pgproto3.ErrorResponse) {
+	n := h.addDenial(resp)
+	m.Body = append([]byte(`FETCH ALL FROM "`+h.token+strconv.Itoa(n)+`"`), 0)
+}
+
+// server rewrites the server's errors for refused messages.
+func (h *policyHook) server(m *Message) {
+	switch m.Type {
+	case 'Z':
+		// Anything refused before this point has been answered (or
+		// skipped by the server after an earlier error).
+		clear(h.denials)
+		h.fcall = nil
+	case 'E':
+		if len(h.denials) == 0 && h.fcall == nil {
+			return
+		}
+		var er pgproto3.ErrorResponse
+		if err := er.Decode(m.Body); err != nil {
+			return
+		}
+		if h.fcall != nil && er.Code == "42883" {
+			m.Body = encodeBody(h.fcall)
+			h.fcall = nil
+			return
+		}
+		i := strings.Index(er.Message, h.token)
+		if i < 0 {
+			return
+		}
+		digits := er.Message[i+len(h.token):]
+		j := 0
+		for j < len(digits) && digits[j] >= '0' && digits[j] <= '9' {
+			j++
+		}
+		n, err := strconv.Atoi(digits[:j])
+		if err != nil {
+			return
+		}
+		if resp := h.denials[n]; resp != nil {
+			m.Body = encodeBody(resp)
+			delete(h.denials, n)
+		}
+	}
+}
+
+func encodeBody(msg pgproto3.BackendMessage) []byte {
+	b, err := msg.Encode(nil)
+	if err != nil || len(b) < 5 {
+		return nil
+	}
+	return b[5:]
+}
