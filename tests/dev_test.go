@@ -340,9 +340,16 @@ func TestCustosDev(t *testing.T) {
 				t.Errorf("full PAN %s reached the client", pan)
 			}
 		}
-		r = psql(t, vars, "alice", firstToken,
+		// The default policy refuses DDL to agents, and nothing is created.
+		r = psql(t, vars, "alice", firstToken, "-c", "CREATE TABLE dev_e2e_persist (v text)")
+		if r.code == 0 || !strings.Contains(r.stderr, "DDL (CREATE TABLE) is not allowed for agents") || !strings.Contains(r.stderr, "decision dec_") {
+			t.Fatalf("DDL as an agent: %s", r)
+		}
+		// The operator writes past custos with the upstream DSN.
+		r = run(t, clientEnviron(), nil, psqlBin, "-X", "-d", vars["CUSTOS_UPSTREAM_DSN"],
 			"-c", "CREATE TABLE dev_e2e_persist (v text)",
-			"-c", "INSERT INTO dev_e2e_persist VALUES ('written before restart')")
+			"-c", "INSERT INTO dev_e2e_persist VALUES ('written before restart')",
+			"-c", "GRANT SELECT ON dev_e2e_persist TO custos_gateway")
 		if r.code != 0 {
 			t.Fatalf("write: %s", r)
 		}

@@ -37,6 +37,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	grpcListen := fs.String("grpc-listen", defaultDevGRPCListen, "gRPC listener (health; Envoy services)")
 	adminListen := fs.String("admin-listen", defaultDevAdminListen, "admin HTTP listener (/healthz, /readyz, /metrics, dev issuer)")
 	upstreamPort := fs.Int("upstream-port", 0, "port of the demo PostgreSQL (0 picks a free one)")
+	policyDir := fs.String("policy-dir", "", "Rego policy directory (default: the embedded PCI policy)")
+	noPolicy := fs.Bool("no-policy", false, "relay statements without policy (benchmark baseline only)")
 	var lf logFlags
 	lf.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -109,12 +111,16 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	cfg.OIDC.Issuers = []config.Issuer{{URL: issuerURL, Audiences: []string{devissuer.DefaultAudience}}}
 	cfg.Resources = []config.Resource{env.Resource}
+	cfg.Policy.Dir = *policyDir
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	gw, err := newGateway(ctx, cfg, lns, log, func(mux *http.ServeMux) {
-		mux.Handle(devIssuerPath+"/", http.StripPrefix(devIssuerPath, iss.Handler()))
+	gw, err := newGateway(ctx, cfg, lns, log, gatewayOptions{
+		extraAdmin: func(mux *http.ServeMux) {
+			mux.Handle(devIssuerPath+"/", http.StripPrefix(devIssuerPath, iss.Handler()))
+		},
+		noPolicy: *noPolicy,
 	})
 	if err != nil {
 		return err

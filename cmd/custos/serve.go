@@ -12,8 +12,10 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +28,8 @@ import (
 	"github.com/custos-dev/custos/internal/authn"
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/mask"
+	"github.com/custos-dev/custos/internal/policy"
+	"github.com/custos-dev/custos/internal/sqlclass"
 	"github.com/custos-dev/custos/pgfilter"
 )
 
@@ -50,7 +54,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	gw, err := newGateway(ctx, cfg, lns, log, nil)
+	gw, err := newGateway(ctx, cfg, lns, log, gatewayOptions{})
 	if err != nil {
 		lns.close()
 		return err
@@ -102,12 +106,22 @@ type gateway struct {
 	grpc   *grpc.Server
 	health *health.Server
 	admin  *http.Server
+	policy *policy.Engine
 	ready  atomic.Bool
 }
 
 // newGateway builds every part; extraAdmin may mount more handlers on the
 // admin listener (the dev issuer).
-func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *slog.Logger, extraAdmin func(*http.ServeMux)) (*gateway, error) {
+// gatewayOptions are what dev mode adds to a config.
+type gatewayOptions struct {
+	// extraAdmin mounts more handlers on the admin listener (the dev issuer).
+	extraAdmin func(*http.ServeMux)
+	// noPolicy runs without statement policy (dev mode's benchmark
+	// baseline only; never from a config file).
+	noPolicy bool
+}
+
+func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *slog.Logger, gopts gatewayOptions) (*gateway, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -138,6 +152,18 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 	if err != nil {
 		return nil, err
 	}
+	var eng *policy.Engine
+	var cls *sqlclass.Classifier
+	if !gopts.noPolicy {
+		eng, err = policy.New(ctx, policy.Options{
+			Dir: cfg.Policy.Dir, Logger: log.With("component", "policy"), Timeout: cfg.Policy.Timeout,
+			CacheEntries: cfg.Policy.CacheEntries, Registerer: reg,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+		cls = sqlclass.New(cfg.Policy.ClassifierCacheEntries)
+	}
 	pg, err := pgfilter.New(pgfilter.Options{
 		Listener:   cfg.Listeners.Postgres,
 		Sessions:   cfg.Sessions,
@@ -145,13 +171,15 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		TLSConfig:  tlsCfg,
 		Verifier:   verifier,
 		Masker:     masker,
+		Policy:     eng,
+		Classifier: cls,
 		Logger:     log.With("component", "pgfilter"),
 		Registerer: reg,
 	})
 	if err != nil {
 		return nil, err
 	}
-	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg}
+	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng}
 	if lns.grpc != nil {
 		gw.grpc = grpc.NewServer()
 		gw.health = health.NewServer()
@@ -164,8 +192,8 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		})
 		mux.HandleFunc("GET /readyz", gw.readyz)
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		if extraAdmin != nil {
-			extraAdmin(mux)
+		if gopts.extraAdmin != nil {
+			gopts.extraAdmin(mux)
 		}
 		gw.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	}
@@ -223,6 +251,26 @@ func (g *gateway) serve(ctx context.Context) error {
 			}
 			return nil
 		})
+	}
+	if g.policy != nil {
+		go g.policy.Watch(ctx)
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					if err := g.policy.Reload(ctx); err == nil {
+						g.log.Info("policy reloaded on SIGHUP", "version", g.policy.Version())
+					}
+				}
+			}
+		}()
+	} else {
+		g.log.Warn("statement policy is OFF: every statement is relayed undecided")
 	}
 	g.ready.Store(true)
 	g.log.Info("custos started", "postgres", g.lns.pg.Addr().String(), "version", version)

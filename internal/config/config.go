@@ -24,7 +24,23 @@ type Config struct {
 	OIDC      OIDC       `yaml:"oidc"`
 	Sessions  Sessions   `yaml:"sessions"`
 	Masking   Masking    `yaml:"masking"`
+	Policy    Policy     `yaml:"policy"`
 	Resources []Resource `yaml:"resources"`
+}
+
+// Policy configures the OPA policy that decides every statement. It cannot
+// be turned off: no policy means deny.
+type Policy struct {
+	// Dir holds the Rego policy and data files; empty uses the embedded
+	// default PCI policy. The directory is watched and reloaded on change
+	// (and on SIGHUP); a broken policy keeps the previous one.
+	Dir string `yaml:"dir"`
+	// Timeout bounds one evaluation (a timeout denies).
+	Timeout time.Duration `yaml:"timeout"`
+	// CacheEntries bounds the decision cache; -1 turns it off.
+	CacheEntries int `yaml:"cache_entries"`
+	// ClassifierCacheEntries bounds the parsed-statement cache.
+	ClassifierCacheEntries int `yaml:"classifier_cache_entries"`
 }
 
 // Masking configures how card numbers are shown. Masking itself is always
@@ -199,6 +215,9 @@ func (c *Config) ApplyDefaults() {
 			is.Algorithms = []string{"RS256", "ES256", "EdDSA"}
 		}
 	}
+	if c.Policy.Timeout == 0 {
+		c.Policy.Timeout = 100 * time.Millisecond
+	}
 	if c.Sessions.IdleTimeout == 0 {
 		c.Sessions.IdleTimeout = DefaultIdleTimeout
 	}
@@ -299,6 +318,14 @@ func (c *Config) Validate() error {
 	}
 	if k := c.Masking.HMACKey; k != nil && (k.Env == "") == (k.File == "") {
 		add("masking.hmac_key", "set exactly one of env or file")
+	}
+	if c.Policy.Dir != "" {
+		if fi, err := os.Stat(c.Policy.Dir); err != nil || !fi.IsDir() {
+			add("policy.dir", "%q is not a readable directory", c.Policy.Dir)
+		}
+	}
+	if c.Policy.Timeout < 0 || c.Policy.Timeout > 10*time.Second {
+		add("policy.timeout", "must be between 0 and 10s")
 	}
 	if c.Sessions.IdleTimeout < 0 {
 		add("sessions.idle_timeout", "must not be negative")

@@ -29,7 +29,9 @@ import (
 	"github.com/custos-dev/custos/internal/devissuer"
 	"github.com/custos-dev/custos/internal/mask"
 	"github.com/custos-dev/custos/internal/pgcluster"
+	"github.com/custos-dev/custos/internal/policy"
 	"github.com/custos-dev/custos/internal/selfsigned"
+	"github.com/custos-dev/custos/internal/sqlclass"
 	"github.com/custos-dev/custos/pgfilter"
 )
 
@@ -99,6 +101,9 @@ type Options struct {
 	Hooks []pgfilter.HookFactory
 	// Masker turns on masking of every server-to-client path.
 	Masker *mask.Masker
+	// Policy decides every statement (nil: no statement policy). Use
+	// DefaultPolicy for the embedded PCI policy.
+	Policy *policy.Engine
 	// NoTLS runs the proxy without a certificate.
 	NoTLS bool
 	// Logger for the proxy; nil discards.
@@ -174,6 +179,8 @@ func Start(t testing.TB, opts Options) *Env {
 		Verifier:   verifier,
 		Hooks:      opts.Hooks,
 		Masker:     opts.Masker,
+		Policy:     opts.Policy,
+		Classifier: classifier(opts.Policy),
 		Logger:     logger,
 		Registerer: e.Registry,
 	})
@@ -198,6 +205,23 @@ func Start(t testing.TB, opts Options) *Env {
 		}
 	})
 	return e
+}
+
+func classifier(p *policy.Engine) *sqlclass.Classifier {
+	if p == nil {
+		return nil
+	}
+	return sqlclass.New(0)
+}
+
+// DefaultPolicy returns an engine with the embedded default policy.
+func DefaultPolicy(t testing.TB) *policy.Engine {
+	t.Helper()
+	eng, err := policy.New(context.Background(), policy.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eng
 }
 
 // Mint returns a token from the Env's issuer.
