@@ -58,13 +58,16 @@ var multirangeElem = map[uint32]uint32{
 	4536: 3926, 4532: 3906, // int8multirange, nummultirange
 }
 
-// noPANTypes cannot hold a card number (too few digits, or no digits a
-// client would read as one).
-var noPANTypes = map[uint32]bool{
-	oidBool: true, oidChar: true, oidInt2: true, oidInt4: true, oidOID: true,
-	oidFloat4: true, oidDate: true, oidTime: true, oidTimestamp: true,
-	oidTimestamptz: true, oidInterval: true, oidTimetz: true, oidUUID: true,
-	3904: true, 3908: true, 3910: true, 3912: true, // int4range, tsrange, tstzrange, daterange
+// noPANType reports types that cannot hold a card number (too few digits,
+// or no digits a client would read as one).
+func noPANType(oid uint32) bool {
+	switch oid {
+	case oidBool, oidChar, oidInt2, oidInt4, oidOID, oidFloat4, oidDate, oidTime,
+		oidTimestamp, oidTimestamptz, oidInterval, oidTimetz, oidUUID,
+		3904, 3908, 3910, 3912: // int4range, tsrange, tstzrange, daterange
+		return true
+	}
+	return false
 }
 
 var errBadValue = errors.New("malformed binary value")

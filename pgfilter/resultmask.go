@@ -593,8 +593,32 @@ func (rm *resultMasker) applyRule(v []byte, oid uint32, bin bool, s mask.Strateg
 	return out, out == nil
 }
 
+// minPANDigits is the length of the shortest PAN.
+const minPANDigits = 12
+
+// hasDigits reports whether v holds at least n ASCII digits.
+func hasDigits(v []byte, n int) bool {
+	if len(v) < n {
+		return false
+	}
+	for i, c := range v {
+		if c-'0' <= 9 {
+			if n--; n == 0 {
+				return true
+			}
+		}
+		if len(v)-i-1 < n {
+			return false
+		}
+	}
+	return false
+}
+
 // maskText masks free text; the result may alias v.
 func (rm *resultMasker) maskText(v []byte) []byte {
+	if !hasDigits(v, minPANDigits) {
+		return v
+	}
 	if rm.rules != nil && rm.rules.noDetect {
 		return v
 	}
@@ -719,7 +743,13 @@ func (rm *resultMasker) maskNumberText(v []byte) ([]byte, bool) {
 
 // maskValue masks one column value of type oid; null asks for NULL.
 func (rm *resultMasker) maskValue(v []byte, oid uint32, bin bool, depth int) (out []byte, null bool) {
-	if noPANTypes[oid] {
+	if !bin && !hasDigits(v, minPANDigits) {
+		// A text form with fewer digits than the shortest PAN (escapes,
+		// hex and exponent forms included, they only add digits) holds
+		// none.
+		return v, false
+	}
+	if noPANType(oid) {
 		if bin {
 			return v, false
 		}
@@ -924,7 +954,7 @@ func (rm *resultMasker) maskArray(v []byte, depth int) ([]byte, bool) {
 	if ndim < 0 || ndim > 6 || len(v) < hdr {
 		return nil, true
 	}
-	if noPANTypes[elem] {
+	if noPANType(elem) {
 		return v, false
 	}
 	pos := hdr

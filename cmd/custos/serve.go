@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"sync"
@@ -192,6 +193,10 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		})
 		mux.HandleFunc("GET /readyz", gw.readyz)
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		// Profiles for operators, on the admin listener only.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		if gopts.extraAdmin != nil {
 			gopts.extraAdmin(mux)
 		}
