@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/custos-dev/custos/internal/mask"
 	"github.com/custos-dev/custos/pgfilter/pgfiltertest"
@@ -69,6 +71,20 @@ func TestPolicyDecidesStatements(t *testing.T) {
 		{"SELECT pg_terminate_backend(1)", ""},
 		{"SELECT id FROM cards WHERE pan LIKE '4%'", "pan"},
 		{"SELECT substr(pan, 9, 8) FROM cards", "pan"},
+		{"SELECT reverse(pan) FROM cards", "pan"},
+		{"SELECT id FROM cards ORDER BY pan", "pan"},
+		{"SELECT count(DISTINCT pan) FROM cards", "pan"},
+		{"EXPLAIN ANALYZE DELETE FROM " + table, "approval required"},
+		{"TRUNCATE " + table, "approval required"},
+		{"MERGE INTO " + table + " t USING (SELECT 1 AS id) s ON t.id = s.id WHEN MATCHED THEN DELETE", "approval required"},
+		{"INSERT INTO " + table + " VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET v = 'y'", "approval required"},
+		{"SELECT * FROM " + table + " FOR UPDATE", "approval required"},
+		{"SELECT setval('cards_id_seq', 1000)", ""},
+		{"DO $$ BEGIN DELETE FROM " + table + "; END $$", ""},
+		{"GRANT ALL ON " + table + " TO PUBLIC", ""},
+		{"BEGIN READ ONLY; SET TRANSACTION READ WRITE; DELETE FROM " + table + "; COMMIT", ""},
+		{"CREATE TABLE policy_cp AS SELECT pan FROM cards", ""},
+		{"COPY " + table + " TO '/tmp/policy_leak.csv'", ""},
 	}
 	for _, mode := range modes {
 		for _, r := range refused {
@@ -86,6 +102,22 @@ func TestPolicyDecidesStatements(t *testing.T) {
 	}
 	if n := rowCount(t, env, table); n != 2 {
 		t.Fatalf("table has %d rows after refused writes", n)
+	}
+	var last int64
+	if err := env.Cluster.Exec(ctx, pgfiltertest.Database, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	dc, err := pgx.Connect(ctx, env.Cluster.DSN(pgfiltertest.Database))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close(ctx)
+	if err := dc.QueryRow(ctx, "SELECT last_value FROM cards_id_seq").Scan(&last); err != nil || last >= 1000 {
+		t.Errorf("sequence moved: %d %v", last, err)
+	}
+	var exists bool
+	if err := dc.QueryRow(ctx, "SELECT to_regclass('policy_new') IS NOT NULL OR to_regclass('policy_copy') IS NOT NULL OR to_regclass('policy_cp') IS NOT NULL").Scan(&exists); err != nil || exists {
+		t.Errorf("a refused statement created a table: %v %v", exists, err)
 	}
 	// Masked by the decision's column rules and detection.
 	var pan string
@@ -146,5 +178,76 @@ func TestPolicyMultiStatementAndTransactions(t *testing.T) {
 	other := connect(t, env.ConnString("bob", env.Token(t, "bob", "marketing")))
 	if _, err := other.Exec(ctx, "SELECT 1"); !errors.As(err, &pgErr) || pgErr.Code != "42501" {
 		t.Fatalf("unknown group: %v", err)
+	}
+}
+
+func TestPolicyPipelineAndFunctionCall(t *testing.T) {
+	t.Parallel()
+	env, table := policyEnv(t)
+	c := connect(t, env.ConnString("alice", env.Token(t, "alice", "agents")))
+	ctx := context.Background()
+	// A batch (one Sync): a read, a refused write, another read. The server
+	// discards what follows the error until Sync; nothing is written.
+	b := &pgx.Batch{}
+	b.Queue("SELECT v FROM "+table+" WHERE id = 1")
+	b.Queue("UPDATE "+table+" SET v = 'changed'")
+	b.Queue("SELECT v FROM "+table+" WHERE id = 2")
+	br := c.SendBatch(ctx, b)
+	var v string
+	if err := br.QueryRow().Scan(&v); err != nil || v != "one" {
+		t.Fatalf("first read: %q %v", v, err)
+	}
+	_, err := br.Exec()
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+		t.Fatalf("refused write in a batch: %v", err)
+	}
+	_ = br.Close()
+	if err := c.QueryRow(ctx, "SELECT v FROM "+table+" WHERE id = 1").Scan(&v); err != nil || v != "one" {
+		t.Fatalf("after the batch: %q %v", v, err)
+	}
+	// The large-object API speaks FunctionCall messages: refused.
+	pc := c.PgConn()
+	res, err := pc.Exec(ctx, "SELECT 'lo_creat'::regproc::oid").ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oid, _ := strconv.ParseUint(string(res[0].Rows[0][0]), 10, 32)
+	if err := functionCall(pc, uint32(oid)); err == nil || !strings.Contains(err.Error(), "42501") {
+		t.Fatalf("FunctionCall lo_creat: %v", err)
+	}
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("session after a refused FunctionCall: %v", err)
+	}
+	// A dba's DDL needs another dba's approval.
+	dba := connect(t, env.ConnString("dora", env.Token(t, "dora", "dba")))
+	if _, err := dba.Exec(ctx, "CREATE TABLE dba_new (x int)"); !errors.As(err, &pgErr) || !strings.Contains(pgErr.Message, "approval required") {
+		t.Fatalf("dba DDL: %v", err)
+	}
+}
+
+// functionCall sends a FunctionCall message for oid with argument -1 and
+// returns the server's (or custos') error.
+func functionCall(pc *pgconn.PgConn, oid uint32) error {
+	if err := pc.SyncConn(context.Background()); err != nil {
+		return err
+	}
+	fe := pc.Frontend()
+	fe.Send(&pgproto3.FunctionCall{Function: oid, Arguments: [][]byte{[]byte("-1")}, ArgFormatCodes: []uint16{0}, ResultFormatCode: 0})
+	if err := fe.Flush(); err != nil {
+		return err
+	}
+	var result error
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			result = fmt.Errorf("%s: %s", m.Code, m.Message)
+		case *pgproto3.ReadyForQuery:
+			return result
+		}
 	}
 }
