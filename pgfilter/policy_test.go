@@ -189,9 +189,9 @@ func TestPolicyPipelineAndFunctionCall(t *testing.T) {
 	// A batch (one Sync): a read, a refused write, another read. The server
 	// discards what follows the error until Sync; nothing is written.
 	b := &pgx.Batch{}
-	b.Queue("SELECT v FROM "+table+" WHERE id = 1")
-	b.Queue("UPDATE "+table+" SET v = 'changed'")
-	b.Queue("SELECT v FROM "+table+" WHERE id = 2")
+	b.Queue("SELECT v FROM " + table + " WHERE id = 1")
+	b.Queue("UPDATE " + table + " SET v = 'changed'")
+	b.Queue("SELECT v FROM " + table + " WHERE id = 2")
 	br := c.SendBatch(ctx, b)
 	var v string
 	if err := br.QueryRow().Scan(&v); err != nil || v != "one" {
