@@ -53,6 +53,7 @@ type policyHook struct {
 	next     int
 	fcall    *pgproto3.ErrorResponse // a refused FunctionCall's answer
 	encoded  map[*sqlclass.Result]json.RawMessage
+	decided  map[*sqlclass.Result]rememberedDecision
 }
 
 type stmtInfo struct {
@@ -71,6 +72,7 @@ func newPolicyHook(s *Server, ses *Session) *policyHook {
 		prepared: map[string]*sqlclass.Statement{},
 		denials:  map[int]*pgproto3.ErrorResponse{},
 		encoded:  map[*sqlclass.Result]json.RawMessage{},
+		decided:  map[*sqlclass.Result]rememberedDecision{},
 	}
 }
 
@@ -290,6 +292,10 @@ func (h *policyHook) track(stmts []sqlclass.Statement) {
 }
 
 func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []sqlclass.Statement) *policy.Decision {
+	if dec := h.recall(res, stmts); dec != nil {
+		h.srv.metrics.decisions.WithLabelValues(decisionLabel(dec)).Inc()
+		return dec
+	}
 	p := h.ses.Principal
 	in := &policy.Input{
 		Version: 1,
@@ -308,6 +314,7 @@ func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []s
 		in.Principal.Act = &policy.Actor{Sub: p.Act.Subject}
 	}
 	dec := h.eng.Decide(ctx, in)
+	h.remember(res, stmts, dec)
 	h.srv.metrics.decisions.WithLabelValues(decisionLabel(dec)).Inc()
 	if !dec.Allow || dec.RequireApproval != nil {
 		h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", p.Subject,
@@ -315,6 +322,44 @@ func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []s
 	}
 	return dec
 }
+
+// A session's principal and resource never change, so an allowing
+// decision for the same classified text (the classifier shares results)
+// under the same policy version is the same decision: the session keeps
+// it and skips building the engine's cache key. Each use gets its own id.
+type rememberedDecision struct {
+	version string
+	dec     policy.Decision
+}
+
+func (h *policyHook) recall(res *sqlclass.Result, stmts []sqlclass.Statement) *policy.Decision {
+	if !ownStatements(res, stmts) {
+		return nil
+	}
+	r, ok := h.decided[res]
+	if !ok || r.version != h.eng.Version() {
+		return nil
+	}
+	d := r.dec
+	d.ID = policy.NewDecisionID()
+	d.Cached = true
+	return &d
+}
+
+func (h *policyHook) remember(res *sqlclass.Result, stmts []sqlclass.Statement, dec *policy.Decision) {
+	if !dec.Allow || dec.RequireApproval != nil || !ownStatements(res, stmts) || dec.PolicyVersion == "" {
+		return
+	}
+	if len(h.decided) > 256 {
+		clear(h.decided)
+	}
+	h.decided[res] = rememberedDecision{version: dec.PolicyVersion, dec: *dec}
+}
+
+func ownStatements(res *sqlclass.Result, stmts []sqlclass.Statement) bool {
+	return len(stmts) > 0 && len(res.Statements) > 0 && &stmts[0] == &res.Statements[0]
+}
+
 
 // statementsJSON encodes the statements for the policy input once per
 // classified text (results are shared by the classifier's cache).

@@ -19,8 +19,13 @@
 # COPY TO STDOUT; 3 runs each, median wall time; target custos/direct <= 1.5 for the SELECT. And
 # custos' peak RSS (VmHWM) after a 100,000-row result versus a 1,000,000-row one: it must not grow.
 #
+# Then the statement policy: the same pgbench select-only run, as a principal in group agents,
+# through custos deciding every statement with the default policy versus custos dev --no-policy,
+# restarted in turn on the same data dir, BENCH_POLICY_ROUNDS (2) runs each; target on/off >= 0.9.
+#
 # Called by `make bench` after `make build`, with the PostgreSQL bin dir and /usr/sbin in PATH.
-# Settings: BENCH_SECONDS (15), BENCH_WARMUP_SECONDS (3), BENCH_SCALE (10), BENCH_MASK_ROWS (1000000).
+# Settings: BENCH_SECONDS (15), BENCH_WARMUP_SECONDS (3), BENCH_SCALE (10), BENCH_MASK_ROWS (1000000),
+# BENCH_POLICY_ROUNDS (2).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,6 +35,7 @@ WARMUP_SECONDS=${BENCH_WARMUP_SECONDS:-3}
 SCALE=${BENCH_SCALE:-10}
 MASK_ROWS=${BENCH_MASK_ROWS:-1000000}
 MASK_RUNS=3
+POLICY_ROUNDS=${BENCH_POLICY_ROUNDS:-2}
 CLIENTS=4
 JOBS=2
 CUSTOS=bin/custos
@@ -45,8 +51,8 @@ for prog in pgbench psql pgbouncer; do
 		die "$prog not in PATH; run \`make deps\`, and put the PostgreSQL bin dir and /usr/sbin in PATH (\`make bench\` does)"
 done
 [ -x "$CUSTOS" ] || die "$CUSTOS is missing: run \`make build\` first"
-for n in "$BENCH_SECONDS" "$WARMUP_SECONDS" "$SCALE" "$MASK_ROWS"; do
-	[[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS, BENCH_WARMUP_SECONDS, BENCH_SCALE and BENCH_MASK_ROWS must be positive integers"
+for n in "$BENCH_SECONDS" "$WARMUP_SECONDS" "$SCALE" "$MASK_ROWS" "$POLICY_ROUNDS"; do
+	[[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS, BENCH_WARMUP_SECONDS, BENCH_SCALE, BENCH_MASK_ROWS and BENCH_POLICY_ROUNDS must be positive integers"
 done
 ((MASK_ROWS >= 100000)) || die "BENCH_MASK_ROWS must be at least 100000 (the small RSS run streams 100,000 rows)"
 
@@ -324,7 +330,64 @@ if grep -q -E '4242424242424242|5555555555554444|378282246310005|601111111111111
 fi
 rm -f "$OUT/mask-custos.out"
 
-# --- 6. report -----------------------------------------------------------------------------------
+# --- 6. statement policy on versus off ----------------------------------------------------------
+# custos dev decides every statement with the default policy (the custos run above). The same
+# pgbench run, as a principal in group agents, through custos with the policy and through custos
+# dev --no-policy (statements relayed undecided). Only one custos dev can own the demo PostgreSQL,
+# so custos is restarted on the same data dir (same database and tables) for each run, the modes
+# alternating (off, on, off, on, ...) so that drift in the machine's speed hits both alike.
+# restart_custos ARGS...: stops custos dev (and its PostgreSQL), starts it again with ARGS.
+restart_custos() {
+	stop_pid "$custos_pid" INT 45
+	wait "$custos_pid" 2>/dev/null || true
+	custos_pid=""
+	rm -f "$DATA_DIR/dev.env"
+	"$CUSTOS" dev --data-dir "$DATA_DIR" "$@" \
+		--pg-listen "127.0.0.1:$(free_port)" --grpc-listen "127.0.0.1:$(free_port)" --admin-listen "127.0.0.1:$(free_port)" \
+		>>"$OUT/custos.log" 2>&1 &
+	custos_pid=$!
+	for ((i = 0; ; i++)); do
+		[ -f "$DATA_DIR/dev.env" ] && grep -q '^export CUSTOS_UPSTREAM_DSN=' "$DATA_DIR/dev.env" && break
+		kill -0 "$custos_pid" 2>/dev/null ||
+			{ tail -n 20 "$OUT/custos.log" >&2; die "custos dev $* exited at start (see $OUT/custos.log)"; }
+		((i < 1200)) || die "custos dev $* not ready after 120s (see $OUT/custos.log)"
+		sleep 0.1
+	done
+	# shellcheck source=/dev/null
+	. "$DATA_DIR/dev.env"
+}
+declare -A policy_runs
+for ((round = 1; round <= POLICY_ROUNDS; round++)); do
+	for mode in off on; do
+		if [ "$mode" = off ]; then restart_custos --no-policy; else restart_custos; fi
+		ptoken=$("$CUSTOS" token --data-dir "$DATA_DIR" --sub bench --groups agents --ttl 2h)
+		pconn="host=$CUSTOS_PG_HOST port=$CUSTOS_PG_PORT dbname=$CUSTOS_DATABASE user=bench sslmode=require"
+		plog="$OUT/pgbench-policy-$mode-$round.log"
+		log "policy $mode (round $round of $POLICY_ROUNDS): warm-up ${WARMUP_SECONDS}s, then ${BENCH_SECONDS}s"
+		PGPASSWORD=$ptoken pgbench "${PGBENCH_ARGS[@]}" -T "$WARMUP_SECONDS" "$pconn" >"$OUT/pgbench-policy-$mode-$round-warmup.log" 2>&1 ||
+			{ tail -n 20 "$OUT/pgbench-policy-$mode-$round-warmup.log" >&2; die "policy $mode: warm-up failed"; }
+		PGPASSWORD=$ptoken pgbench "${PGBENCH_ARGS[@]}" -T "$BENCH_SECONDS" "$pconn" >"$plog" 2>&1 ||
+			{ tail -n 20 "$plog" >&2; die "policy $mode: pgbench failed"; }
+		grep -q '^number of failed transactions: 0 ' "$plog" ||
+			{ cat "$plog" >&2; die "policy $mode: pgbench reported failed transactions"; }
+		t=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$plog")
+		[ -n "$t" ] || { cat "$plog" >&2; die "policy $mode: no tps in the pgbench output"; }
+		policy_runs[$mode]="${policy_runs[$mode]:+${policy_runs[$mode]} }$t"
+		log "policy $mode (round $round): $t TPS"
+	done
+done
+# The policy really was on in the "on" instance: a write is refused with 42501.
+refused=$(PGPASSWORD=$ptoken psql -X -q -A -t -d "$pconn" -c 'DELETE FROM pgbench_history' 2>&1 || true)
+[[ $refused == *"approval required"* ]] ||
+	die "policy on: a DELETE through custos was not refused: $(printf '%q' "$refused")"
+mean() { printf '%s\n' "$@" | awk '{ s += $1 } END { printf "%.3f", (NR > 0 ? s / NR : 0) }'; }
+declare -A policy_tps
+for mode in off on; do
+	# shellcheck disable=SC2086 # a list of numbers
+	policy_tps[$mode]=$(mean ${policy_runs[$mode]})
+done
+
+# --- 7. report -----------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
 custos_direct=$(ratio "${tps[custos]}" "${tps[direct]}")
 custos_pgbouncer=$(ratio "${tps[custos]}" "${tps[pgbouncer]}")
@@ -351,6 +414,14 @@ printf '\ncustos peak RSS (VmHWM): %s kB after 100000 rows, %s kB after %s rows 
 	"${mask_hwm[100000]}" "${mask_hwm[$MASK_ROWS]}" "$MASK_ROWS" "$mask_hwm_ratio" \
 	"$($peak_reset || echo '; the peak could not be reset between the two')"
 
+policy_ratio=$(ratio "${policy_tps[on]}" "${policy_tps[off]}")
+printf '\nstatement policy: pgbench %s -T %s through custos as an agent, mean of %s runs each\n\n' \
+	"${PGBENCH_ARGS[*]}" "$BENCH_SECONDS" "$POLICY_ROUNDS"
+printf '%-28s %12s   %s\n' custos 'mean TPS' runs
+printf '%-28s %12.0f   %s\n' 'policy off (--no-policy)' "${policy_tps[off]}" "${policy_runs[off]}"
+printf '%-28s %12.0f   %s\n' 'policy on (default policy)' "${policy_tps[on]}" "${policy_runs[on]}"
+printf '\npolicy on/off     %s (target >= 0.9)\n' "$policy_ratio"
+
 json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
 {
 	printf '{\n'
@@ -370,6 +441,8 @@ json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'
 	printf '\n  ],\n'
 	printf '  "ratios": {"custos_direct": %s, "custos_pgbouncer": %s, "pgbouncer_direct": %s},\n' \
 		"$custos_direct" "$custos_pgbouncer" "$pgbouncer_direct"
+	printf '  "policy": {"principal_groups": ["agents"], "rounds": %s, "tps_off": [%s], "tps_on": [%s], "tps_off_mean": %s, "tps_on_mean": %s, "on_off": %s, "target_on_off": 0.9},\n' \
+		"$POLICY_ROUNDS" "${policy_runs[off]// /, }" "${policy_runs[on]// /, }" "${policy_tps[off]}" "${policy_tps[on]}" "$policy_ratio"
 	printf '  "masking": {\n'
 	printf '    "rows": %s, "runs": %s, "client": "psql", "tls": true, "target_custos_direct": 1.5,\n' "$MASK_ROWS" "$MASK_RUNS"
 	for method in "${mask_methods[@]}"; do

@@ -199,7 +199,7 @@ func (e *Engine) Watch(ctx context.Context) {
 // "policy error:", logged at Error. Decisions of kind "sql" are cached. The
 // returned decision is the caller's own.
 func (e *Engine) Decide(ctx context.Context, in *Input) *Decision {
-	id := newDecisionID()
+	id := NewDecisionID()
 	v := e.cur.Load()
 	if in == nil {
 		return e.fail(v, id, "input", errors.New("no input"))
@@ -292,8 +292,8 @@ func (e *Engine) fail(v *version, id, kind string, err error) *Decision {
 	}
 }
 
-// newDecisionID is "dec_" and 16 random hex digits.
-func newDecisionID() string {
+// NewDecisionID is "dec_" and 16 random hex digits.
+func NewDecisionID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand, Go 1.24+)
 	return "dec_" + hex.EncodeToString(b[:])
