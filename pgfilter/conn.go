@@ -200,6 +200,11 @@ func (s *Server) handleCancel(ctx context.Context, req *startupRequest, log *slo
 		log.Info("cancel request with unknown key ignored")
 		return
 	}
+	if ss.cancelParked() {
+		s.metrics.cancels.WithLabelValues("parked").Inc()
+		log.Info("cancel request withdrew a parked statement", "session_id", ss.ID, "principal", ss.Principal.Subject)
+		return
+	}
 	if err := cancelUpstream(ctx, ss.upstreamAddr, ss.upstreamTLS, ss.upstreamPID, ss.upstreamSecret); err != nil {
 		s.metrics.cancels.WithLabelValues("failed").Inc()
 		log.Warn("cancel request failed", "session_id", ss.ID, "error", err)

@@ -32,6 +32,30 @@
 // session timers and shutdown also speak to the client (NoticeResponse,
 // ErrorResponse).
 //
+// Statement policy (policyhook.go): a Query is decided whole, an extended
+// statement at each Execute. A refused message is swapped for one the server
+// rejects, and the server's error rewritten into custos' refusal, so the
+// client sees the server's true transaction state.
+//
+// Approvals (approvalpark.go, park.go): when the decision requires
+// approval, the client-to-server goroutine records an approval request,
+// sends a NoticeResponse at once (approval id, approvers, how to approve)
+// and holds the message, nothing upstream:
+//
+//	client                         custos                          upstream
+//	  | Query / Execute ----------> |  approval.Request               |
+//	  | <- NoticeResponse (apr_...) |  wait; keep reading the client  |
+//	  |                             |  approved: Consume (pinned hash)|
+//	  |                             |  Query / Execute -------------> |
+//	  | <- results ---------------------------------------------------|
+//	  |  denied / expired: the message is refused (42501)             |
+//	  | CancelRequest ------------> |  withdraw; 57014                |
+//	  | disconnect / Terminate ---> |  withdraw; session ends         |
+//
+// While it waits custos reads what the client sends so that a disconnect
+// is seen at once; the bytes read are relayed after the parked message,
+// in order. A parked session is busy, never idle.
+//
 // A session ends when either side closes, on Terminate, when its token
 // expires (plus a grace), after the idle timeout, or on shutdown; custos
 // tells the client why with a FATAL ErrorResponse.

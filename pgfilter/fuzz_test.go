@@ -88,3 +88,38 @@ func FuzzClientFrames(f *testing.F) {
 		}
 	})
 }
+
+// FuzzBindParams feeds arbitrary Bind bodies to the decoder that pins a
+// parked statement's parameters: it must never panic, and what it accepts
+// must agree with pgproto3's own decoding.
+func FuzzBindParams(f *testing.F) {
+	for _, b := range []*pgproto3.Bind{
+		{},
+		{DestinationPortal: "p", PreparedStatement: "s", ParameterFormatCodes: []int16{1}, Parameters: [][]byte{{0, 0, 0, 1}, nil}},
+		{Parameters: [][]byte{[]byte("4111 1111 1111 1111"), {}}, ResultFormatCodes: []int16{0, 1}},
+	} {
+		buf, err := b.Encode(nil)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(buf[5:])
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		params, err := bindParams(body)
+		var want pgproto3.Bind
+		if werr := want.Decode(body); werr != nil {
+			return // pgproto3 refuses it; the server would too
+		}
+		if err != nil {
+			t.Fatalf("bindParams refused a Bind pgproto3 decodes: %v", err)
+		}
+		if len(params) != len(want.Parameters)+1 {
+			t.Fatalf("%d values pinned, want formats + %d parameters", len(params), len(want.Parameters))
+		}
+		for i, p := range want.Parameters {
+			if (p == nil) != (params[i+1] == nil) || !bytes.Equal(p, params[i+1]) {
+				t.Fatalf("parameter %d = %q, want %q", i, params[i+1], p)
+			}
+		}
+	})
+}

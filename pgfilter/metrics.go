@@ -10,6 +10,7 @@ type metrics struct {
 	bytes        *prometheus.CounterVec
 	cancels      *prometheus.CounterVec
 	decisions    *prometheus.CounterVec
+	parked       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -42,9 +43,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "custos", Subsystem: "pg", Name: "statement_decisions_total",
 			Help: "Statement decisions by outcome (allow, deny, approval_required).",
 		}, []string{"outcome"}),
+		parked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "custos", Subsystem: "pg", Name: "parked_statements_total",
+			Help: "Statements parked for approval (requested) and how their wait ended.",
+		}, []string{"outcome"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connections, m.authFailures, m.active, m.messages, m.bytes, m.cancels, m.decisions)
+		reg.MustRegister(m.connections, m.authFailures, m.active, m.messages, m.bytes, m.cancels, m.decisions, m.parked)
 	}
 	return m
 }

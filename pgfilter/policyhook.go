@@ -42,12 +42,13 @@ type policyHook struct {
 	cls *sqlclass.Classifier
 	eng *policy.Engine
 
+	relay  *session      // parks statements that wait for approval
 	token  string        // names the objects denied messages refer to
 	masker *resultMasker // receives an allowed statement's mask rules
 
 	mu       sync.Mutex
 	stmts    map[string]*stmtInfo // extended-protocol statements
-	portals  map[string]string    // portal → statement
+	portals  map[string]*portalInfo
 	prepared map[string]*sqlclass.Statement
 	denials  map[int]*pgproto3.ErrorResponse
 	next     int
@@ -57,8 +58,17 @@ type policyHook struct {
 }
 
 type stmtInfo struct {
-	res *sqlclass.Result
-	err error
+	text string
+	res  *sqlclass.Result
+	err  error
+}
+
+// portalInfo is what custos knows of a bound portal: its statement and,
+// when statements may be parked, a copy of the Bind that pins its
+// parameters (the buffer is reused by the next Bind of the same name).
+type portalInfo struct {
+	stmt string
+	bind []byte
 }
 
 func newPolicyHook(s *Server, ses *Session) *policyHook {
@@ -68,7 +78,7 @@ func newPolicyHook(s *Server, ses *Session) *policyHook {
 		srv: s, ses: ses, cls: s.opts.Classifier, eng: s.opts.Policy,
 		token:    "custos_denied_" + hex.EncodeToString(b[:]) + "_",
 		stmts:    map[string]*stmtInfo{},
-		portals:  map[string]string{},
+		portals:  map[string]*portalInfo{},
 		prepared: map[string]*sqlclass.Statement{},
 		denials:  map[int]*pgproto3.ErrorResponse{},
 		encoded:  map[*sqlclass.Result]json.RawMessage{},
@@ -101,18 +111,30 @@ func (h *policyHook) Handle(ctx context.Context, d Direction, m *Message, _ Conn
 	}
 	switch m.Type {
 	case 'Q':
-		h.query(ctx, m)
+		if err := h.query(ctx, m); err != nil {
+			return Forward, err
+		}
 	case 'P':
 		h.parse(m)
 	case 'B':
 		name, rest, ok := cstring(m.Body)
 		if ok {
 			if stmt, _, ok := cstring(rest); ok {
-				h.portals[name] = stmt
+				p := h.portals[name]
+				if p == nil {
+					p = &portalInfo{}
+					h.portals[name] = p
+				}
+				p.stmt = stmt
+				if h.srv.opts.Approvals != nil {
+					p.bind = append(p.bind[:0], m.Body...)
+				}
 			}
 		}
 	case 'E':
-		h.execute(ctx, m)
+		if err := h.execute(ctx, m); err != nil {
+			return Forward, err
+		}
 	case 'F':
 		h.functionCall(ctx, m)
 	case 'C':
@@ -129,27 +151,37 @@ func (h *policyHook) Handle(ctx context.Context, d Direction, m *Message, _ Conn
 }
 
 // query decides a simple-protocol query string.
-func (h *policyHook) query(ctx context.Context, m *Message) {
+func (h *policyHook) query(ctx context.Context, m *Message) error {
 	q, _, ok := cstring(m.Body)
 	if !ok {
-		return // the server will reject the malformed message
+		return nil // the server will reject the malformed message
 	}
 	res, err := h.cls.Classify(q)
 	if err != nil {
 		h.refuseQuery(m, syntaxRefusal(err))
-		return
+		return nil
 	}
 	if len(res.Statements) == 0 {
-		return
+		return nil
 	}
 	stmts := h.resolve(res.Statements)
 	dec := h.decide(ctx, res, stmts)
-	if resp := refusal(dec); resp != nil {
+	if h.parks(dec) {
+		resp, err := h.park(ctx, m, dec, res, stmts, q, nil)
+		if err != nil {
+			return err
+		}
+		if resp != nil {
+			h.refuseQuery(m, resp)
+			return nil
+		}
+	} else if resp := refusal(dec); resp != nil {
 		h.refuseQuery(m, resp)
-		return
+		return nil
 	}
 	h.track(res.Statements)
 	h.handMask(dec)
+	return nil
 }
 
 // handMask gives the masking hook, which sees the same message next, the
@@ -187,7 +219,7 @@ func (h *policyHook) parse(m *Message) {
 		return
 	}
 	res, err := h.cls.Classify(q)
-	h.stmts[name] = &stmtInfo{res: res, err: err}
+	h.stmts[name] = &stmtInfo{text: q, res: res, err: err}
 	if err != nil {
 		n := h.addDenial(syntaxRefusal(err))
 		body := append([]byte(name), 0)
@@ -198,33 +230,52 @@ func (h *policyHook) parse(m *Message) {
 }
 
 // execute decides the statement behind a portal at the moment it would run.
-func (h *policyHook) execute(ctx context.Context, m *Message) {
-	portal, tail, ok := cstring(m.Body)
+func (h *policyHook) execute(ctx context.Context, m *Message) error {
+	portal, _, ok := cstring(m.Body)
 	if !ok {
-		return
+		return nil
 	}
 	var resp *pgproto3.ErrorResponse
-	stmtName, bound := h.portals[portal]
-	info := h.stmts[stmtName]
+	p := h.portals[portal]
+	var info *stmtInfo
+	if p != nil {
+		info = h.stmts[p.stmt]
+	}
 	switch {
-	case !bound || info == nil:
+	case info == nil:
 		// custos saw no Bind or Parse for it: the server will refuse it
 		// too, but nothing unknown runs.
 		resp = denyResponse("custos has no record of what this portal runs", "")
 	case info.err != nil:
-		return // its Parse already failed at the server
+		return nil // its Parse already failed at the server
 	case len(info.res.Statements) == 0:
-		return
+		return nil
 	default:
 		stmts := h.resolve(info.res.Statements)
 		dec := h.decide(ctx, info.res, stmts)
-		resp = refusal(dec)
+		if h.parks(dec) {
+			var err error
+			resp, err = h.park(ctx, m, dec, info.res, stmts, info.text, p.bind)
+			if err != nil {
+				return err
+			}
+		} else {
+			resp = refusal(dec)
+		}
 		if resp == nil {
 			h.track(info.res.Statements)
 			h.handMask(dec)
-			return
+			return nil
 		}
 	}
+	h.refuseExecute(m, resp)
+	return nil
+}
+
+// refuseExecute replaces an Execute with one of a portal that does not
+// exist; the server's error is rewritten into resp.
+func (h *policyHook) refuseExecute(m *Message, resp *pgproto3.ErrorResponse) {
+	_, tail, _ := cstring(m.Body)
 	n := h.addDenial(resp)
 	body := append([]byte(h.token+strconv.Itoa(n)), 0)
 	m.Body = append(body, tail...)
@@ -360,7 +411,6 @@ func ownStatements(res *sqlclass.Result, stmts []sqlclass.Statement) bool {
 	return len(stmts) > 0 && len(res.Statements) > 0 && &stmts[0] == &res.Statements[0]
 }
 
-
 // statementsJSON encodes the statements for the policy input once per
 // classified text (results are shared by the classifier's cache).
 func (h *policyHook) statementsJSON(res *sqlclass.Result, stmts []sqlclass.Statement) any {
@@ -413,7 +463,7 @@ func refusal(d *policy.Decision) *pgproto3.ErrorResponse {
 			msg += ": " + reason
 		}
 		resp := denyResponse(msg, d.ID)
-		resp.Hint = "Approval of parked statements is not available on this gateway yet; ask a member of " + groups + " to run it."
+		resp.Hint = "This gateway has no approval store, so statements cannot wait for approval here; ask a member of " + groups + " to run it."
 		return resp
 	}
 	return nil

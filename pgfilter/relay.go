@@ -33,6 +33,7 @@ type session struct {
 
 	client    net.Conn
 	clientBuf *bufio.Reader
+	clientR   *frameReader // reads clientBuf, or what a parked wait read first
 	clientMu  sync.Mutex
 	clientW   frameWriter
 
@@ -65,6 +66,12 @@ type session struct {
 	idle, draining atomic.Bool
 	endOnce        sync.Once
 	endErr         error
+
+	// parked is true while a statement waits for approval; parkCancel
+	// ends that wait (a CancelRequest).
+	parked     atomic.Bool
+	parkMu     sync.Mutex
+	parkCancel context.CancelCauseFunc
 
 	msgs, bytes [2]uint64
 }
@@ -108,12 +115,13 @@ func (ss *session) run() {
 	defer s.metrics.active.Dec()
 	defer ss.cancel()
 
-	clientR := newFrameReader(ss.clientBuf, s.opts.Listener.MaxMessageBytes)
+	ss.clientR = newFrameReader(ss.clientBuf, s.opts.Listener.MaxMessageBytes)
 
 	factories := s.opts.Hooks
 	if s.opts.Policy != nil {
 		factories = append([]HookFactory{func(sess *Session) (Hook, error) {
 			ph := newPolicyHook(s, sess)
+			ph.relay = ss
 			ss.policy = ph
 			return ph, nil
 		}}, factories...)
@@ -161,6 +169,9 @@ func (ss *session) run() {
 		var t *time.Timer
 		t = time.AfterFunc(idle, func() {
 			since := time.Since(time.Unix(0, ss.lastActivity.Load()))
+			if ss.parked.Load() {
+				since = 0 // waiting for an approver is not idling
+			}
 			if since >= idle {
 				ss.terminate(errIdle)
 				return
@@ -176,7 +187,7 @@ func (ss *session) run() {
 	}()
 
 	errc := make(chan error, 2)
-	go func() { errc <- ss.pump(ClientToServer, clientR, &ss.serverW, &ss.serverMu) }()
+	go func() { errc <- ss.pump(ClientToServer, ss.clientR, &ss.serverW, &ss.serverMu) }()
 	go func() { errc <- ss.pump(ServerToClient, ss.serverR, &ss.clientW, &ss.clientMu) }()
 	ss.terminate(<-errc)
 	if err := <-errc; err != nil {
@@ -246,7 +257,7 @@ func (ss *session) terminate(err error) {
 // nil when the client went away or already heard from the server.
 func clientFacing(err error) *pgproto3.ErrorResponse {
 	switch {
-	case err == nil, errors.Is(err, errClientTerminate), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	case err == nil, errors.Is(err, errClientTerminate), errors.Is(err, errClientGone), errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 		return nil
 	case errors.Is(err, errServerClosed):
 		return nil

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/custos-dev/custos/internal/approval"
 	"github.com/custos-dev/custos/internal/authn"
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/mask"
@@ -51,6 +52,13 @@ type Options struct {
 	// (required with Policy) says what each statement does.
 	Policy     *policy.Engine
 	Classifier *sqlclass.Classifier
+	// Approvals, when set with Policy, parks each statement the policy
+	// sends for approval until approvers decide; without it such
+	// statements are refused.
+	Approvals *approval.Service
+	// ApprovalURL is the base URL of the admin listener as approvers reach
+	// it: a parked client is told to open ApprovalURL/approvals/ID.
+	ApprovalURL string
 	// Logger receives connection and authentication events.
 	Logger *slog.Logger
 	// Registerer receives the proxy's metrics; nil registers nowhere.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/custos-dev/custos/internal/approval"
 	"github.com/custos-dev/custos/internal/authn"
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/devenv"
@@ -104,6 +105,8 @@ type Options struct {
 	// Policy decides every statement (nil: no statement policy). Use
 	// DefaultPolicy for the embedded PCI policy.
 	Policy *policy.Engine
+	// Approvals parks what the policy sends for approval (nil: refused).
+	Approvals *approval.Service
 	// NoTLS runs the proxy without a certificate.
 	NoTLS bool
 	// Logger for the proxy; nil discards.
@@ -180,6 +183,7 @@ func Start(t testing.TB, opts Options) *Env {
 		Hooks:      opts.Hooks,
 		Masker:     opts.Masker,
 		Policy:     opts.Policy,
+		Approvals:  opts.Approvals,
 		Classifier: classifier(opts.Policy),
 		Logger:     logger,
 		Registerer: e.Registry,

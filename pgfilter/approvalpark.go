@@ -1,0 +1,259 @@
+package pgfilter
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/custos-dev/custos/internal/approval"
+	"github.com/custos-dev/custos/internal/policy"
+	"github.com/custos-dev/custos/internal/sqlclass"
+)
+
+// withdrawTimeout bounds recording a withdrawal after the wait ended.
+const withdrawTimeout = 5 * time.Second
+
+// parks reports whether dec sends the statement to approvers rather than
+// refusing it outright.
+func (h *policyHook) parks(dec *policy.Decision) bool {
+	return dec.Allow && dec.RequireApproval != nil && h.srv.opts.Approvals != nil && h.relay != nil
+}
+
+// park holds the message m (a Query, or the Execute of a portal bound by
+// bind) until approvers decide on it. It returns nil, nil when the
+// statement was approved and the approval consumed: the caller lets m go
+// upstream, exactly as it arrived. Otherwise it returns the client's
+// answer (denied, expired, cancelled, or the approval machinery failing
+// closed), or an error that ends the session (the client went away, the
+// session is ending). h.mu is held on entry and on return, and released
+// while waiting.
+func (h *policyHook) park(ctx context.Context, m *Message, dec *policy.Decision, res *sqlclass.Result,
+	stmts []sqlclass.Statement, text string, bind []byte,
+) (*pgproto3.ErrorResponse, error) {
+	svc := h.srv.opts.Approvals
+	ra := dec.RequireApproval
+	p := h.ses.Principal
+	requester := approval.Principal{Sub: p.Subject, Iss: p.Issuer, Groups: p.Groups}
+	if p.Act != nil {
+		requester.Act = p.Act.Subject
+	}
+	params, err := bindParams(bind)
+	if err != nil {
+		return denyResponse("approval required, but custos could not read the statement's parameters to pin them: "+err.Error(), dec.ID), nil
+	}
+	hash := approval.PinHash(requester, h.ses.Resource.Name, approval.KindSQL, text, params)
+	req, err := svc.Request(ctx, approval.NewRequest{
+		Hash:           hash,
+		Requester:      requester,
+		Resource:       h.ses.Resource.Name,
+		Kind:           approval.KindSQL,
+		Summary:        res.Normalized,
+		Detail:         h.maskedText(text),
+		Flags:          statementFlags(stmts),
+		Reasons:        dec.Reasons,
+		DecisionID:     dec.ID,
+		SessionID:      h.ses.ID,
+		ApproverGroups: ra.ApproverGroups,
+		Quorum:         ra.Quorum,
+		TTL:            ra.TTLDuration(),
+	})
+	if err != nil {
+		h.srv.log.Error("approval request could not be recorded", "session_id", h.ses.ID, "decision_id", dec.ID, "error", err)
+		resp := denyResponse("approval required, but custos could not record the request; the statement was not run", dec.ID)
+		resp.Hint = "Retry later; the incident is logged."
+		return resp, nil
+	}
+	h.srv.metrics.parked.WithLabelValues("requested").Inc()
+	h.srv.log.Info("statement parked for approval", "session_id", h.ses.ID, "approval_id", req.ID,
+		"decision_id", dec.ID, "principal", p.Subject, "approver_groups", strings.Join(req.ApproverGroups, ","))
+	if err := h.relay.SendToClient(h.parkedNotice(req)); err != nil {
+		h.withdraw(ctx, req.ID, "the client could not be told of the request")
+		return nil, err
+	}
+
+	held := bytes.Clone(m.Body) // the reader's buffer is reused while waiting
+	h.mu.Unlock()
+	var got *approval.Request
+	werr := h.relay.hold(ctx, func(ctx context.Context) error {
+		r, err := svc.Wait(ctx, req.ID)
+		got = r
+		return err
+	})
+	h.mu.Lock()
+	m.Body = held
+
+	switch {
+	case werr == nil:
+	case errors.Is(werr, errParkCancelled):
+		h.withdraw(ctx, req.ID, "the client cancelled the statement")
+		h.srv.metrics.parked.WithLabelValues("cancelled").Inc()
+		return &pgproto3.ErrorResponse{
+			Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "57014",
+			Message: "canceling statement due to user request",
+			Detail:  "custos withdrew approval request " + req.ID + "; the statement was not run.",
+		}, nil
+	case errors.Is(werr, errClientGone):
+		h.withdraw(ctx, req.ID, "the client disconnected")
+		h.srv.metrics.parked.WithLabelValues("client_gone").Inc()
+		return nil, werr
+	case ctx.Err() != nil:
+		h.withdraw(ctx, req.ID, "the session ended before a decision")
+		h.srv.metrics.parked.WithLabelValues("session_ended").Inc()
+		return nil, ctx.Err()
+	default:
+		h.withdraw(ctx, req.ID, "custos could not follow the request")
+		h.srv.metrics.parked.WithLabelValues("failed").Inc()
+		h.srv.log.Error("approval wait failed", "session_id", h.ses.ID, "approval_id", req.ID, "error", werr)
+		return denyResponse("custos could not follow approval request "+req.ID+"; the statement was not run", dec.ID), nil
+	}
+
+	switch got.State {
+	case approval.StateApproved:
+		if _, err := svc.Consume(ctx, req.ID, hash); err != nil {
+			h.srv.metrics.parked.WithLabelValues("failed").Inc()
+			h.srv.log.Warn("approved statement could not be run", "session_id", h.ses.ID, "approval_id", req.ID, "error", err)
+			return denyResponse(fmt.Sprintf("approval %s could not be used (%v); the statement was not run", req.ID, err), dec.ID), nil
+		}
+		h.srv.metrics.parked.WithLabelValues("approved").Inc()
+		h.srv.log.Info("approved statement runs", "session_id", h.ses.ID, "approval_id", req.ID)
+		if err := h.relay.SendToClient(notice("custos: approval "+req.ID+" granted by "+voters(got)+"; the statement runs now", "")); err != nil {
+			return nil, err
+		}
+		return nil, nil
+	case approval.StateDenied:
+		h.srv.metrics.parked.WithLabelValues("denied").Inc()
+		msg := "approval " + req.ID + " denied"
+		if got.Denial != nil {
+			msg += " by " + got.Denial.By.Sub
+			if got.Denial.Reason != "" {
+				msg += ": " + got.Denial.Reason
+			}
+		}
+		return denyResponse(msg, dec.ID), nil
+	case approval.StateExpired:
+		h.srv.metrics.parked.WithLabelValues("expired").Inc()
+		resp := denyResponse(fmt.Sprintf("approval %s expired at %s without a decision", req.ID, got.ExpiresAt.Format(time.RFC3339)), dec.ID)
+		resp.Hint = "Send the statement again to ask again."
+		return resp, nil
+	default:
+		h.srv.metrics.parked.WithLabelValues("withdrawn").Inc()
+		msg := fmt.Sprintf("approval %s is %s", req.ID, got.State)
+		if got.Note != "" {
+			msg += ": " + got.Note
+		}
+		return denyResponse(msg+"; the statement was not run", dec.ID), nil
+	}
+}
+
+// withdraw records that the parked client no longer waits, even when the
+// session's context has ended.
+func (h *policyHook) withdraw(ctx context.Context, id, note string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), withdrawTimeout)
+	defer cancel()
+	if _, err := h.srv.opts.Approvals.Withdraw(ctx, id, note); err != nil && !errors.Is(err, approval.ErrNotPending) {
+		h.srv.log.Warn("approval request could not be withdrawn", "session_id", h.ses.ID, "approval_id", id, "error", err)
+	}
+}
+
+// parkedNotice tells the client at once that its statement waits, for
+// whom, until when, and how approvers decide.
+func (h *policyHook) parkedNotice(r *approval.Request) *pgproto3.NoticeResponse {
+	groups := strings.Join(r.ApproverGroups, ", ")
+	msg := fmt.Sprintf("custos: approval %s required from %s (quorum %d); the statement waits for a decision until %s",
+		r.ID, groups, r.Quorum, r.ExpiresAt.Format(time.RFC3339))
+	hint := "An approver runs: custos approvals approve " + r.ID
+	if u := strings.TrimRight(h.srv.opts.ApprovalURL, "/"); u != "" {
+		hint += "  or opens " + u + "/approvals/" + r.ID
+	}
+	hint += ". Cancelling the statement withdraws the request."
+	n := notice(msg, hint)
+	n.Detail = "approval id: " + r.ID + "\ndecision id: " + r.DecisionID
+	return n
+}
+
+func notice(msg, hint string) *pgproto3.NoticeResponse {
+	return &pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: "00000", Message: msg, Hint: hint}
+}
+
+func voters(r *approval.Request) string {
+	names := make([]string, 0, len(r.Approvals))
+	for _, v := range r.Approvals {
+		names = append(names, v.By.Sub)
+	}
+	if len(names) == 0 {
+		return "the approvers"
+	}
+	return strings.Join(names, ", ")
+}
+
+// maskedText is the statement as approvers see it: card numbers masked.
+func (h *policyHook) maskedText(text string) string {
+	m := h.srv.opts.Masker
+	if m == nil {
+		return "" // approvers see the normalized statement only
+	}
+	out, _ := m.Text(nil, []byte(text), m.Default())
+	return string(out)
+}
+
+func statementFlags(stmts []sqlclass.Statement) []string {
+	var flags []string
+	for _, st := range stmts {
+		for _, f := range st.Flags {
+			if !slices.Contains(flags, f) {
+				flags = append(flags, f)
+			}
+		}
+	}
+	return flags
+}
+
+// bindParams returns what a Bind message pins: its parameter format codes
+// (as one value) and each parameter value (nil for NULL). A nil bind pins
+// nothing.
+func bindParams(bind []byte) ([][]byte, error) {
+	if bind == nil {
+		return nil, nil
+	}
+	_, rest, ok := cstring(bind)
+	if ok {
+		_, rest, ok = cstring(rest)
+	}
+	if !ok || len(rest) < 2 {
+		return nil, errMalformedBind
+	}
+	nf := int(binary.BigEndian.Uint16(rest))
+	if len(rest) < 2+2*nf+2 {
+		return nil, errMalformedBind
+	}
+	params := [][]byte{slices.Clone(rest[:2+2*nf])}
+	rest = rest[2+2*nf:]
+	np := int(binary.BigEndian.Uint16(rest))
+	rest = rest[2:]
+	for range np {
+		if len(rest) < 4 {
+			return nil, errMalformedBind
+		}
+		n := int32(binary.BigEndian.Uint32(rest))
+		rest = rest[4:]
+		if n < 0 {
+			params = append(params, nil)
+			continue
+		}
+		if int(n) > len(rest) {
+			return nil, errMalformedBind
+		}
+		params = append(params, slices.Clone(rest[:n]))
+		rest = rest[n:]
+	}
+	return params, nil
+}
+
+var errMalformedBind = errors.New("malformed Bind message")
