@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/custos-dev/custos/internal/approval"
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/mask"
+	"github.com/custos-dev/custos/internal/policy"
 	"github.com/custos-dev/custos/pgfilter/pgfiltertest"
 )
 
@@ -33,15 +35,20 @@ type approvalEnv struct {
 
 func newApprovalEnv(t *testing.T, sessions config.Sessions) *approvalEnv {
 	t.Helper()
-	m, err := mask.New(mask.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	st, err := approval.OpenSQLite(filepath.Join(t.TempDir(), "approvals.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
+	return newApprovalEnvWith(t, sessions, st, pgfiltertest.DefaultPolicy(t))
+}
+
+func newApprovalEnvWith(t *testing.T, sessions config.Sessions, st approval.Store, eng *policy.Engine) *approvalEnv {
+	t.Helper()
+	m, err := mask.New(mask.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ae := &approvalEnv{}
 	svc, err := approval.NewService(context.Background(), st, approval.Options{
 		Now:           func() time.Time { return time.Now().Add(time.Duration(ae.offset.Load())) },
@@ -53,7 +60,7 @@ func newApprovalEnv(t *testing.T, sessions config.Sessions) *approvalEnv {
 	t.Cleanup(func() { _ = svc.Close() })
 	ae.svc = svc
 	ae.Env = pgfiltertest.Start(t, pgfiltertest.Options{
-		Masker: m, Policy: pgfiltertest.DefaultPolicy(t), Approvals: svc, Sessions: sessions,
+		Masker: m, Policy: eng, Approvals: svc, Sessions: sessions,
 	})
 	ae.table = fmt.Sprintf("approval_t%d", policyTableSeq.Add(1))
 	if err := ae.Cluster.Exec(context.Background(), pgfiltertest.Database, fmt.Sprintf(
@@ -436,5 +443,150 @@ func TestPipelinedMessagesAfterParkedOne(t *testing.T) {
 	wg.Wait()
 	if berr != nil || strings.Join(got, ",") != "one,batched" {
 		t.Fatalf("batch: %v, got %v", berr, got)
+	}
+}
+
+func TestSameStatementNeedsNewApproval(t *testing.T) {
+	t.Parallel()
+	ae := newApprovalEnv(t, config.Sessions{})
+	c, ids := ae.agent(t, "mallory")
+	ctx := context.Background()
+	update := "UPDATE " + ae.table + " SET v = v || 'x' WHERE id = 1"
+	seen := map[string]bool{}
+	for round := 1; round <= 2; round++ {
+		done := goExec(c, update)
+		apr := nextID(t, ids)
+		if seen[apr] {
+			t.Fatalf("round %d reused approval %s", round, apr)
+		}
+		seen[apr] = true
+		if _, err := ae.svc.Approve(ctx, apr, ae.dba("bob"), ""); err != nil {
+			t.Fatal(err)
+		}
+		if res := result(t, done); res.err != nil || res.tag.String() != "UPDATE 1" {
+			t.Fatalf("round %d: %q %v", round, res.tag, res.err)
+		}
+		want := "one" + strings.Repeat("x", round)
+		if n := rowCount(t, ae.Env, ae.table+" WHERE id = 1 AND v = '"+want+"'"); n != 1 {
+			t.Fatalf("after round %d the row is not %q: each approval runs the statement exactly once", round, want)
+		}
+		if _, err := ae.svc.Consume(ctx, apr, "anything"); err == nil {
+			t.Fatalf("a used approval was accepted again")
+		}
+	}
+}
+
+// quorumPolicy is the default policy with approvals needing two dbas.
+func quorumPolicy(t *testing.T) *policy.Engine {
+	t.Helper()
+	dir := t.TempDir()
+	entries, err := os.ReadDir("../policies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.IsDir() || (!strings.HasSuffix(e.Name(), ".rego") && e.Name() != "data.json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("../policies", e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Name() == "data.json" {
+			if !strings.Contains(string(b), `"quorum": 1,`) {
+				t.Fatalf("policies/data.json no longer sets \"quorum\": 1")
+			}
+			b = []byte(strings.Replace(string(b), `"quorum": 1,`, `"quorum": 2,`, 1))
+		}
+		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eng, err := policy.New(context.Background(), policy.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eng
+}
+
+func TestQuorumOfTwoDistinctApprovers(t *testing.T) {
+	t.Parallel()
+	st, err := approval.OpenSQLite(filepath.Join(t.TempDir(), "approvals.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	ae := newApprovalEnvWith(t, config.Sessions{}, st, quorumPolicy(t))
+	ctx := context.Background()
+	c, ids := ae.agent(t, "nina")
+	done := goExec(c, "DELETE FROM "+ae.table+" WHERE id = 1")
+	apr := nextID(t, ids)
+	if _, err := ae.svc.Approve(ctx, apr, ae.dba("bob"), "first"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ae.svc.Approve(ctx, apr, ae.dba("bob"), "again"); !errors.Is(err, approval.ErrAlreadyVoted) {
+		t.Fatalf("second vote by the same approver: %v", err)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("ran with one approval of two: %v", r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if n := rowCount(t, ae.Env, ae.table); n != 1 {
+		t.Fatalf("rows = %d before the quorum, want 1", n)
+	}
+	if _, err := ae.svc.Approve(ctx, apr, ae.dba("oscar"), "second"); err != nil {
+		t.Fatal(err)
+	}
+	if res := result(t, done); res.err != nil || res.tag.String() != "DELETE 1" {
+		t.Fatalf("delete after quorum: %q %v", res.tag, res.err)
+	}
+	if n := rowCount(t, ae.Env, ae.table); n != 0 {
+		t.Fatalf("rows = %d after the approved delete, want 0", n)
+	}
+}
+
+var approvalDBSeq atomic.Int64
+
+// TestReplicasShareAPostgresStore runs two proxies, each with its own
+// approval service, on one PostgreSQL store: a statement parked on one is
+// released by an approval given through the other (LISTEN/NOTIFY).
+func TestReplicasShareAPostgresStore(t *testing.T) {
+	t.Parallel()
+	cl, _ := pgfiltertest.Upstream(t)
+	ctx := context.Background()
+	db := fmt.Sprintf("approvals_%d", approvalDBSeq.Add(1))
+	if err := cl.Exec(ctx, "postgres", "CREATE DATABASE "+db); err != nil {
+		t.Fatal(err)
+	}
+	open := func() approval.Store {
+		st, err := approval.OpenPostgres(ctx, cl.DSN(db))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		return st
+	}
+	a := newApprovalEnvWith(t, config.Sessions{}, open(), pgfiltertest.DefaultPolicy(t))
+	b := newApprovalEnvWith(t, config.Sessions{}, open(), pgfiltertest.DefaultPolicy(t))
+	c, ids := a.agent(t, "peggy")
+	done := goExec(c, "UPDATE "+a.table+" SET v = 'approved elsewhere' WHERE id = 1")
+	apr := nextID(t, ids)
+	// The other replica sees the request and decides it.
+	r, err := b.svc.Get(ctx, apr)
+	if err != nil || r.State != approval.StatePending {
+		t.Fatalf("replica b: %+v %v", r, err)
+	}
+	if _, err := b.svc.Approve(ctx, apr, approval.Principal{Sub: "bob", Iss: a.IssuerURL, Groups: []string{"dba"}}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if res := result(t, done); res.err != nil || res.tag.String() != "UPDATE 1" {
+		t.Fatalf("update released by the other replica: %q %v", res.tag, res.err)
+	}
+	if n := rowCount(t, a.Env, a.table+" WHERE v = 'approved elsewhere'"); n != 1 {
+		t.Fatalf("the approved update did not run")
+	}
+	if st := b.state(t, apr); st != approval.StateConsumed {
+		t.Fatalf("state seen by replica b = %s, want consumed", st)
 	}
 }

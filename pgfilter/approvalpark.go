@@ -168,9 +168,9 @@ func (h *policyHook) parkedNotice(r *approval.Request) *pgproto3.NoticeResponse 
 	groups := strings.Join(r.ApproverGroups, ", ")
 	msg := fmt.Sprintf("custos: approval %s required from %s (quorum %d); the statement waits for a decision until %s",
 		r.ID, groups, r.Quorum, r.ExpiresAt.Format(time.RFC3339))
-	hint := "An approver runs: custos approvals approve " + r.ID
+	hint := "Approve with: custos approvals approve " + r.ID
 	if u := strings.TrimRight(h.srv.opts.ApprovalURL, "/"); u != "" {
-		hint += "  or opens " + u + "/approvals/" + r.ID
+		hint += ", or at " + u + "/approvals/" + r.ID
 	}
 	hint += ". Cancelling the statement withdraws the request."
 	n := notice(msg, hint)
