@@ -112,6 +112,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg.OIDC.Issuers = []config.Issuer{{URL: issuerURL, Audiences: []string{devissuer.DefaultAudience}}}
 	cfg.Resources = []config.Resource{env.Resource}
 	cfg.Policy.Dir = *policyDir
+	adminURL := "http://" + lns.admin.Addr().String()
+	cfg.Approvals.PublicURL = adminURL
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -132,7 +134,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		{"CUSTOS_PG_HOST", hostOf(pgAddr)},
 		{"CUSTOS_PG_PORT", portOf(pgAddr)},
 		{"CUSTOS_GRPC_ADDR", lns.grpc.Addr().String()},
-		{"CUSTOS_ADMIN_URL", "http://" + lns.admin.Addr().String()},
+		{"CUSTOS_ADMIN_URL", adminURL},
 		{"CUSTOS_ISSUER", issuerURL},
 		{"CUSTOS_DATABASE", devenv.Database},
 		{"CUSTOS_CA_FILE", certFile},
@@ -142,7 +144,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if err := writeEnvFile(envFile, vars); err != nil {
 		return err
 	}
-	printQuickstart(stdout, dir, envFile, pgAddr, certFile)
+	printQuickstart(stdout, dir, envFile, pgAddr, certFile, adminURL)
 	return gw.serve(ctx)
 }
 
@@ -168,19 +170,28 @@ func portOf(addr string) string {
 	return p
 }
 
-func printQuickstart(w io.Writer, dir, envFile, pgAddr, certFile string) {
+func printQuickstart(w io.Writer, dir, envFile, pgAddr, certFile, adminURL string) {
 	self := "custos"
 	if exe, err := os.Executable(); err == nil {
 		self = exe
 	}
 	fmt.Fprintf(w, `
-custos dev is running (data dir %s; settings in %s).
+custos dev is running (data dir %[1]s; settings in %[2]s).
 
 Connect as an agent with a token as the password:
 
-  export PGPASSWORD="$(%s token --data-dir %s --sub alice --groups agents --act alice@example.com)"
-  psql "host=%s port=%s dbname=%s user=alice sslmode=verify-full sslrootcert=%s" -c 'SELECT id, holder, pan FROM cards'
+  export PGPASSWORD="$(%[3]s token --data-dir %[8]s --sub alice --groups agents --act alice@example.com)"
+  psql "host=%[4]s port=%[5]s dbname=%[6]s user=alice sslmode=verify-full sslrootcert=%[7]s" -c 'SELECT id, holder, pan FROM cards'
+
+A write waits for a dba's approval. Approve it from another shell:
+
+  . %[2]s
+  export CUSTOS_TOKEN="$(%[3]s token --data-dir %[8]s --sub bob --groups dba)"
+  %[3]s approvals list
+  %[3]s approvals approve APPROVAL_ID
+
+or sign in with that token at %[9]s/approvals
 
 Ctrl-C stops custos and the demo database.
-`, dir, envFile, self, shellQuote(dir), hostOf(pgAddr), portOf(pgAddr), devenv.Database, shellQuote(certFile))
+`, dir, envFile, self, hostOf(pgAddr), portOf(pgAddr), devenv.Database, shellQuote(certFile), shellQuote(dir), adminURL)
 }

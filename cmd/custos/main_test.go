@@ -83,6 +83,7 @@ func TestServe(t *testing.T) {
 	}
 	pgAddr, adminAddr := freeAddr(t), freeAddr(t)
 	cfg := fmt.Sprintf(`
+data_dir: %q
 listeners:
   postgres: {address: %q}
   admin: {address: %q}
@@ -100,7 +101,7 @@ resources:
     user: %s
     password: {file: %q}
     tls: {mode: verify-full, ca_file: %q}
-`, pgAddr, adminAddr, iss.URL(), res.Name, res.Address, res.Database, res.User, res.Password.File, res.TLS.CAFile)
+`, filepath.Join(dir, "data"), pgAddr, adminAddr, iss.URL(), res.Name, res.Address, res.Database, res.User, res.Password.File, res.TLS.CAFile)
 	cfgFile := filepath.Join(dir, "custos.yaml")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/custos-dev/custos/internal/approval"
 	"github.com/custos-dev/custos/internal/authn"
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/mask"
@@ -108,7 +109,10 @@ type gateway struct {
 	health *health.Server
 	admin  *http.Server
 	policy *policy.Engine
-	ready  atomic.Bool
+	// approvals parks statements the policy sends for approval (nil
+	// without policy).
+	approvals *approvals
+	ready     atomic.Bool
 }
 
 // newGateway builds every part; extraAdmin may mount more handlers on the
@@ -165,22 +169,36 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		}
 		cls = sqlclass.New(cfg.Policy.ClassifierCacheEntries)
 	}
+	var apr *approvals
+	var aprSvc *approval.Service
+	if eng != nil {
+		apr, err = openApprovals(ctx, cfg, log.With("component", "approval"), approvalEvents(log))
+		if err != nil {
+			return nil, err
+		}
+		aprSvc = apr.svc
+	}
 	pg, err := pgfilter.New(pgfilter.Options{
-		Listener:   cfg.Listeners.Postgres,
-		Sessions:   cfg.Sessions,
-		Resources:  cfg.Resources,
-		TLSConfig:  tlsCfg,
-		Verifier:   verifier,
-		Masker:     masker,
-		Policy:     eng,
-		Classifier: cls,
-		Logger:     log.With("component", "pgfilter"),
-		Registerer: reg,
+		Listener:    cfg.Listeners.Postgres,
+		Sessions:    cfg.Sessions,
+		Resources:   cfg.Resources,
+		TLSConfig:   tlsCfg,
+		Verifier:    verifier,
+		Masker:      masker,
+		Policy:      eng,
+		Classifier:  cls,
+		Approvals:   aprSvc,
+		ApprovalURL: cfg.Approvals.PublicURL,
+		Logger:      log.With("component", "pgfilter"),
+		Registerer:  reg,
 	})
 	if err != nil {
+		if apr != nil {
+			apr.close()
+		}
 		return nil, err
 	}
-	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng}
+	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng, approvals: apr}
 	if lns.grpc != nil {
 		gw.grpc = grpc.NewServer()
 		gw.health = health.NewServer()
@@ -295,6 +313,9 @@ func (g *gateway) serve(ctx context.Context) error {
 	}
 	if err := g.pg.Shutdown(sctx); err != nil {
 		g.log.Warn("sessions ended by shutdown deadline", "error", err)
+	}
+	if g.approvals != nil {
+		g.approvals.close()
 	}
 	if g.grpc != nil {
 		g.grpc.GracefulStop()

@@ -4,12 +4,16 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,8 +29,87 @@ type Config struct {
 	Sessions  Sessions   `yaml:"sessions"`
 	Masking   Masking    `yaml:"masking"`
 	Policy    Policy     `yaml:"policy"`
+	Approvals Approvals  `yaml:"approvals"`
 	Resources []Resource `yaml:"resources"`
+	// HTTPServices are the protected HTTP APIs Envoy fronts.
+	HTTPServices []HTTPService `yaml:"http_services"`
+	// XDS is the Envoy configuration custos serves over xDS.
+	XDS XDS `yaml:"xds"`
 }
+
+// HTTPService is one protected HTTP API: Envoy routes its domains and path
+// prefixes to the upstream, asking custos (ext_authz) before each request
+// and letting it process (ext_proc) what goes through.
+type HTTPService struct {
+	// Name is the resource name policy sees; unique among resources and
+	// services.
+	Name string `yaml:"name"`
+	// Domains are the Host values routed to this service ("*.example.com"
+	// and "*" wildcards as Envoy allows); a port in the Host is ignored.
+	Domains []string `yaml:"domains"`
+	// PathPrefixes are the paths routed (default ["/"]).
+	PathPrefixes []string `yaml:"path_prefixes"`
+	// Address is the upstream host:port.
+	Address string `yaml:"address"`
+	// TLS is how Envoy reaches the upstream; ca_file is a path on Envoy's
+	// host and is required by verify-ca and verify-full.
+	TLS    UpstreamTLS       `yaml:"tls"`
+	Labels map[string]string `yaml:"labels"`
+	// Processing says which parts of a request and its response Envoy
+	// sends to custos' external processor.
+	Processing Processing `yaml:"processing"`
+}
+
+// Processing is an ext_proc processing mode.
+type Processing struct {
+	// RequestHeaders and ResponseHeaders are send (default) or skip.
+	RequestHeaders  string `yaml:"request_headers"`
+	ResponseHeaders string `yaml:"response_headers"`
+	// RequestBody is none (default), streamed, buffered or buffered_partial.
+	RequestBody string `yaml:"request_body"`
+	// ResponseBody is buffered (default: bodies are masked whole), none,
+	// streamed or buffered_partial.
+	ResponseBody string `yaml:"response_body"`
+}
+
+// Processing modes.
+const (
+	ProcessSend            = "send"
+	ProcessSkip            = "skip"
+	ProcessNone            = "none"
+	ProcessStreamed        = "streamed"
+	ProcessBuffered        = "buffered"
+	ProcessBufferedPartial = "buffered_partial"
+)
+
+// XDS configures the Envoy configuration custos serves over xDS (ADS on
+// the gRPC listener): a listener per Postgres resource, one HTTP listener
+// for the HTTP services, and the clusters behind them.
+type XDS struct {
+	// NodeIDs are the Envoy node ids (node.id in Envoy's bootstrap) that
+	// are served the configuration. Empty: custos configures no Envoy.
+	NodeIDs []string `yaml:"node_ids"`
+	// GRPCAddress is custos' gRPC listener as Envoy reaches it (ext_authz,
+	// ext_proc). Default: listeners.grpc.address, a wildcard host
+	// becoming 127.0.0.1.
+	GRPCAddress string `yaml:"grpc_address"`
+	// PgfilterAddress is custos' Postgres listener as Envoy reaches it.
+	// Default: listeners.postgres.address, likewise.
+	PgfilterAddress string `yaml:"pgfilter_address"`
+	// ListenHost is the IP address Envoy's listeners bind (default 0.0.0.0).
+	ListenHost string `yaml:"listen_host"`
+	// HTTPPort is the port of Envoy's listener for http_services (default 8080).
+	HTTPPort int `yaml:"http_port"`
+	// HTTPTLS is the certificate Envoy presents on its HTTP listener
+	// (files on Envoy's host); empty serves plain HTTP.
+	HTTPTLS TLSFiles `yaml:"http_tls"`
+	// PostgresPorts gives each Postgres resource, by name, the port of its
+	// Envoy listener. Every Postgres resource needs one when node_ids is set.
+	PostgresPorts map[string]int `yaml:"postgres_ports"`
+}
+
+// Enabled reports whether custos configures any Envoy.
+func (x *XDS) Enabled() bool { return len(x.NodeIDs) > 0 }
 
 // Policy configures the OPA policy that decides every statement. It cannot
 // be turned off: no policy means deny.
@@ -41,6 +124,47 @@ type Policy struct {
 	CacheEntries int `yaml:"cache_entries"`
 	// ClassifierCacheEntries bounds the parsed-statement cache.
 	ClassifierCacheEntries int `yaml:"classifier_cache_entries"`
+}
+
+// Approvals configures where statements parked for approval are kept and
+// who hears of new requests and decisions.
+type Approvals struct {
+	// Store is sqlite (default: one file in the data dir, for a single
+	// custos) or postgres (shared by several replicas; LISTEN/NOTIFY wakes
+	// the replica holding a parked statement).
+	Store string `yaml:"store"`
+	// SQLitePath is the sqlite store's file (default DATA_DIR/approvals.db).
+	SQLitePath string `yaml:"sqlite_path"`
+	// PostgresDSN is the postgres store's connection string.
+	PostgresDSN *Secret `yaml:"postgres_dsn"`
+	// Replica names this process among replicas sharing a store (default:
+	// the host name).
+	Replica string `yaml:"replica"`
+	// PublicURL is the admin listener's base URL as approvers reach it;
+	// notices and webhooks link to PUBLIC_URL/approvals/ID. Default:
+	// http:// and the admin listener's address (a wildcard host becoming
+	// 127.0.0.1).
+	PublicURL string `yaml:"public_url"`
+	// SweepInterval is how often requests past their TTL are expired.
+	SweepInterval time.Duration `yaml:"sweep_interval"`
+	// Webhooks are told of every new request and decision.
+	Webhooks []Webhook `yaml:"webhooks"`
+}
+
+// Approval stores.
+const (
+	StoreSQLite   = "sqlite"
+	StorePostgres = "postgres"
+)
+
+// Webhook is one notification endpoint.
+type Webhook struct {
+	URL string `yaml:"url"`
+	// Format is json (default: custos' own event document) or slack (an
+	// incoming-webhook message).
+	Format string `yaml:"format"`
+	// Secret, when set, signs each body (HMAC-SHA256 header).
+	Secret *Secret `yaml:"secret"`
 }
 
 // Masking configures how card numbers are shown. Masking itself is always
@@ -157,6 +281,9 @@ const (
 	DefaultIdleTimeout     = 15 * time.Minute
 	DefaultShutdownGrace   = 30 * time.Second
 	DefaultClockSkew       = 30 * time.Second
+	DefaultSweepInterval   = 5 * time.Second
+	DefaultEnvoyListenHost = "0.0.0.0"
+	DefaultEnvoyHTTPPort   = 8080
 )
 
 // Load reads, defaults and validates the YAML file at path.
@@ -215,6 +342,23 @@ func (c *Config) ApplyDefaults() {
 			is.Algorithms = []string{"RS256", "ES256", "EdDSA"}
 		}
 	}
+	ap := &c.Approvals
+	ap.Store = cmp.Or(ap.Store, StoreSQLite)
+	if ap.Store == StoreSQLite && ap.SQLitePath == "" {
+		ap.SQLitePath = filepath.Join(c.DataDir, "approvals.db")
+	}
+	if ap.Replica == "" {
+		ap.Replica, _ = os.Hostname()
+	}
+	if ap.PublicURL == "" && c.Listeners.Admin.Address != "" {
+		ap.PublicURL = "http://" + reachable(c.Listeners.Admin.Address)
+	}
+	if ap.SweepInterval == 0 {
+		ap.SweepInterval = DefaultSweepInterval
+	}
+	for i := range ap.Webhooks {
+		ap.Webhooks[i].Format = cmp.Or(ap.Webhooks[i].Format, "json")
+	}
 	if c.Policy.Timeout == 0 {
 		c.Policy.Timeout = 100 * time.Millisecond
 	}
@@ -233,6 +377,41 @@ func (c *Config) ApplyDefaults() {
 			r.TLS.Mode = "verify-full"
 		}
 	}
+	for i := range c.HTTPServices {
+		s := &c.HTTPServices[i]
+		if len(s.PathPrefixes) == 0 {
+			s.PathPrefixes = []string{"/"}
+		}
+		if s.TLS.Mode == "" {
+			s.TLS.Mode = "verify-full"
+		}
+		p := &s.Processing
+		p.RequestHeaders = cmp.Or(p.RequestHeaders, ProcessSend)
+		p.ResponseHeaders = cmp.Or(p.ResponseHeaders, ProcessSend)
+		p.RequestBody = cmp.Or(p.RequestBody, ProcessNone)
+		p.ResponseBody = cmp.Or(p.ResponseBody, ProcessBuffered)
+	}
+	x := &c.XDS
+	x.GRPCAddress = cmp.Or(x.GRPCAddress, reachable(c.Listeners.GRPC.Address))
+	x.PgfilterAddress = cmp.Or(x.PgfilterAddress, reachable(c.Listeners.Postgres.Address))
+	x.ListenHost = cmp.Or(x.ListenHost, DefaultEnvoyListenHost)
+	x.HTTPPort = cmp.Or(x.HTTPPort, DefaultEnvoyHTTPPort)
+}
+
+// reachable turns a listen address into one a local client can dial: a
+// wildcard or empty host becomes the loopback address.
+func reachable(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // FieldError is a validation error naming the field at fault.
@@ -367,7 +546,208 @@ func (c *Config) Validate() error {
 			add(f+".tls.mode", "must be disable, require, verify-ca or verify-full, not %q", r.TLS.Mode)
 		}
 	}
+	errs = append(errs, c.validateApprovals()...)
+	errs = append(errs, c.validateHTTPServices(seenRes)...)
+	errs = append(errs, c.validateXDS()...)
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateApprovals() []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	ap := c.Approvals
+	switch ap.Store {
+	case StoreSQLite:
+		if ap.PostgresDSN != nil {
+			add("approvals.postgres_dsn", "is only used by store postgres")
+		}
+	case StorePostgres:
+		if ap.PostgresDSN == nil {
+			add("approvals.postgres_dsn", "is required by store postgres")
+		}
+	default:
+		add("approvals.store", "must be sqlite or postgres, not %q", ap.Store)
+	}
+	if ap.PublicURL != "" {
+		if u, err := url.Parse(ap.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add("approvals.public_url", "%q is not an http(s) URL", ap.PublicURL)
+		}
+	}
+	if ap.SweepInterval < 0 {
+		add("approvals.sweep_interval", "must not be negative")
+	}
+	for i, w := range ap.Webhooks {
+		f := fmt.Sprintf("approvals.webhooks[%d]", i)
+		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			add(f+".url", "%q is not an http(s) URL", w.URL)
+		}
+		if w.Format != "json" && w.Format != "slack" {
+			add(f+".format", "must be json or slack, not %q", w.Format)
+		}
+	}
+	return errs
+}
+
+func (c *Config) validateHTTPServices(seenNames map[string]bool) []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	domainOwner := map[string]string{}
+	for i, s := range c.HTTPServices {
+		f := fmt.Sprintf("http_services[%d]", i)
+		if s.Name == "" {
+			add(f+".name", "is required")
+		} else if seenNames[s.Name] {
+			add(f+".name", "%q is already the name of a resource or service", s.Name)
+		}
+		seenNames[s.Name] = true
+		if len(s.Domains) == 0 {
+			add(f+".domains", "at least one domain is required")
+		}
+		for j, d := range s.Domains {
+			df := fmt.Sprintf("%s.domains[%d]", f, j)
+			switch {
+			case d == "" || strings.ContainsAny(d, " /"):
+				add(df, "%q is not a domain", d)
+			case strings.Contains(d, "]:") || (!strings.HasPrefix(d, "[") && strings.Contains(d, ":")):
+				add(df, "%q: leave the port out, Envoy ignores the port of the Host", d)
+			case domainOwner[strings.ToLower(d)] != "":
+				add(df, "%q is already routed by %s", d, domainOwner[strings.ToLower(d)])
+			default:
+				domainOwner[strings.ToLower(d)] = f
+			}
+		}
+		for j, p := range s.PathPrefixes {
+			if !strings.HasPrefix(p, "/") {
+				add(fmt.Sprintf("%s.path_prefixes[%d]", f, j), "%q must start with /", p)
+			}
+		}
+		if s.Address == "" {
+			add(f+".address", "is required")
+		} else if _, port, err := net.SplitHostPort(s.Address); err != nil || !validPort(port) {
+			add(f+".address", "%q is not host:port", s.Address)
+		}
+		switch s.TLS.Mode {
+		case "disable", "require":
+		case "verify-ca", "verify-full":
+			if s.TLS.CAFile == "" {
+				add(f+".tls.ca_file", "is required by mode %s: Envoy verifies the upstream against it", s.TLS.Mode)
+			}
+		default:
+			add(f+".tls.mode", "must be disable, require, verify-ca or verify-full, not %q", s.TLS.Mode)
+		}
+		for k := range s.Labels {
+			if k == "" {
+				add(f+".labels", "a label needs a name")
+			}
+		}
+		p := s.Processing
+		for _, m := range []struct{ field, v string }{{"request_headers", p.RequestHeaders}, {"response_headers", p.ResponseHeaders}} {
+			if m.v != ProcessSend && m.v != ProcessSkip {
+				add(f+".processing."+m.field, "must be send or skip, not %q", m.v)
+			}
+		}
+		for _, m := range []struct{ field, v string }{{"request_body", p.RequestBody}, {"response_body", p.ResponseBody}} {
+			switch m.v {
+			case ProcessNone, ProcessStreamed, ProcessBuffered, ProcessBufferedPartial:
+			default:
+				add(f+".processing."+m.field, "must be none, streamed, buffered or buffered_partial, not %q", m.v)
+			}
+		}
+		if p.ResponseBody != ProcessNone && p.ResponseHeaders == ProcessSkip {
+			add(f+".processing.response_headers", "must be send when response_body is %s: masking needs the content type and encoding", p.ResponseBody)
+		}
+	}
+	return errs
+}
+
+func (c *Config) validateXDS() []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	x := c.XDS
+	seen := map[string]bool{}
+	for i, id := range x.NodeIDs {
+		f := fmt.Sprintf("xds.node_ids[%d]", i)
+		if id == "" {
+			add(f, "must not be empty")
+		} else if seen[id] {
+			add(f, "%q is listed twice", id)
+		}
+		seen[id] = true
+	}
+	if x.Enabled() && c.Listeners.GRPC.Address == "" {
+		add("xds.node_ids", "need listeners.grpc.address: xDS is served on the gRPC listener")
+	}
+	for _, a := range []struct{ field, v string }{{"xds.grpc_address", x.GRPCAddress}, {"xds.pgfilter_address", x.PgfilterAddress}} {
+		if a.v == "" {
+			if x.Enabled() {
+				add(a.field, "is required")
+			}
+			continue
+		}
+		_, port, err := net.SplitHostPort(a.v)
+		switch {
+		case err != nil || !validPort(port):
+			add(a.field, "%q is not host:port", a.v)
+		case port == "0" && x.Enabled():
+			add(a.field, "%q: Envoy needs the port the listener is bound to, not 0", a.v)
+		}
+	}
+	if net.ParseIP(x.ListenHost) == nil {
+		add("xds.listen_host", "%q is not an IP address", x.ListenHost)
+	}
+	if x.HTTPPort < 1 || x.HTTPPort > 65535 {
+		add("xds.http_port", "%d is not a port", x.HTTPPort)
+	}
+	if (x.HTTPTLS.CertFile == "") != (x.HTTPTLS.KeyFile == "") {
+		add("xds.http_tls", "cert_file and key_file go together")
+	}
+	portOwner := map[int]string{}
+	if len(c.HTTPServices) > 0 {
+		portOwner[x.HTTPPort] = "xds.http_port"
+	}
+	pgNames := map[string]bool{}
+	for _, r := range c.Resources {
+		if r.Type != "postgres" {
+			continue
+		}
+		pgNames[r.Name] = true
+		port, ok := x.PostgresPorts[r.Name]
+		f := "xds.postgres_ports." + r.Name
+		switch {
+		case !ok:
+			if x.Enabled() {
+				add("xds.postgres_ports", "resource %q has no port", r.Name)
+			}
+		case port < 1 || port > 65535:
+			add(f, "%d is not a port", port)
+		case portOwner[port] != "":
+			add(f, "port %d is already used by %s", port, portOwner[port])
+		default:
+			portOwner[port] = f
+		}
+	}
+	names := make([]string, 0, len(x.PostgresPorts))
+	for name := range x.PostgresPorts {
+		if !pgNames[name] {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		add("xds.postgres_ports."+name, "no postgres resource has this name")
+	}
+	return errs
+}
+
+func validPort(p string) bool {
+	n, err := strconv.Atoi(p)
+	return err == nil && n >= 0 && n <= 65535
 }
 
 var allowedAlgs = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
