@@ -1,0 +1,167 @@
+package approval
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"io/fs"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Store keeps requests. Implementations are safe for concurrent use, by
+// several Services and by several processes sharing the same database.
+// Service reads a request, applies a rule and writes it back with Update;
+// the compare-and-swap on Version makes every transition atomic however
+// many replicas race.
+type Store interface {
+	// Create stores a new request; r.Version is 1. An existing r.ID is
+	// ErrConflict.
+	Create(ctx context.Context, r *Request) error
+	// Get returns request id, or ErrNotFound.
+	Get(ctx context.Context, id string) (*Request, error)
+	// List returns the requests f selects, newest first.
+	List(ctx context.Context, f Filter) ([]Request, error)
+	// Due returns up to limit live requests (pending or approved) whose
+	// ExpiresAt is at or before before, soonest first.
+	Due(ctx context.Context, before time.Time, limit int) ([]Request, error)
+	// Update replaces request r.ID with r if the stored version is still
+	// r.Version, and then increments r.Version. Otherwise it returns
+	// ErrConflict (or ErrNotFound) and stores nothing.
+	Update(ctx context.Context, r *Request) error
+	// Changes returns the ids of requests created or updated by any
+	// writer of the store: this process and, where the store can see
+	// them, other processes too. An id may come more than once. An empty
+	// id means changes may have been missed (a lost connection, a slow
+	// reader): re-read every request of interest. The channel is closed
+	// when ctx is done or the store is closed.
+	Changes(ctx context.Context) <-chan string
+	// Close releases the store. Changes channels are closed.
+	Close() error
+}
+
+// feedBuffer is how many ids a Changes subscriber may fall behind before
+// it is told to re-read everything.
+const feedBuffer = 256
+
+// feed fans ids out to Changes subscribers without ever blocking a writer.
+type feed struct {
+	mu     sync.Mutex
+	subs   map[*subscriber]struct{}
+	closed bool
+}
+
+type subscriber struct {
+	ch   chan string
+	lost bool // an id was dropped: send "" before anything else
+}
+
+func (f *feed) subscribe(ctx context.Context) <-chan string {
+	s := &subscriber{ch: make(chan string, feedBuffer)}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed || ctx.Err() != nil {
+		close(s.ch)
+		return s.ch
+	}
+	if f.subs == nil {
+		f.subs = make(map[*subscriber]struct{})
+	}
+	f.subs[s] = struct{}{}
+	context.AfterFunc(ctx, func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if _, ok := f.subs[s]; ok {
+			delete(f.subs, s)
+			close(s.ch)
+		}
+	})
+	return s.ch
+}
+
+func (f *feed) publish(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for s := range f.subs {
+		if s.lost {
+			select {
+			case s.ch <- "":
+				s.lost = false
+			default:
+				continue
+			}
+		}
+		select {
+		case s.ch <- id:
+		default:
+			s.lost = true
+		}
+	}
+}
+
+func (f *feed) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	for s := range f.subs {
+		close(s.ch)
+	}
+	f.subs = nil
+}
+
+//go:embed migrations
+var migrationFiles embed.FS
+
+// migration is one schema change: migrations/<store>/NNNN_name.sql.
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+// migrations returns dir's migrations in version order. Versions start at
+// 1 and have no gaps: a store records each one it applies.
+func migrations(dir string) ([]migration, error) {
+	dir = path.Join("migrations", dir)
+	entries, err := fs.ReadDir(migrationFiles, dir)
+	if err != nil {
+		return nil, fmt.Errorf("approval: read migrations: %w", err)
+	}
+	var ms []migration
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".sql")
+		if !ok {
+			continue
+		}
+		num, _, _ := strings.Cut(name, "_")
+		v, err := strconv.Atoi(num)
+		if err != nil || v < 1 {
+			return nil, fmt.Errorf("approval: migration %s: name must start with its version", e.Name())
+		}
+		b, err := fs.ReadFile(migrationFiles, path.Join(dir, e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("approval: read migration %s: %w", e.Name(), err)
+		}
+		ms = append(ms, migration{version: v, name: name, sql: string(b)})
+	}
+	slices.SortFunc(ms, func(a, b migration) int { return a.version - b.version })
+	for i, m := range ms {
+		if m.version != i+1 {
+			return nil, fmt.Errorf("approval: migrations of %s: expected version %d, found %s", dir, i+1, m.name)
+		}
+	}
+	return ms, nil
+}
+
+// pending returns the migrations not yet applied, given the highest
+// applied version, and refuses a schema newer than this build knows.
+func pendingMigrations(all []migration, applied int) ([]migration, error) {
+	if applied > len(all) {
+		return nil, fmt.Errorf("approval: the store's schema is at version %d, newer than this build knows (%d)", applied, len(all))
+	}
+	return all[applied:], nil
+}
