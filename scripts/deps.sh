@@ -2,6 +2,7 @@
 # Installs what building and testing custos needs on Debian 12, and nothing more:
 #   - PostgreSQL server binaries (initdb, postgres, pg_ctl under /usr/lib/postgresql/<ver>/bin),
 #     the psql client and pgbouncer, which the tests and the benchmark start themselves;
+#   - Chromium, for the headless browser test of the approvals web page;
 #   - Node.js and npm (only when missing) and the client libraries in tests/node;
 #   - the Go modules of the main module.
 # Every step checks first, so a second run is a quick no-op. One line of output per step.
@@ -31,6 +32,7 @@ missing=()
 [ -n "$(pg_bindir)" ] || missing+=(postgresql)
 have psql || missing+=(postgresql-client)
 have pgbouncer || missing+=(pgbouncer)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if ! have node; then
 	missing+=(nodejs)
 	have npm || missing+=(npm)
@@ -39,7 +41,7 @@ elif ! have npm; then
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-	log "debian packages: present (postgresql, postgresql-client, pgbouncer, node, npm)"
+	log "debian packages: present (postgresql, postgresql-client, pgbouncer, chromium, node, npm)"
 else
 	if ! is_root; then
 		die "missing Debian packages: ${missing[*]}; install them as root: apt-get update && apt-get install -y ${missing[*]}"
