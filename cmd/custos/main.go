@@ -39,6 +39,7 @@ commands:
   serve    run the gateway from a config file (--config)
   dev      run the gateway on embedded defaults: local OIDC issuer, throwaway PostgreSQL
   token    mint a token from the dev issuer (--data-dir, --sub, --groups, --act, --ttl)
+  approvals  list, show, approve or deny parked requests (CUSTOS_ADMIN_URL, CUSTOS_TOKEN)
   version  print the version
 `
 
@@ -59,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDev(ctx, rest, stdout, stderr)
 	case "token":
 		return runToken(ctx, rest, stdout, stderr)
+	case "approvals":
+		return runApprovals(ctx, rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "custos", version)
 		return nil
