@@ -27,6 +27,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/custos-dev/custos/internal/approval"
+	"github.com/custos-dev/custos/internal/approvalapi"
 	"github.com/custos-dev/custos/internal/authn"
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/mask"
@@ -215,6 +216,14 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		if apr != nil {
+			h := approvalapi.NewHandler(apr.svc, verifier, approvalapi.Options{
+				Logger: log.With("component", "approvalapi"), BaseURL: cfg.Approvals.PublicURL,
+			})
+			for _, p := range approvalapi.Patterns {
+				mux.Handle(p, h)
+			}
+		}
 		if gopts.extraAdmin != nil {
 			gopts.extraAdmin(mux)
 		}
