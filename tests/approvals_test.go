@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +16,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/custos-dev/custos/internal/devissuer"
 	"github.com/custos-dev/custos/internal/pgcluster"
+	"github.com/custos-dev/custos/pgfilter/pgfiltertest"
 )
 
 // parkedPsql is a psql whose statement waits for approval.
@@ -220,4 +225,182 @@ func TestApprovalsEndToEnd(t *testing.T) {
 			t.Fatalf("the parked insert ran: %d rows, %v", n, err)
 		}
 	})
+}
+
+// TestTwoCustosProcessesShareApprovals runs two `custos serve` processes
+// on one PostgreSQL approval store: a write parked on the first is
+// released by an approval sent to the second's admin API.
+func TestTwoCustosProcessesShareApprovals(t *testing.T) {
+	t.Parallel()
+	bin := buildCustos(t, t.TempDir())
+	cl, res := pgfiltertest.Upstream(t)
+	ctx := testCtx(t)
+	if err := cl.Exec(ctx, "postgres", "CREATE DATABASE custos_approvals_e2e"); err != nil {
+		t.Fatal(err)
+	}
+	table := "replicas_e2e"
+	if err := cl.Exec(ctx, pgfiltertest.Database, fmt.Sprintf(
+		`CREATE TABLE %[1]s (id int PRIMARY KEY, v text); INSERT INTO %[1]s VALUES (1, 'before');
+		GRANT ALL ON %[1]s TO %[2]s`, table, res.User)); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	iss, err := devissuer.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/oidc/", http.StripPrefix("/oidc", iss.Handler()))
+	ts := httptest.NewServer(mux)
+	t.Cleanup(ts.Close)
+	if err := iss.SetURL(ts.URL + "/oidc"); err != nil {
+		t.Fatal(err)
+	}
+	mint := func(sub string, groups ...string) string {
+		tok, err := iss.Mint(devissuer.MintRequest{Subject: sub, Groups: groups})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+
+	type replica struct{ pgAddr, adminURL string }
+	start := func(name string) replica {
+		pgAddr, adminAddr := freeLoopbackAddr(t), freeLoopbackAddr(t)
+		cfg := fmt.Sprintf(`
+data_dir: %q
+listeners:
+  postgres: {address: %q}
+  admin: {address: %q}
+oidc:
+  issuers:
+    - url: %q
+      audiences: [custos]
+      algorithms: [ES256]
+sessions:
+  shutdown_grace: 2s
+approvals:
+  store: postgres
+  postgres_dsn: {env: CUSTOS_APPROVALS_DSN}
+  replica: %s
+resources:
+  - name: %s
+    address: %q
+    database: %s
+    user: %s
+    password: {file: %q}
+    tls: {mode: verify-full, ca_file: %q}
+`, filepath.Join(dir, name), pgAddr, adminAddr, iss.URL(), name, res.Name, res.Address, res.Database, res.User, res.Password.File, res.TLS.CAFile)
+		cfgFile := filepath.Join(dir, name+".yaml")
+		if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out := &lockedBuffer{}
+		cmd := exec.Command(bin, "serve", "--config", cfgFile)
+		cmd.Env = clientEnviron("CUSTOS_APPROVALS_DSN=" + cl.DSN("custos_approvals_e2e"))
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		t.Cleanup(func() {
+			_ = cmd.Process.Signal(os.Interrupt)
+			select {
+			case <-done:
+			case <-time.After(devStopTimeout):
+				_ = cmd.Process.Kill()
+				<-done
+			}
+		})
+		deadline := time.Now().Add(devStartTimeout)
+		for {
+			if resp, err := http.Get("http://" + adminAddr + "/readyz"); err == nil {
+				_ = resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+			}
+			select {
+			case <-done:
+				t.Fatalf("custos serve %s exited:\n%s", name, out.tail(20))
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("custos serve %s not ready:\n%s", name, out.tail(20))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		return replica{pgAddr: pgAddr, adminURL: "http://" + adminAddr}
+	}
+	a, b := start("replica-a"), start("replica-b")
+
+	host, port, _ := net.SplitHostPort(a.pgAddr)
+	c, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=%s user=alice password=%s dbname=%s sslmode=disable",
+		host, port, mint("alice", "agents"), res.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Exec(ctx, "UPDATE "+table+" SET v = 'approved through b' WHERE id = 1")
+		done <- err
+	}()
+
+	bob := mint("bob", "dba")
+	cli := func(args ...string) result {
+		return run(t, clientEnviron("CUSTOS_ADMIN_URL="+b.adminURL, "CUSTOS_TOKEN="+bob), nil, bin, append([]string{"approvals"}, args...)...)
+	}
+	var id string
+	deadline := time.Now().Add(30 * time.Second)
+	for id == "" {
+		r := cli("list", "--json")
+		var reqs []struct {
+			ID     string `json:"id"`
+			Holder string `json:"holder"`
+		}
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &reqs) != nil {
+			t.Fatalf("approvals list on b: %s", r)
+		}
+		for _, q := range reqs {
+			if q.Holder == "replica-a" {
+				id = q.ID
+			}
+		}
+		if id == "" && time.Now().After(deadline) {
+			t.Fatalf("replica b never listed the request parked on a: %s", r)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if r := cli("approve", id); r.code != 0 {
+		t.Fatalf("approve on b: %s", r)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("update parked on a: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the approval on b never released the statement parked on a")
+	}
+	up, err := pgx.Connect(ctx, cl.DSN(pgfiltertest.Database))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close(context.Background())
+	var v string
+	if err := up.QueryRow(ctx, "SELECT v FROM "+table+" WHERE id = 1").Scan(&v); err != nil || v != "approved through b" {
+		t.Fatalf("v = %q, %v", v, err)
+	}
+}
+
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
