@@ -80,6 +80,14 @@ var (
 	ErrConsumed     = errors.New("approval: approval has already been used")
 	ErrInvalid      = errors.New("approval: invalid request")
 	ErrClosed       = errors.New("approval: service closed")
+	// ErrStoreClosed is returned by a Store used after its Close.
+	ErrStoreClosed = errors.New("approval: store closed")
+	// ErrSchemaTooNew refuses a store whose schema was migrated by a
+	// newer build: this one would not know how to read it.
+	ErrSchemaTooNew = errors.New("approval: the store's schema is newer than this build")
+	// ErrCorrupt is returned for a stored request that does not decode
+	// into a valid request.
+	ErrCorrupt = errors.New("approval: stored request is corrupt")
 	// ErrConflict is returned by Store.Update when the stored version is
 	// not the expected one (another writer got there first), and by
 	// Store.Create for an id that exists. Service retries on it.

@@ -2,6 +2,7 @@ package approval
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/custos-dev/custos/internal/pgcluster"
 )
@@ -80,6 +83,15 @@ type backend struct {
 	// location makes a fresh database and returns how to reach it.
 	location func(t testing.TB) string
 	open     func(t testing.TB, loc string) Store
+	// tryOpen opens a store and returns the error, if any.
+	tryOpen func(loc string) (Store, error)
+	// table names a table of the store in raw SQL.
+	table func(name string) string
+	// exec runs raw SQL on the database behind the store, bypassing it;
+	// args use $1, $2... placeholders on both.
+	exec func(t testing.TB, loc, sql string, args ...any) error
+	// queryInt runs a raw query returning one integer.
+	queryInt func(t testing.TB, loc, sql string, args ...any) int64
 }
 
 var backends = []backend{
@@ -93,6 +105,23 @@ var backends = []backend{
 				t.Fatal(err)
 			}
 			return st
+		},
+		tryOpen: OpenSQLite,
+		table:   func(name string) string { return name },
+		exec: func(t testing.TB, loc, q string, args ...any) error {
+			t.Helper()
+			db := rawSQLite(t, loc)
+			_, err := db.ExecContext(context.Background(), q, args...)
+			return err
+		},
+		queryInt: func(t testing.TB, loc, q string, args ...any) int64 {
+			t.Helper()
+			db := rawSQLite(t, loc)
+			var n int64
+			if err := db.QueryRowContext(context.Background(), q, args...).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
 		},
 	},
 	{
@@ -108,7 +137,50 @@ var backends = []backend{
 			}
 			return st
 		},
+		tryOpen: func(loc string) (Store, error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			return OpenPostgres(ctx, loc)
+		},
+		table: func(name string) string { return PostgresSchema + "." + name },
+		exec: func(t testing.TB, loc, q string, args ...any) error {
+			t.Helper()
+			conn := rawPostgres(t, loc)
+			_, err := conn.Exec(context.Background(), q, args...)
+			return err
+		},
+		queryInt: func(t testing.TB, loc, q string, args ...any) int64 {
+			t.Helper()
+			conn := rawPostgres(t, loc)
+			var n int64
+			if err := conn.QueryRow(context.Background(), q, args...).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		},
 	},
+}
+
+// rawSQLite opens the file behind a SQLite store with database/sql.
+func rawSQLite(t testing.TB, loc string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", loc+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
+// rawPostgres connects to the database behind a PostgreSQL store.
+func rawPostgres(t testing.TB, loc string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	return conn
 }
 
 // forEachStore runs f as a parallel subtest per backend.

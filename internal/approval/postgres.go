@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -36,6 +37,7 @@ type pgStore struct {
 	feed feed
 
 	listenOnce sync.Once
+	closed     atomic.Bool
 	ctx        context.Context // ends when the store is closed
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
@@ -105,41 +107,92 @@ func (s *pgStore) migrate(ctx context.Context) error {
 	})
 }
 
+// pgRetries is how many times a store operation is tried again when its
+// connection broke (a restarted server, a killed backend): the pool then
+// hands out a fresh connection.
+const pgRetries = 2
+
+// retry runs op, again when it failed on a broken connection and running
+// it again is safe: always for reads, for writes only when nothing reached
+// the server (pgconn.SafeToRetry). A write that may have committed is not
+// repeated: its caller re-reads and sees.
+func (s *pgStore) retry(ctx context.Context, read bool, op func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := op()
+		if err == nil || attempt >= pgRetries || ctx.Err() != nil || s.closed.Load() {
+			return err
+		}
+		if !pgconn.SafeToRetry(err) && !(read && brokenConn(err)) {
+			return err
+		}
+	}
+}
+
+// brokenConn reports whether err is a failure of the connection rather
+// than an answer of the server or the end of the caller's context.
+func brokenConn(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		// The server is shutting down or the backend was terminated.
+		return pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+	}
+	return !errors.Is(err, pgx.ErrNoRows) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+}
+
+// fail explains err, the failure of op on request id.
+func (s *pgStore) fail(op, id string, err error) error {
+	return storeErr(s.closed.Load(), op, id, err)
+}
+
 func (s *pgStore) Create(ctx context.Context, r *Request) error {
+	if s.closed.Load() {
+		return s.fail("create request", r.ID, ErrStoreClosed)
+	}
 	body, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("approval: encode request: %w", err)
 	}
-	_, err = s.pool.Exec(ctx, `INSERT INTO `+PostgresSchema+`.requests
-		(id, state, hash, requester_iss, requester_sub, resource, kind, holder,
-		 created_at, expires_at, updated_at, version, body)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
-		r.ID, string(r.State), r.Hash, r.Requester.Iss, r.Requester.Sub, r.Resource, r.Kind, r.Holder,
-		r.CreatedAt, r.ExpiresAt, r.UpdatedAt, r.Version, string(body))
+	err = s.retry(ctx, false, func() error {
+		_, err := s.pool.Exec(ctx, `INSERT INTO `+PostgresSchema+`.requests
+			(id, state, hash, requester_iss, requester_sub, resource, kind, holder,
+			 created_at, expires_at, updated_at, version, body)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+			r.ID, string(r.State), r.Hash, r.Requester.Iss, r.Requester.Sub, r.Resource, r.Kind, r.Holder,
+			r.CreatedAt, r.ExpiresAt, r.UpdatedAt, r.Version, string(body))
+		return err
+	})
 	if err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == "23505" {
 			return fmt.Errorf("%w: request %s exists", ErrConflict, r.ID)
 		}
-		return fmt.Errorf("approval: create request %s: %w", r.ID, err)
+		return s.fail("create request", r.ID, err)
 	}
 	s.feed.publish(r.ID)
 	return nil
 }
 
 func (s *pgStore) Update(ctx context.Context, r *Request) error {
+	if s.closed.Load() {
+		return s.fail("update request", r.ID, ErrStoreClosed)
+	}
 	next := *r
 	next.Version = r.Version + 1
 	body, err := json.Marshal(&next)
 	if err != nil {
 		return fmt.Errorf("approval: encode request: %w", err)
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE `+PostgresSchema+`.requests SET
-		state = $1, holder = $2, expires_at = $3, updated_at = $4, body = $5, version = version + 1
-		WHERE id = $6 AND version = $7`,
-		string(r.State), r.Holder, r.ExpiresAt, r.UpdatedAt, string(body), r.ID, r.Version)
+	var tag pgconn.CommandTag
+	err = s.retry(ctx, false, func() error {
+		var err error
+		tag, err = s.pool.Exec(ctx, `UPDATE `+PostgresSchema+`.requests SET
+			state = $1, holder = $2, expires_at = $3, updated_at = $4, body = $5, version = version + 1
+			WHERE id = $6 AND version = $7`,
+			string(r.State), r.Holder, r.ExpiresAt, r.UpdatedAt, string(body), r.ID, r.Version)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("approval: update request %s: %w", r.ID, err)
+		return s.fail("update request", r.ID, err)
 	}
 	if tag.RowsAffected() == 0 {
 		if _, err := s.Get(ctx, r.ID); err != nil {
@@ -153,14 +206,19 @@ func (s *pgStore) Update(ctx context.Context, r *Request) error {
 }
 
 func (s *pgStore) Get(ctx context.Context, id string) (*Request, error) {
+	if s.closed.Load() {
+		return nil, s.fail("get request", id, ErrStoreClosed)
+	}
 	var version int64
 	var body []byte
-	err := s.pool.QueryRow(ctx, `SELECT version, body FROM `+PostgresSchema+`.requests WHERE id = $1`, id).Scan(&version, &body)
+	err := s.retry(ctx, true, func() error {
+		return s.pool.QueryRow(ctx, `SELECT version, body FROM `+PostgresSchema+`.requests WHERE id = $1`, id).Scan(&version, &body)
+	})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("approval: get request %s: %w", id, err)
+		return nil, s.fail("get request", id, err)
 	}
 	return decodeRequest(id, version, body)
 }
@@ -181,27 +239,37 @@ func (s *pgStore) Due(ctx context.Context, before time.Time, limit int) ([]Reque
 }
 
 func (s *pgStore) query(ctx context.Context, q string, args ...any) ([]Request, error) {
-	rows, err := s.pool.Query(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("approval: list requests: %w", err)
+	if s.closed.Load() {
+		return nil, s.fail("list requests", "", ErrStoreClosed)
 	}
-	defer rows.Close()
 	var out []Request
-	for rows.Next() {
-		var id string
-		var version int64
-		var body []byte
-		if err := rows.Scan(&id, &version, &body); err != nil {
-			return nil, fmt.Errorf("approval: list requests: %w", err)
-		}
-		r, err := decodeRequest(id, version, body)
+	err := s.retry(ctx, true, func() error {
+		out = nil
+		rows, err := s.pool.Query(ctx, q, args...)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, *r)
+		defer rows.Close()
+		for rows.Next() {
+			var id string
+			var version int64
+			var body []byte
+			if err := rows.Scan(&id, &version, &body); err != nil {
+				return err
+			}
+			r, err := decodeRequest(id, version, body)
+			if err != nil {
+				return err
+			}
+			out = append(out, *r)
+		}
+		return rows.Err()
+	})
+	if errors.Is(err, ErrCorrupt) {
+		return nil, err
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("approval: list requests: %w", err)
+	if err != nil {
+		return nil, s.fail("list requests", "", err)
 	}
 	return out, nil
 }
@@ -258,7 +326,12 @@ func (s *pgStore) listenConn() (listened bool) {
 	}
 }
 
+// Close stops the change feed and closes the pool; later calls return
+// ErrStoreClosed from every method but Close.
 func (s *pgStore) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
 	s.cancel()
 	s.wg.Wait()
 	s.feed.close()

@@ -63,6 +63,8 @@ type Service struct {
 	waitMu  sync.Mutex
 	waiters map[string]map[chan struct{}]struct{}
 
+	locks idLocks // one transition per request at a time in this Service
+
 	events *eventQueue
 }
 
@@ -185,17 +187,32 @@ func (s *Service) Request(ctx context.Context, nr NewRequest) (*Request, error) 
 // whatever by's groups), and votes once (ErrAlreadyVoted). A request past
 // its expiry is expired instead (ErrNotPending and ErrExpired).
 func (s *Service) Approve(ctx context.Context, id string, by Principal, reason string) (*Request, error) {
-	return s.transition(ctx, id, func(r *Request, now time.Time) ([]change, error) {
+	r, err := s.transition(ctx, id, func(r *Request, now time.Time) ([]change, error) {
 		return approve(r, by, reason, now)
 	})
+	s.refused("approve", id, by, err)
+	return r, err
 }
 
 // Deny records by's denial of request id, which ends it: one denial is
 // enough. by must be allowed to approve it (see Approve).
 func (s *Service) Deny(ctx context.Context, id string, by Principal, reason string) (*Request, error) {
-	return s.transition(ctx, id, func(r *Request, now time.Time) ([]change, error) {
+	r, err := s.transition(ctx, id, func(r *Request, now time.Time) ([]change, error) {
 		return deny(r, by, reason, now)
 	})
+	s.refused("deny", id, by, err)
+	return r, err
+}
+
+// refused logs a decision the rules refused to who tried it: a requester
+// deciding their own request, or someone outside the approver groups.
+func (s *Service) refused(verb, id string, by Principal, err error) {
+	if !errors.Is(err, ErrSelfApproval) && !errors.Is(err, ErrNotApprover) && !errors.Is(err, ErrAlreadyVoted) {
+		return
+	}
+	s.log.Warn("approval decision refused", slog.String("verb", verb), slog.String("approval_id", id),
+		slog.String("actor_sub", by.Sub), slog.String("actor_iss", by.Iss), slog.String("actor_act", by.Act),
+		slog.Any("error", err))
 }
 
 // Withdraw ends request id because its client cancelled or went away;
@@ -256,6 +273,14 @@ func (s *Service) transition(ctx context.Context, id string, rule func(*Request,
 		return nil, err
 	}
 	defer s.end()
+	// Transitions of one request in this Service run one at a time, so
+	// its events are queued in commit order; other writers are the
+	// compare-and-swap's business.
+	unlock, err := s.locks.lock(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	for attempt := 0; ; attempt++ {
 		r, err := s.store.Get(ctx, id)
 		if err != nil {
@@ -308,10 +333,13 @@ func (s *Service) committed(r *Request, changes []change, at time.Time) {
 // decided it. It expires the request itself when its time comes. It
 // returns ctx.Err() when ctx is done, without withdrawing the request (the
 // caller decides), and ErrClosed when the Service closes. Store errors are
-// retried for a while before Wait gives up.
+// retried with backoff for as long as the request could still be decided
+// (until its ExpiresAt, at least waitRetries times); then Wait returns the
+// last one, and the request stays in the store for the sweep to expire.
 func (s *Service) Wait(ctx context.Context, id string) (*Request, error) {
 	wake := s.addWaiter(id)
 	defer s.removeWaiter(id, wake)
+	var known *Request // the last successful read
 	failures := 0
 	for {
 		if err := ctx.Err(); err != nil {
@@ -321,27 +349,31 @@ func (s *Service) Wait(ctx context.Context, id string) (*Request, error) {
 			return nil, ErrClosed
 		}
 		r, err := s.store.Get(ctx, id)
-		if err == nil && r.State == StatePending && !s.now().Before(r.ExpiresAt) {
+		if err == nil && r.State == StatePending && due(r, s.now()) {
 			r, err = s.expireDue(ctx, id)
 		}
-		switch {
-		case err == nil:
-			failures = 0
-		case errors.Is(err, ErrNotFound), errors.Is(err, ErrClosed):
-			return nil, err
-		case ctx.Err() != nil:
-			return nil, ctx.Err()
-		default:
-			failures++
-			if failures > 8 {
+		if err != nil {
+			switch {
+			case errors.Is(err, ErrNotFound), errors.Is(err, ErrClosed), errors.Is(err, ErrStoreClosed), errors.Is(err, ErrCorrupt):
 				return nil, err
+			case ctx.Err() != nil:
+				return nil, ctx.Err()
+			case s.ctx.Err() != nil:
+				return nil, ErrClosed
 			}
-			s.log.Warn("approval wait: store read failed", slog.String("approval_id", id), slog.Any("error", err))
-			if err := s.sleep(ctx, time.Duration(failures)*250*time.Millisecond); err != nil {
+			failures++
+			if failures > waitRetries && (known == nil || !s.now().Before(known.ExpiresAt)) {
+				return nil, fmt.Errorf("approval: wait for %s: %w", id, err)
+			}
+			s.log.Warn("approval wait: store read failed", slog.String("approval_id", id),
+				slog.Int("failures", failures), slog.Any("error", err))
+			if err := s.sleep(ctx, min(time.Duration(failures)*waitRetryStep, waitRetryMax)); err != nil {
 				return nil, err
 			}
 			continue
 		}
+		failures = 0
+		known = r
 		if r.State != StatePending {
 			return r, nil
 		}
@@ -359,6 +391,14 @@ func (s *Service) Wait(ctx context.Context, id string) (*Request, error) {
 		timer.Stop()
 	}
 }
+
+// Retries of Wait's store reads: the pause grows by waitRetryStep per
+// failure up to waitRetryMax.
+const (
+	waitRetries   = 8
+	waitRetryStep = 250 * time.Millisecond
+	waitRetryMax  = 5 * time.Second
+)
 
 func (s *Service) sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
@@ -444,7 +484,7 @@ func (s *Service) sweep() {
 	for s.ctx.Err() == nil {
 		due, err := s.store.Due(s.ctx, s.now(), sweepBatch)
 		if err != nil {
-			if s.ctx.Err() == nil {
+			if s.ctx.Err() == nil && !errors.Is(err, ErrStoreClosed) {
 				s.log.Warn("approval sweep: store query failed", slog.Any("error", err))
 			}
 			return
@@ -452,7 +492,7 @@ func (s *Service) sweep() {
 		progress := false
 		for _, r := range due {
 			if _, err := s.expireDue(s.ctx, r.ID); err != nil {
-				if s.ctx.Err() == nil && !errors.Is(err, ErrClosed) {
+				if s.ctx.Err() == nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrStoreClosed) {
 					s.log.Warn("approval sweep: expiry failed", slog.String("approval_id", r.ID), slog.Any("error", err))
 				}
 				continue
@@ -559,4 +599,48 @@ func (e *eventQueue) close() {
 		close(e.stop)
 	}
 	<-e.done
+}
+
+// idLocks hands out one lock per request id, dropped when unused. A lock
+// is a one-slot channel, so waiting for it honours the caller's context.
+type idLocks struct {
+	mu sync.Mutex
+	m  map[string]*idLock
+}
+
+type idLock struct {
+	slot  chan struct{}
+	users int
+}
+
+func (l *idLocks) lock(ctx context.Context, id string) (unlock func(), err error) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = make(map[string]*idLock)
+	}
+	k := l.m[id]
+	if k == nil {
+		k = &idLock{slot: make(chan struct{}, 1)}
+		l.m[id] = k
+	}
+	k.users++
+	l.mu.Unlock()
+	release := func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		k.users--
+		if k.users == 0 {
+			delete(l.m, id)
+		}
+	}
+	select {
+	case k.slot <- struct{}{}:
+	case <-ctx.Done():
+		release()
+		return nil, ctx.Err()
+	}
+	return func() {
+		<-k.slot
+		release()
+	}, nil
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"modernc.org/sqlite"
@@ -32,6 +33,7 @@ type sqliteStore struct {
 	feed feed
 
 	pollOnce sync.Once
+	closed   atomic.Bool
 	ctx      context.Context // ends when the store is closed
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -73,6 +75,7 @@ func OpenSQLite(path string) (Store, error) {
 	s := &sqliteStore{db: db}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if err := s.migrate(s.ctx); err != nil {
+		s.cancel()
 		_ = db.Close()
 		return nil, fmt.Errorf("approval: sqlite %s: %w", path, err)
 	}
@@ -126,7 +129,15 @@ func micros(t time.Time) int64 { return t.UnixMicro() }
 // only write lock, so no other write can take the same one.
 const nextSeq = `(SELECT coalesce(max(seq), 0) + 1 FROM requests)`
 
+// fail explains err, the failure of op on request id.
+func (s *sqliteStore) fail(op, id string, err error) error {
+	return storeErr(s.closed.Load(), op, id, err)
+}
+
 func (s *sqliteStore) Create(ctx context.Context, r *Request) error {
+	if s.closed.Load() {
+		return s.fail("create request", r.ID, ErrStoreClosed)
+	}
 	body, err := json.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("approval: encode request: %w", err)
@@ -138,10 +149,10 @@ func (s *sqliteStore) Create(ctx context.Context, r *Request) error {
 		r.ID, string(r.State), r.Hash, r.Requester.Iss, r.Requester.Sub, r.Resource, r.Kind, r.Holder,
 		micros(r.CreatedAt), micros(r.ExpiresAt), micros(r.UpdatedAt), r.Version, string(body))
 	if err != nil {
-		if sqliteCode(err) == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY {
+		if sqliteCode(err)&0xff == sqlite3.SQLITE_CONSTRAINT && strings.Contains(err.Error(), "requests.id") {
 			return fmt.Errorf("%w: request %s exists", ErrConflict, r.ID)
 		}
-		return fmt.Errorf("approval: create request %s: %w", r.ID, err)
+		return s.fail("create request", r.ID, err)
 	}
 	s.feed.publish(r.ID)
 	return nil
@@ -156,6 +167,9 @@ func sqliteCode(err error) int {
 }
 
 func (s *sqliteStore) Update(ctx context.Context, r *Request) error {
+	if s.closed.Load() {
+		return s.fail("update request", r.ID, ErrStoreClosed)
+	}
 	next := *r
 	next.Version = r.Version + 1
 	body, err := json.Marshal(&next)
@@ -169,11 +183,11 @@ func (s *sqliteStore) Update(ctx context.Context, r *Request) error {
 		string(r.State), r.Holder, micros(r.ExpiresAt), micros(r.UpdatedAt), string(body),
 		r.ID, r.Version)
 	if err != nil {
-		return fmt.Errorf("approval: update request %s: %w", r.ID, err)
+		return s.fail("update request", r.ID, err)
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
-		return fmt.Errorf("approval: update request %s: %w", r.ID, err)
+		return s.fail("update request", r.ID, err)
 	}
 	if n == 0 {
 		if _, err := s.Get(ctx, r.ID); err != nil {
@@ -187,6 +201,9 @@ func (s *sqliteStore) Update(ctx context.Context, r *Request) error {
 }
 
 func (s *sqliteStore) Get(ctx context.Context, id string) (*Request, error) {
+	if s.closed.Load() {
+		return nil, s.fail("get request", id, ErrStoreClosed)
+	}
 	var version int64
 	var body string
 	err := s.db.QueryRowContext(ctx, `SELECT version, body FROM requests WHERE id = ?`, id).Scan(&version, &body)
@@ -194,19 +211,9 @@ func (s *sqliteStore) Get(ctx context.Context, id string) (*Request, error) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("approval: get request %s: %w", id, err)
+		return nil, s.fail("get request", id, err)
 	}
 	return decodeRequest(id, version, []byte(body))
-}
-
-// decodeRequest reads a stored body; the version column is authoritative.
-func decodeRequest(id string, version int64, body []byte) (*Request, error) {
-	var r Request
-	if err := json.Unmarshal(body, &r); err != nil {
-		return nil, fmt.Errorf("approval: decode request %s: %w", id, err)
-	}
-	r.Version = version
-	return &r, nil
 }
 
 func (s *sqliteStore) List(ctx context.Context, f Filter) ([]Request, error) {
@@ -225,9 +232,12 @@ func (s *sqliteStore) Due(ctx context.Context, before time.Time, limit int) ([]R
 }
 
 func (s *sqliteStore) query(ctx context.Context, q string, args ...any) ([]Request, error) {
+	if s.closed.Load() {
+		return nil, s.fail("list requests", "", ErrStoreClosed)
+	}
 	rows, err := s.db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("approval: list requests: %w", err)
+		return nil, s.fail("list requests", "", err)
 	}
 	defer func() { _ = rows.Close() }()
 	var out []Request
@@ -235,7 +245,7 @@ func (s *sqliteStore) query(ctx context.Context, q string, args ...any) ([]Reque
 		var id, body string
 		var version int64
 		if err := rows.Scan(&id, &version, &body); err != nil {
-			return nil, fmt.Errorf("approval: list requests: %w", err)
+			return nil, s.fail("list requests", "", err)
 		}
 		r, err := decodeRequest(id, version, []byte(body))
 		if err != nil {
@@ -244,7 +254,7 @@ func (s *sqliteStore) query(ctx context.Context, q string, args ...any) ([]Reque
 		out = append(out, *r)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("approval: list requests: %w", err)
+		return nil, s.fail("list requests", "", err)
 	}
 	return out, nil
 }
@@ -258,33 +268,36 @@ func (s *sqliteStore) Changes(ctx context.Context) <-chan string {
 }
 
 // poll publishes the ids of rows whose seq grew: writes by other processes
-// on the same file (and this store's own, a second time).
+// on the same file (and this store's own, a second time). Until it knows
+// where the file stands, and after reads failed, it publishes "": what
+// changed meanwhile is unknown.
 func (s *sqliteStore) poll() {
 	defer s.wg.Done()
 	var last int64
-	err := s.db.QueryRowContext(s.ctx, `SELECT coalesce(max(seq), 0) FROM requests`).Scan(&last)
-	failed := err != nil
+	known := false
 	t := time.NewTicker(SQLitePollInterval)
 	defer t.Stop()
 	for {
+		if !known {
+			if err := s.db.QueryRowContext(s.ctx, `SELECT coalesce(max(seq), 0) FROM requests`).Scan(&last); err == nil {
+				known = true
+				s.feed.publish("")
+			}
+		} else {
+			ids, seq, err := s.changedSince(last)
+			if err != nil {
+				known = false
+			} else {
+				last = seq
+				for _, id := range ids {
+					s.feed.publish(id)
+				}
+			}
+		}
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-t.C:
-		}
-		ids, seq, err := s.changedSince(last)
-		if err != nil {
-			failed = true
-			continue
-		}
-		if failed {
-			// What changed while reads failed is unknown.
-			failed = false
-			s.feed.publish("")
-		}
-		last = seq
-		for _, id := range ids {
-			s.feed.publish(id)
 		}
 	}
 }
@@ -309,7 +322,12 @@ func (s *sqliteStore) changedSince(last int64) (ids []string, seq int64, err err
 	return ids, seq, nil
 }
 
+// Close stops the change feed and closes the database; later calls return
+// ErrStoreClosed from every method but Close.
 func (s *sqliteStore) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
 	s.cancel()
 	s.wg.Wait()
 	s.feed.close()

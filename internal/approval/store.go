@@ -3,6 +3,7 @@ package approval
 import (
 	"context"
 	"embed"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"path"
@@ -157,11 +158,43 @@ func migrations(dir string) ([]migration, error) {
 	return ms, nil
 }
 
-// pending returns the migrations not yet applied, given the highest
+// pendingMigrations returns the migrations not yet applied, given the highest
 // applied version, and refuses a schema newer than this build knows.
 func pendingMigrations(all []migration, applied int) ([]migration, error) {
 	if applied > len(all) {
-		return nil, fmt.Errorf("approval: the store's schema is at version %d, newer than this build knows (%d)", applied, len(all))
+		return nil, fmt.Errorf("%w: it is at version %d, this build knows up to %d", ErrSchemaTooNew, applied, len(all))
 	}
 	return all[applied:], nil
+}
+
+// decodeRequest reads a stored body; the version column is authoritative.
+// A body that is not a request of that id in a known state is ErrCorrupt:
+// a store never hands the state machine something it cannot reason about.
+func decodeRequest(id string, version int64, body []byte) (*Request, error) {
+	var r Request
+	if err := json.Unmarshal(body, &r); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrCorrupt, id, err)
+	}
+	switch {
+	case r.ID != id:
+		return nil, fmt.Errorf("%w: %s: its body names request %q", ErrCorrupt, id, r.ID)
+	case !r.State.Valid():
+		return nil, fmt.Errorf("%w: %s: unknown state %q", ErrCorrupt, id, r.State)
+	case r.Hash == "":
+		return nil, fmt.Errorf("%w: %s: no hash", ErrCorrupt, id)
+	}
+	r.Version = version
+	return &r, nil
+}
+
+// storeErr explains err, the failure of op on request id (or of a query
+// when id is ""); after Close every failure is ErrStoreClosed.
+func storeErr(closed bool, op, id string, err error) error {
+	if closed {
+		err = ErrStoreClosed
+	}
+	if id == "" {
+		return fmt.Errorf("approval: %s: %w", op, err)
+	}
+	return fmt.Errorf("approval: %s %s: %w", op, id, err)
 }
