@@ -23,8 +23,10 @@
 //     requester never decides their own request, admins included: not the
 //     same issuer and subject, not the human the requester acts for (the
 //     act claim), not an agent acting for either.
-//   - Each approver votes once; Quorum distinct approvals approve, one
-//     denial denies.
+//   - Each approver votes once (an agent acting for an approver counts as
+//     that approver); Quorum distinct approvals approve, one denial
+//     denies. An approver who voted for a request may still deny it while
+//     it is pending.
 //
 // # Consistency
 //
@@ -55,5 +57,16 @@
 // (migrations/<store>/NNNN_name.sql) and record them in a
 // schema_migrations table; a schema newer than the build is refused.
 // Requests survive a restart: a new Service on the same store sees them
-// and keeps expiring them.
+// and keeps expiring them. A store used after Close returns
+// ErrStoreClosed. The PostgreSQL store tries reads again on a broken
+// connection (a killed backend, a restarted server), and writes only when
+// they never reached the server; while the server is down operations fail
+// with the driver's error, nothing stored is lost, and Wait keeps trying
+// for as long as the request could still be decided.
+//
+// # Notifications
+//
+// A [Notifier] plugged into Options.OnEvent posts events to webhooks
+// (generic JSON or Slack), from queues of its own with retries: a slow or
+// failing webhook never blocks a Service nor loses a request.
 package approval

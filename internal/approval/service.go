@@ -469,8 +469,17 @@ func (s *Service) sweepLoop() {
 	defer s.loops.Done()
 	t := time.NewTicker(s.sweepIv)
 	defer t.Stop()
+	failing := false // logged once per outage, not once per sweep
 	for {
-		s.sweep()
+		err := s.sweep()
+		switch {
+		case err != nil && !failing && s.ctx.Err() == nil && !errors.Is(err, ErrStoreClosed):
+			failing = true
+			s.log.Warn("approval sweep: store query failed", slog.Any("error", err))
+		case err == nil && failing:
+			failing = false
+			s.log.Info("approval sweep: store reachable again")
+		}
 		select {
 		case <-s.ctx.Done():
 			return
@@ -479,15 +488,13 @@ func (s *Service) sweepLoop() {
 	}
 }
 
-// sweep expires every live request whose time has come.
-func (s *Service) sweep() {
+// sweep expires every live request whose time has come. It returns the
+// error of the store query; failures to expire one request are logged.
+func (s *Service) sweep() error {
 	for s.ctx.Err() == nil {
 		due, err := s.store.Due(s.ctx, s.now(), sweepBatch)
 		if err != nil {
-			if s.ctx.Err() == nil && !errors.Is(err, ErrStoreClosed) {
-				s.log.Warn("approval sweep: store query failed", slog.Any("error", err))
-			}
-			return
+			return err
 		}
 		progress := false
 		for _, r := range due {
@@ -500,9 +507,10 @@ func (s *Service) sweep() {
 			progress = true
 		}
 		if len(due) < sweepBatch || !progress {
-			return
+			return nil
 		}
 	}
+	return nil
 }
 
 // Close stops the loops, ends every Wait with ErrClosed, lets operations
