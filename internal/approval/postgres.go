@@ -122,7 +122,7 @@ func (s *pgStore) retry(ctx context.Context, read bool, op func() error) error {
 		if err == nil || attempt >= pgRetries || ctx.Err() != nil || s.closed.Load() {
 			return err
 		}
-		if !pgconn.SafeToRetry(err) && !(read && brokenConn(err)) {
+		if !pgconn.SafeToRetry(err) && (!read || !brokenConn(err)) {
 			return err
 		}
 	}
