@@ -113,19 +113,27 @@ func (s *pgStore) migrate(ctx context.Context) error {
 const pgRetries = 2
 
 // retry runs op, again when it failed on a broken connection and running
-// it again is safe: always for reads, for writes only when nothing reached
-// the server (pgconn.SafeToRetry). A write that may have committed is not
-// repeated: its caller re-reads and sees.
-func (s *pgStore) retry(ctx context.Context, read bool, op func() error) error {
+// it again is safe: always for reads; for writes when nothing reached the
+// server (pgconn.SafeToRetry) or when the backend was terminating and so
+// ran nothing. A write that may have committed is not repeated: its caller
+// re-reads and sees. retried tells whether op ran more than once.
+func (s *pgStore) retry(ctx context.Context, read bool, op func() error) (retried bool, err error) {
 	for attempt := 0; ; attempt++ {
 		err := op()
 		if err == nil || attempt >= pgRetries || ctx.Err() != nil || s.closed.Load() {
-			return err
+			return attempt > 0, err
 		}
-		if !pgconn.SafeToRetry(err) && (!read || !brokenConn(err)) {
-			return err
+		if !pgconn.SafeToRetry(err) && !terminated(err) && (!read || !brokenConn(err)) {
+			return attempt > 0, err
 		}
 	}
+}
+
+// terminated reports whether the server answered that the backend is
+// going away (terminated, crash or shutdown): it ran nothing more.
+func terminated(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03")
 }
 
 // brokenConn reports whether err is a failure of the connection rather
@@ -133,8 +141,7 @@ func (s *pgStore) retry(ctx context.Context, read bool, op func() error) error {
 func brokenConn(err error) bool {
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
-		// The server is shutting down or the backend was terminated.
-		return pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+		return terminated(err)
 	}
 	return !errors.Is(err, pgx.ErrNoRows) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
@@ -152,7 +159,7 @@ func (s *pgStore) Create(ctx context.Context, r *Request) error {
 	if err != nil {
 		return fmt.Errorf("approval: encode request: %w", err)
 	}
-	err = s.retry(ctx, false, func() error {
+	retried, err := s.retry(ctx, false, func() error {
 		_, err := s.pool.Exec(ctx, `INSERT INTO `+PostgresSchema+`.requests
 			(id, state, hash, requester_iss, requester_sub, resource, kind, holder,
 			 created_at, expires_at, updated_at, version, body)
@@ -164,6 +171,12 @@ func (s *pgStore) Create(ctx context.Context, r *Request) error {
 	if err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == "23505" {
+			// A retried insert may find its own first attempt.
+			if got, gerr := s.Get(ctx, r.ID); retried && gerr == nil && got.Hash == r.Hash &&
+				got.CreatedAt.Equal(r.CreatedAt) && got.Version == r.Version {
+				s.feed.publish(r.ID)
+				return nil
+			}
 			return fmt.Errorf("%w: request %s exists", ErrConflict, r.ID)
 		}
 		return s.fail("create request", r.ID, err)
@@ -183,7 +196,7 @@ func (s *pgStore) Update(ctx context.Context, r *Request) error {
 		return fmt.Errorf("approval: encode request: %w", err)
 	}
 	var tag pgconn.CommandTag
-	err = s.retry(ctx, false, func() error {
+	_, err = s.retry(ctx, false, func() error {
 		var err error
 		tag, err = s.pool.Exec(ctx, `UPDATE `+PostgresSchema+`.requests SET
 			state = $1, holder = $2, expires_at = $3, updated_at = $4, body = $5, version = version + 1
@@ -211,7 +224,7 @@ func (s *pgStore) Get(ctx context.Context, id string) (*Request, error) {
 	}
 	var version int64
 	var body []byte
-	err := s.retry(ctx, true, func() error {
+	_, err := s.retry(ctx, true, func() error {
 		return s.pool.QueryRow(ctx, `SELECT version, body FROM `+PostgresSchema+`.requests WHERE id = $1`, id).Scan(&version, &body)
 	})
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -243,7 +256,7 @@ func (s *pgStore) query(ctx context.Context, q string, args ...any) ([]Request, 
 		return nil, s.fail("list requests", "", ErrStoreClosed)
 	}
 	var out []Request
-	err := s.retry(ctx, true, func() error {
+	_, err := s.retry(ctx, true, func() error {
 		out = nil
 		rows, err := s.pool.Query(ctx, q, args...)
 		if err != nil {
