@@ -144,7 +144,8 @@ type NotifierOptions struct {
 // webhook has its own queue and goroutine, delivers in order, and retries
 // with exponential backoff; a webhook that keeps failing delays only its
 // own notifications, and never a request. Plug Notify into
-// Options.OnEvent.
+// Options.OnEvent; at shutdown close the Service first (it hands over its
+// last events), then the Notifier.
 type Notifier struct {
 	opts    NotifierOptions
 	log     *slog.Logger
