@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -264,6 +266,24 @@ func TestTwoCustosProcessesShareApprovals(t *testing.T) {
 		return tok
 	}
 
+	// Both replicas notify one webhook of the transitions they commit.
+	var hookMu sync.Mutex
+	hookEvents := map[string]string{} // event type -> approval id
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			Event string `json:"event"`
+			ID    string `json:"id"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil || body.Event != r.Header.Get("X-Custos-Event") {
+			http.Error(w, "bad notification", http.StatusBadRequest)
+			return
+		}
+		hookMu.Lock()
+		hookEvents[body.Event] = body.ID
+		hookMu.Unlock()
+	}))
+	t.Cleanup(hook.Close)
+
 	type replica struct{ pgAddr, adminURL string }
 	start := func(name string) replica {
 		pgAddr, adminAddr := freeLoopbackAddr(t), freeLoopbackAddr(t)
@@ -283,6 +303,7 @@ approvals:
   store: postgres
   postgres_dsn: {env: CUSTOS_APPROVALS_DSN}
   replica: %s
+  webhooks: [{url: %q}]
 resources:
   - name: %s
     address: %q
@@ -290,7 +311,7 @@ resources:
     user: %s
     password: {file: %q}
     tls: {mode: verify-full, ca_file: %q}
-`, filepath.Join(dir, name), pgAddr, adminAddr, iss.URL(), name, res.Name, res.Address, res.Database, res.User, res.Password.File, res.TLS.CAFile)
+`, filepath.Join(dir, name), pgAddr, adminAddr, iss.URL(), name, hook.URL, res.Name, res.Address, res.Database, res.User, res.Password.File, res.TLS.CAFile)
 		cfgFile := filepath.Join(dir, name+".yaml")
 		if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
@@ -392,6 +413,20 @@ resources:
 	var v string
 	if err := up.QueryRow(ctx, "SELECT v FROM "+table+" WHERE id = 1").Scan(&v); err != nil || v != "approved through b" {
 		t.Fatalf("v = %q, %v", v, err)
+	}
+	// requested and consumed come from a, decided from b.
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		hookMu.Lock()
+		got := maps.Clone(hookEvents)
+		hookMu.Unlock()
+		if got["requested"] == id && got["decided"] == id && got["consumed"] == id {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("webhook events: %v, want requested, decided and consumed for %s", got, id)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/custos-dev/custos/internal/approval"
 	"github.com/custos-dev/custos/internal/config"
@@ -14,9 +15,13 @@ import (
 
 // approvals is the approval service and what it runs on.
 type approvals struct {
-	svc   *approval.Service
-	store approval.Store
+	svc      *approval.Service
+	store    approval.Store
+	notifier *approval.Notifier // nil without webhooks
 }
+
+// notifierDrain bounds delivering queued webhook notifications at shutdown.
+const notifierDrain = 10 * time.Second
 
 // openApprovals opens the configured store, starts the service and
 // withdraws what this replica held before it restarted: a parked
@@ -24,8 +29,20 @@ type approvals struct {
 // can never run.
 func openApprovals(ctx context.Context, cfg *config.Config, log *slog.Logger, onEvent func(approval.Event)) (*approvals, error) {
 	ac := cfg.Approvals
+	notifier, err := newNotifier(ac, log)
+	if err != nil {
+		return nil, err
+	}
+	if notifier != nil {
+		next := onEvent
+		onEvent = func(ev approval.Event) {
+			notifier.Notify(ev)
+			if next != nil {
+				next(ev)
+			}
+		}
+	}
 	var st approval.Store
-	var err error
 	switch ac.Store {
 	case config.StorePostgres:
 		dsn, derr := ac.PostgresDSN.Read()
@@ -40,6 +57,7 @@ func openApprovals(ctx context.Context, cfg *config.Config, log *slog.Logger, on
 		st, err = approval.OpenSQLite(ac.SQLitePath)
 	}
 	if err != nil {
+		closeNotifier(notifier)
 		return nil, fmt.Errorf("approvals store: %w", err)
 	}
 	svc, err := approval.NewService(ctx, st, approval.Options{
@@ -50,9 +68,10 @@ func openApprovals(ctx context.Context, cfg *config.Config, log *slog.Logger, on
 	})
 	if err != nil {
 		_ = st.Close()
+		closeNotifier(notifier)
 		return nil, fmt.Errorf("approvals: %w", err)
 	}
-	a := &approvals{svc: svc, store: st}
+	a := &approvals{svc: svc, store: st, notifier: notifier}
 	if err := a.withdrawOrphans(ctx, ac.Replica, log); err != nil {
 		a.close()
 		return nil, err
@@ -81,21 +100,45 @@ func (a *approvals) withdrawOrphans(ctx context.Context, replica string, log *sl
 	return nil
 }
 
-// close stops the service (ending waits) and closes the store.
+// close stops the service (ending waits, handing over its last events),
+// delivers the queued notifications and closes the store.
 func (a *approvals) close() {
 	_ = a.svc.Close()
+	closeNotifier(a.notifier)
 	_ = a.store.Close()
 }
 
-// approvalEvents logs every committed approval transition with its actor.
-func approvalEvents(log *slog.Logger) func(approval.Event) {
-	log = log.With("component", "approval")
-	return func(ev approval.Event) {
-		actor := ""
-		if ev.Actor != nil {
-			actor = ev.Actor.String()
-		}
-		log.Info("approval event", "event", ev.Type, "approval_id", ev.Request.ID,
-			"state", string(ev.Request.State), "resource", ev.Request.Resource, "actor", actor)
+// newNotifier builds the webhook notifier of the approvals section, or nil
+// when it names no webhook.
+func newNotifier(ac config.Approvals, log *slog.Logger) (*approval.Notifier, error) {
+	if len(ac.Webhooks) == 0 {
+		return nil, nil
 	}
+	hooks := make([]approval.Webhook, 0, len(ac.Webhooks))
+	for i, w := range ac.Webhooks {
+		h := approval.Webhook{URL: w.URL, Format: w.Format}
+		if w.Secret != nil {
+			secret, err := w.Secret.Read()
+			if err != nil {
+				return nil, fmt.Errorf("approvals.webhooks[%d].secret: %w", i, err)
+			}
+			h.Secret = secret
+		}
+		if err := h.Validate(); err != nil {
+			return nil, fmt.Errorf("approvals.webhooks[%d]: %w", i, err)
+		}
+		hooks = append(hooks, h)
+	}
+	return approval.NewNotifier(hooks, approval.NotifierOptions{
+		Logger: log.With("component", "webhook"), PublicURL: ac.PublicURL,
+	}), nil
+}
+
+func closeNotifier(n *approval.Notifier) {
+	if n == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), notifierDrain)
+	defer cancel()
+	_ = n.Close(ctx)
 }

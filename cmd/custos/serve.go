@@ -173,7 +173,7 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 	var apr *approvals
 	var aprSvc *approval.Service
 	if eng != nil {
-		apr, err = openApprovals(ctx, cfg, log.With("component", "approval"), approvalEvents(log))
+		apr, err = openApprovals(ctx, cfg, log.With("component", "approval"), nil)
 		if err != nil {
 			return nil, err
 		}
