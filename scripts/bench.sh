@@ -376,10 +376,11 @@ for ((round = 1; round <= POLICY_ROUNDS; round++)); do
 		log "policy $mode (round $round): $t TPS"
 	done
 done
-# The policy really was on in the "on" instance: a write is refused with 42501.
-refused=$(PGPASSWORD=$ptoken psql -X -q -A -t -d "$pconn" -c 'DELETE FROM pgbench_history' 2>&1 || true)
-[[ $refused == *"approval required"* ]] ||
-	die "policy on: a DELETE through custos was not refused: $(printf '%q' "$refused")"
+# The policy really was on in the "on" instance: DDL by an agent is refused with 42501 (a
+# write would wait for approval instead).
+refused=$(PGPASSWORD=$ptoken psql -X -q -A -t -d "$pconn" -c 'CREATE TABLE bench_policy_probe (x int)' 2>&1 || true)
+[[ $refused == *"is not allowed for agents"* ]] ||
+	die "policy on: DDL through custos was not refused: $(printf '%q' "$refused")"
 mean() { printf '%s\n' "$@" | awk '{ s += $1 } END { printf "%.3f", (NR > 0 ? s / NR : 0) }'; }
 declare -A policy_tps
 for mode in off on; do
