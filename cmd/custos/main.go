@@ -40,6 +40,7 @@ commands:
   dev      run the gateway on embedded defaults: local OIDC issuer, throwaway PostgreSQL
   token    mint a token from the dev issuer (--data-dir, --sub, --groups, --act, --ttl)
   approvals  list, show, approve or deny parked requests (CUSTOS_ADMIN_URL, CUSTOS_TOKEN)
+  audit    verify, export or print the verifier key of the audit journal (--data-dir)
   version  print the version
 `
 
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runToken(ctx, rest, stdout, stderr)
 	case "approvals":
 		return runApprovals(ctx, rest, stdout, stderr)
+	case "audit":
+		return runAudit(ctx, rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "custos", version)
 		return nil

@@ -1,0 +1,118 @@
+// Package audit records custos' audit evidence: one event per
+// decision-bearing action, in an append-only, hash-chained journal with
+// signed checkpoints, exported as OpenTelemetry logs from the journal.
+//
+// # Events
+//
+// An [Event] carries what PCI DSS 10.2.2 asks of each record: who (user.id,
+// and enduser.id for the human an agent acts for), the event type
+// (EventName), when (Timestamp), success or failure (custos.outcome,
+// db.response.status_code, http.response.status_code), where from
+// (client.address) and the resource (custos.resource, db.namespace,
+// db.collection.name, url.path). Attribute names follow the OpenTelemetry
+// semantic conventions, version [SemconvVersion]; what they do not cover is
+// under custos.*. Journal records map one to one onto the OTel log data
+// model: EventName, Timestamp, SeverityNumber, attributes, TraceId/SpanId;
+// log.record.uid is "<journal id>-<seq>" ([UID]), the same on every
+// re-send.
+//
+// # No clear PAN
+//
+// Every string attribute is scrubbed before it is encoded ([Scrubber]): a
+// PAN becomes "[PAN hmac-sha256=<hex> last4=NNNN]" (HMAC-SHA256 under the
+// fingerprint key, mask.Fingerprint), track data is removed, and the count
+// is recorded in custos.pan.scrubbed. Raw texts that may hold PANs (SQL
+// literals, bound parameters) go in Event.PANSources: only their PANs'
+// fingerprints are kept (custos.pan.fingerprints). The encoded record is
+// checked once more as a whole; if it still holds anything that looks like
+// a PAN (an integer attribute, say) Append refuses it with [ErrClearPAN].
+//
+// # Files
+//
+// Under DataDir/audit:
+//
+//	journal.id                 32 hex digits naming this journal
+//	segments/<20-digit seq>.jsonl  records, one per line; the name is the seq of its first record
+//	checkpoints.jsonl          signed checkpoints, one JSON object per line: {"note":"<signed note>"}
+//	signing.key, .pub          Ed25519 checkpoint key (0600) and its verifier key, when generated
+//	fingerprint.key            PAN fingerprint HMAC key (0600), when generated
+//	journal.lock               flock held by the writing process
+//	quarantine/                torn tails cut off at open, kept as found
+//	export.cursor              OTLP export position (see Exporter)
+//
+// A segment is closed when it reaches Options.SegmentBytes; the next batch
+// starts a new one. A record never spans two segments.
+//
+// # Record encoding
+//
+// A record is one line of UTF-8 JSON ending in '\n', in this canonical
+// form and no other (the decoder re-encodes and compares byte for byte):
+//
+//	{"v":1,"seq":N,"prev_hash":"<64 hex>","time":"<T>","event":"<name>","severity":S,
+//	 ["trace_id":"<32 hex>",]["span_id":"<16 hex>",]"attrs":{<attrs>},"hash":"<64 hex>"}
+//
+// without whitespace, members in exactly this order; trace_id and span_id
+// are left out when unset. seq counts from 1 with no gaps; N and S are
+// decimal integers without leading zeros. T is UTC with exactly nine
+// fractional digits (2006-01-02T15:04:05.000000000Z). Hex is lowercase.
+// attrs is an object whose keys are unique and sorted by their bytes; a
+// value is a string, a decimal integer (int64), true/false, or an array
+// of strings. Strings escape '"' and '\' with a backslash, newline, carriage
+// return and tab as \n \r \t, other bytes below 0x20 as \u00xx (lowercase
+// hex), and nothing else: other characters, valid UTF-8, appear as they
+// are.
+//
+// The record's body B is the line without its hash member and newline: the
+// bytes up to the last `,"hash":` followed by '}'. Its hash is
+//
+//	hash_n = SHA-256(hash_{n-1} || B_n)
+//
+// where hash_{n-1} is the 32 raw bytes of the previous record's hash (32
+// zero bytes for seq 1), the same value B_n holds in prev_hash. So a
+// record's hash can be checked on its own, and the chain by comparing each
+// prev_hash with the hash before it.
+//
+// # Checkpoints
+//
+// Every Options.CheckpointInterval, idle or not, and at Close, the writer
+// signs the durable head as a C2SP signed note ([Checkpoint]): origin
+// "custos.audit/<journal id>", the last seq, the base64 hash of that
+// record, and the time. A checkpoint never covers a record that is not yet
+// fsynced. Because checkpoints keep coming while nothing happens, a quiet
+// period is provable, and records removed from the end (with their later
+// checkpoints) leave the gap visible to anyone holding a copy of earlier
+// checkpoints, for example in the exported logs' backend.
+//
+// # Durability
+//
+// Append returns once its record is written and fsynced. One writer
+// goroutine takes every queued record, writes them with one write and one
+// fsync (group commit), then answers each appender; appenders arriving
+// during an fsync form the next batch. If a write or fsync fails, the
+// appenders of that batch get [ErrUnavailable] (callers fail closed); the
+// next batch reopens the segment, cuts it back to its last durable size,
+// and writes a custos.control.failure record (what failed, since when, how
+// many appends were refused) before anything else.
+//
+// # Recovery
+//
+// Open scans the last segment. A bad last line (no newline, not a record,
+// or not chained to the one before) and anything after it is a torn write:
+// it is moved to quarantine/, the segment is cut back, and a
+// custos.control.failure record names the bytes removed and their SHA-256;
+// the chain continues from the last good record. Valid records after a bad
+// one that a signed checkpoint covers cannot come from a crash: Open
+// refuses with [ErrCorrupt]. Every open records custos.audit.started (with
+// custos.audit.unclean_shutdown when the previous run did not end with
+// custos.audit.stopped), and a checkpoint that covers more than the
+// journal holds is recorded as a control failure too.
+//
+// # Verify and export
+//
+// [Verify] walks all segments and names the first problem: edited (hash
+// mismatch, broken prev_hash link, checkpoint disagreeing with its record),
+// deleted (a gap in seq), reordered, truncated (torn tail, or a checkpoint
+// covering records that are gone) and bad_signature. [Export] writes a time
+// range as CSV or JSON. The [Exporter] ships records as OTLP logs from a
+// persisted cursor.
+package audit

@@ -1,0 +1,1000 @@
+package audit
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/custos-dev/custos/internal/mask"
+)
+
+// Defaults of Options.
+const (
+	DefaultCheckpointInterval = 30 * time.Second
+	DefaultSegmentBytes       = 64 << 20
+	DefaultMaxBatch           = 1024
+)
+
+// MaxRecordBytes bounds the encoding of one event; MaxValueBytes bounds one
+// string value (longer ones are cut, marked with "…[truncated]").
+const (
+	MaxRecordBytes = 1 << 20
+	MaxValueBytes  = 64 << 10
+)
+
+// Errors of the journal; test with errors.Is.
+var (
+	// ErrUnavailable: the journal cannot write (disk full, I/O error); the
+	// event was not recorded. Callers fail closed for cardholder data.
+	ErrUnavailable = errors.New("audit journal unavailable")
+	// ErrClosed: the journal was closed.
+	ErrClosed = errors.New("audit journal closed")
+	// ErrClearPAN: an event still held something that looks like a PAN
+	// after scrubbing (an integer attribute, say). It is refused.
+	ErrClearPAN = errors.New("audit event holds a clear PAN")
+	// ErrCorrupt: the journal's last segment is damaged in a way a crash
+	// cannot explain (a bad record followed by good ones); run `custos
+	// audit verify`.
+	ErrCorrupt = errors.New("audit journal corrupt")
+	// ErrLocked: another process has the journal open.
+	ErrLocked = errors.New("audit journal in use by another process")
+)
+
+// Options configure a [Journal]. The config file's audit section maps onto
+// it.
+type Options struct {
+	// DataDir is the data directory; the journal lives in DataDir/audit.
+	// Required.
+	DataDir string
+	// SigningKeyFile holds the Ed25519 checkpoint signing key in the note
+	// format ("PRIVATE+KEY+name+hash+key", see GenerateKey). Empty:
+	// DataDir/audit/signing.key, generated (0600) with signing.key.pub
+	// when missing.
+	SigningKeyFile string
+	// HMACKey keys the PAN fingerprints (at least 32 bytes), distinct from
+	// the mask HMAC strategy's key. Empty: DataDir/audit/fingerprint.key,
+	// generated (0600) when missing. Keep it for as long as records are
+	// kept: fingerprints under another key do not match.
+	HMACKey []byte
+	// CheckpointInterval is how often a signed checkpoint is written, idle
+	// or not. Zero: DefaultCheckpointInterval.
+	CheckpointInterval time.Duration
+	// SegmentBytes is the size after which the next batch starts a new
+	// segment file. Zero: DefaultSegmentBytes.
+	SegmentBytes int64
+	// MaxBatch bounds the records written with one fsync. Zero:
+	// DefaultMaxBatch.
+	MaxBatch int
+	// Logger receives the journal's own log; nil discards it.
+	Logger *slog.Logger
+	// Registerer receives the journal's metrics; nil registers none.
+	Registerer prometheus.Registerer
+
+	now      func() time.Time                       // tests
+	openFile func(path string) (segmentFile, error) // tests: failing disks
+}
+
+// segmentFile is the open segment being appended to.
+type segmentFile interface {
+	io.Writer
+	Sync() error
+	Truncate(size int64) error
+	Close() error
+}
+
+func openSegmentFile(path string) (segmentFile, error) {
+	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+}
+
+// Stats are the journal's counters since Open.
+type Stats struct {
+	Seq         uint64 // the last durable record
+	Records     int64  // records written
+	Fsyncs      int64  // fsyncs of segment files (one per batch)
+	Refused     int64  // appends that failed because the journal could not write
+	Checkpoints int64
+}
+
+// Journal is the append-only, hash-chained audit journal. Append is safe for
+// concurrent use; concurrent appends share fsyncs (group commit).
+type Journal struct {
+	opts   Options
+	log    *slog.Logger
+	root   string
+	id     string
+	origin string
+	signer note.Signer
+	vkey   string
+	scrub  *Scrubber
+	lock   *os.File
+
+	mu     sync.RWMutex // guards closed against sends on reqs
+	closed bool
+	reqs   chan *request
+	stop   chan struct{}
+	done   chan struct{}
+
+	// Owned by the writer goroutine after Open.
+	f         segmentFile
+	segFirst  uint64
+	segSize   int64 // durable size of the current segment
+	seq       uint64
+	hash      Hash
+	ckpt      *os.File
+	buf       []byte
+	failErr   error     // the journal cannot write since failSince
+	failSince time.Time // first failure of the current outage
+	failCount int64     // appends refused in the current outage
+	ckptErr   error
+	ckptSince time.Time
+
+	durable atomic.Uint64
+	records atomic.Int64
+	fsyncs  atomic.Int64
+	refused atomic.Int64
+	ckpts   atomic.Int64
+
+	subsMu sync.Mutex
+	subs   []chan struct{}
+
+	m *journalMetrics
+}
+
+type request struct {
+	tail []byte
+	done chan error // nil for the journal's own events
+	seq  uint64
+}
+
+// recovery is what Open found and repaired.
+type recovery struct {
+	truncated      int64  // bytes of a torn tail removed
+	quarantine     string // where they were kept
+	quarantineHash string
+	unclean        bool   // the last record is not audit.stopped
+	ckptAhead      uint64 // the last checkpoint covers this seq, beyond the journal
+	ckptTruncated  int64
+}
+
+// Open opens (creating it if needed) the journal in opts.DataDir/audit,
+// repairs a torn last record (kept in audit/quarantine and reported by a
+// control-failure record), records custos.audit.started and starts writing
+// checkpoints. Close it to stop.
+func Open(opts Options) (*Journal, error) {
+	if opts.DataDir == "" {
+		return nil, errors.New("audit: data dir is required")
+	}
+	if opts.CheckpointInterval <= 0 {
+		opts.CheckpointInterval = DefaultCheckpointInterval
+	}
+	if opts.SegmentBytes <= 0 {
+		opts.SegmentBytes = DefaultSegmentBytes
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = DefaultMaxBatch
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.now == nil {
+		opts.now = time.Now
+	}
+	if opts.openFile == nil {
+		opts.openFile = openSegmentFile
+	}
+	j := &Journal{
+		opts: opts,
+		log:  opts.Logger,
+		root: AuditDir(opts.DataDir),
+		reqs: make(chan *request, 2*opts.MaxBatch),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	if err := j.open(); err != nil {
+		j.release()
+		return nil, err
+	}
+	rec, err := j.recoverTail()
+	if err != nil {
+		j.release()
+		return nil, err
+	}
+	if err := j.openFiles(&rec); err != nil {
+		j.release()
+		return nil, err
+	}
+	m, err := newJournalMetrics(opts.Registerer, j)
+	if err != nil {
+		j.release()
+		return nil, err
+	}
+	j.m = m
+	go j.run()
+	if err := j.started(&rec); err != nil {
+		_ = j.Close(context.Background())
+		return nil, err
+	}
+	return j, nil
+}
+
+// open creates the directories, takes the lock and loads the id and keys.
+func (j *Journal) open() error {
+	if err := os.MkdirAll(filepath.Join(j.root, segmentsDirName), 0o700); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(j.root, lockName), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	j.lock = lock
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return fmt.Errorf("%w: %s: %w", ErrLocked, j.root, err)
+	}
+	idPath := filepath.Join(j.root, journalIDName)
+	id, err := ReadJournalID(j.opts.DataDir)
+	if errors.Is(err, os.ErrNotExist) {
+		var b [16]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return err
+		}
+		id = hex.EncodeToString(b[:])
+		if err := writeFileSync(idPath, []byte(id+"\n"), 0o644); err != nil {
+			return fmt.Errorf("audit: %w", err)
+		}
+	} else if err != nil {
+		return err
+	}
+	if !isLowerHex(id, 32) {
+		return fmt.Errorf("%w: %s: journal id %q is not 32 hex digits", ErrCorrupt, idPath, id)
+	}
+	j.id, j.origin = id, originPrefix+id
+	keyFile, create := j.opts.SigningKeyFile, false
+	if keyFile == "" {
+		keyFile, create = filepath.Join(j.root, signingKeyName), true
+	}
+	if j.signer, j.vkey, err = loadSigner(keyFile, create); err != nil {
+		return fmt.Errorf("audit signing key: %w", err)
+	}
+	key := j.opts.HMACKey
+	if len(key) == 0 {
+		if key, err = readOrCreateSecret(filepath.Join(j.root, fingerprintKeyName), 32); err != nil {
+			return fmt.Errorf("audit fingerprint key: %w", err)
+		}
+	}
+	if j.scrub, err = NewScrubber(key); err != nil {
+		return fmt.Errorf("audit fingerprint key: %w", err)
+	}
+	return nil
+}
+
+// release closes what open and openFiles opened, on a failed Open.
+func (j *Journal) release() {
+	if j.f != nil {
+		j.f.Close()
+	}
+	if j.ckpt != nil {
+		j.ckpt.Close()
+	}
+	if j.lock != nil {
+		j.lock.Close()
+	}
+}
+
+// recoverTail finds the chain head (last seq and hash) and the current
+// segment, truncating a torn tail of the last segment.
+func (j *Journal) recoverTail() (recovery, error) {
+	var rec recovery
+	segs, err := listSegments(j.root)
+	if err != nil {
+		return rec, err
+	}
+	if len(segs) == 0 {
+		j.segFirst = 1
+		return rec, nil
+	}
+	last := segs[len(segs)-1]
+	st, err := scanTail(last)
+	if err != nil {
+		return rec, err
+	}
+	if st.badOff >= 0 {
+		// Records after a bad one are what a crash leaves when the blocks of
+		// an unsynced batch reach the disk out of order, unless a checkpoint
+		// covers them: then they were durable, and the damage is no crash.
+		if st.maxSeqAfterBad > 0 && st.maxSeqAfterBad <= j.lastCheckpointSeq() {
+			return rec, fmt.Errorf("%w: %s: bad record at byte %d followed by checkpointed ones: %w", ErrCorrupt, last.path, st.badOff, st.badErr)
+		}
+		if rec.truncated, rec.quarantine, rec.quarantineHash, err = j.cutTail(last.path, st.badOff); err != nil {
+			return rec, err
+		}
+		j.log.Warn("audit journal torn tail truncated", "segment", last.name, "offset", st.badOff,
+			"bytes", rec.truncated, "quarantine", rec.quarantine, "reason", st.badErr.Error())
+	}
+	j.segFirst, j.segSize = last.first, st.goodOff
+	if st.last != nil {
+		j.seq, j.hash = st.last.Seq, st.last.Hash
+		rec.unclean = st.last.Name != EventAuditStopped
+		return rec, nil
+	}
+	// The last segment is empty: the head is the previous segment's end.
+	if len(segs) > 1 {
+		prev, err := scanTail(segs[len(segs)-2])
+		if err != nil {
+			return rec, err
+		}
+		if prev.badOff >= 0 || prev.last == nil {
+			if prev.badErr == nil {
+				prev.badErr = errors.New("empty")
+			}
+			return rec, fmt.Errorf("%w: %s: no valid last record (%w)", ErrCorrupt, segs[len(segs)-2].path, prev.badErr)
+		}
+		j.seq, j.hash = prev.last.Seq, prev.last.Hash
+		rec.unclean = prev.last.Name != EventAuditStopped
+	}
+	if last.first != j.seq+1 {
+		return rec, fmt.Errorf("%w: %s: empty segment named for seq %d, journal ends at %d", ErrCorrupt, last.path, last.first, j.seq)
+	}
+	return rec, nil
+}
+
+// lastCheckpointSeq returns the seq the last well-signed checkpoint
+// covers, 0 if none.
+func (j *Journal) lastCheckpointSeq() uint64 {
+	data, err := os.ReadFile(filepath.Join(j.root, checkpointsName))
+	if err != nil {
+		return 0
+	}
+	v, err := note.NewVerifier(j.vkey)
+	if err != nil {
+		return 0
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if c, err := openCheckpoint([]byte(lines[i]), v); err == nil {
+			return c.Seq
+		}
+	}
+	return 0
+}
+
+// tailScan is what scanTail found in one segment.
+type tailScan struct {
+	last           *Record
+	goodOff        int64 // end of the last good record
+	badOff         int64 // offset of the first bad line, -1 if none
+	badErr         error
+	maxSeqAfterBad uint64 // the highest seq of a valid record after the bad one
+}
+
+// scanTail reads a segment, checking each record and its link to the one
+// before, and finds where the good records end.
+func scanTail(seg segment) (tailScan, error) {
+	st := tailScan{badOff: -1}
+	f, err := os.Open(seg.path)
+	if err != nil {
+		return st, fmt.Errorf("audit: %w", err)
+	}
+	defer f.Close()
+	lr := newLineReader(f)
+	for {
+		line, off, complete, err := lr.next()
+		if errors.Is(err, io.EOF) {
+			return st, nil
+		}
+		if err != nil {
+			return st, fmt.Errorf("audit: read %s: %w", seg.path, err)
+		}
+		if st.badOff >= 0 {
+			if complete {
+				if r, err := DecodeRecord(line); err == nil {
+					st.maxSeqAfterBad = max(st.maxSeqAfterBad, r.Seq)
+				}
+			}
+			continue
+		}
+		if !complete {
+			st.badOff, st.badErr = off, errors.New("incomplete last line")
+			continue
+		}
+		r, err := DecodeRecord(line)
+		switch {
+		case err != nil:
+		case st.last == nil && r.Seq != seg.first:
+			err = fmt.Errorf("first record is seq %d, segment name says %d", r.Seq, seg.first)
+		case st.last != nil && (r.Seq != st.last.Seq+1 || r.PrevHash != st.last.Hash):
+			err = fmt.Errorf("seq %d does not follow seq %d", r.Seq, st.last.Seq)
+		}
+		if err != nil {
+			st.badOff, st.badErr = off, err
+			continue
+		}
+		st.last = &r
+		st.goodOff = off + int64(len(line))
+	}
+}
+
+// cutTail moves path's bytes from off on into the quarantine directory and
+// truncates the file at off.
+func (j *Journal) cutTail(path string, off int64) (n int64, qpath, qhash string, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, "", "", fmt.Errorf("audit: %w", err)
+	}
+	if off > int64(len(data)) {
+		return 0, "", "", nil
+	}
+	tail := data[off:]
+	qdir := filepath.Join(j.root, quarantineDirName)
+	if err := os.MkdirAll(qdir, 0o700); err != nil {
+		return 0, "", "", fmt.Errorf("audit: %w", err)
+	}
+	qpath = filepath.Join(qdir, fmt.Sprintf("%s.%d.%d.torn", filepath.Base(path), off, j.opts.now().UnixNano()))
+	if err := writeFileSync(qpath, tail, 0o600); err != nil {
+		return 0, "", "", err
+	}
+	if err := os.Truncate(path, off); err != nil {
+		return 0, "", "", fmt.Errorf("audit: truncate torn tail: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return 0, "", "", fmt.Errorf("audit: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return 0, "", "", fmt.Errorf("audit: %w", err)
+	}
+	sum := sha256.Sum256(tail)
+	return int64(len(tail)), qpath, hex.EncodeToString(sum[:]), nil
+}
+
+// openFiles opens the current segment and the checkpoints file, repairing
+// a torn checkpoint line, and checks the last checkpoint against the head.
+func (j *Journal) openFiles(rec *recovery) error {
+	segPath := filepath.Join(j.root, segmentsDirName, segmentName(j.segFirst))
+	f, err := j.opts.openFile(segPath)
+	if err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	j.f = f
+	if err := syncDir(filepath.Dir(segPath)); err != nil {
+		return err
+	}
+	ckPath := filepath.Join(j.root, checkpointsName)
+	data, err := os.ReadFile(ckPath)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("audit: %w", err)
+	}
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		off := int64(strings.LastIndexByte(string(data), '\n') + 1)
+		if rec.ckptTruncated, _, _, err = j.cutTail(ckPath, off); err != nil {
+			return err
+		}
+		data = data[:off]
+		j.log.Warn("audit checkpoints torn tail truncated", "bytes", rec.ckptTruncated)
+	}
+	if lines := strings.Split(strings.TrimSuffix(string(data), "\n"), "\n"); len(data) > 0 {
+		v, err := note.NewVerifier(j.vkey)
+		if err != nil {
+			return fmt.Errorf("audit: %w", err)
+		}
+		if c, err := openCheckpoint([]byte(lines[len(lines)-1]), v); err == nil && c.Seq > j.seq {
+			rec.ckptAhead = c.Seq
+		}
+	}
+	if j.ckpt, err = os.OpenFile(ckPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	return syncDir(j.root)
+}
+
+// started records custos.audit.started and what recovery found.
+func (j *Journal) started(rec *recovery) error {
+	ctx := context.Background()
+	if rec.truncated > 0 {
+		if _, err := j.Append(ctx, Event{Name: EventControlFailure, Outcome: OutcomeFailure,
+			ErrorType: "audit_torn_tail",
+			Error:     fmt.Sprintf("audit journal: torn last record truncated at open (%d bytes kept in %s)", rec.truncated, filepath.Base(rec.quarantine)),
+			Attrs: []Attr{String(AttrComponent, "audit_journal"), Int("custos.audit.truncated_bytes", rec.truncated),
+				String("custos.audit.quarantine_sha256", rec.quarantineHash)}}); err != nil {
+			return err
+		}
+	}
+	if rec.ckptAhead > 0 {
+		if _, err := j.Append(ctx, Event{Name: EventControlFailure, Outcome: OutcomeFailure,
+			ErrorType: "audit_records_missing",
+			Error:     fmt.Sprintf("audit journal: the last checkpoint covers seq %d, the journal ends at %d", rec.ckptAhead, j.durable.Load()),
+			Attrs:     []Attr{String(AttrComponent, "audit_journal"), Int("custos.audit.checkpoint_seq", int64(rec.ckptAhead))}}); err != nil {
+			return err
+		}
+	}
+	_, err := j.Append(ctx, Event{Name: EventAuditStarted, Outcome: OutcomeSuccess, Attrs: []Attr{
+		String(AttrJournalID, j.id),
+		String("custos.audit.verifier_key", j.vkey),
+		Bool("custos.audit.unclean_shutdown", rec.unclean),
+	}})
+	return err
+}
+
+// ID returns the journal's id (32 hex digits), part of every log.record.uid
+// and checkpoint origin.
+func (j *Journal) ID() string { return j.id }
+
+// Dir returns the journal's directory (DataDir/audit).
+func (j *Journal) Dir() string { return j.root }
+
+// VerifierKey returns the verifier key of the checkpoint signatures.
+func (j *Journal) VerifierKey() string { return j.vkey }
+
+// Scrubber returns the journal's PAN scrubber (same key as the records).
+func (j *Journal) Scrubber() *Scrubber { return j.scrub }
+
+// DurableSeq returns the seq of the last durable record.
+func (j *Journal) DurableSeq() uint64 { return j.durable.Load() }
+
+// Stats returns the journal's counters.
+func (j *Journal) Stats() Stats {
+	return Stats{Seq: j.durable.Load(), Records: j.records.Load(), Fsyncs: j.fsyncs.Load(),
+		Refused: j.refused.Load(), Checkpoints: j.ckpts.Load()}
+}
+
+// Subscribe returns a channel that receives a value (coalesced) after
+// records become durable.
+func (j *Journal) Subscribe() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	j.subsMu.Lock()
+	j.subs = append(j.subs, ch)
+	j.subsMu.Unlock()
+	return ch
+}
+
+// Append records ev and returns its seq once it is durable (written and
+// fsynced). Concurrent appends share fsyncs. An error means the event is not
+// recorded: ErrUnavailable when the journal cannot write (the caller fails
+// closed), ErrEvent or ErrClearPAN for an event that cannot be recorded
+// as given, ErrClosed after Close. If ctx ends first Append returns its
+// error; the record may still become durable.
+func (j *Journal) Append(ctx context.Context, ev Event) (uint64, error) {
+	tail, err := j.encode(&ev)
+	if err != nil {
+		return 0, err
+	}
+	r := &request{tail: tail, done: make(chan error, 1)}
+	j.mu.RLock()
+	if j.closed {
+		j.mu.RUnlock()
+		return 0, ErrClosed
+	}
+	select {
+	case j.reqs <- r:
+		j.mu.RUnlock()
+	case <-ctx.Done():
+		j.mu.RUnlock()
+		return 0, fmt.Errorf("audit append: %w", ctx.Err())
+	}
+	select {
+	case err := <-r.done:
+		if err != nil {
+			return 0, err
+		}
+		return r.seq, nil
+	case <-ctx.Done():
+		return 0, fmt.Errorf("audit append: %w", ctx.Err())
+	}
+}
+
+// Close records custos.audit.stopped, writes a last checkpoint and closes
+// the journal. Appends waiting in the queue are written first.
+func (j *Journal) Close(ctx context.Context) error {
+	j.mu.Lock()
+	if j.closed {
+		j.mu.Unlock()
+		return nil
+	}
+	j.closed = true
+	j.mu.Unlock()
+	close(j.stop)
+	select {
+	case <-j.done:
+	case <-ctx.Done():
+		return fmt.Errorf("audit close: %w", ctx.Err())
+	}
+	j.m.unregister()
+	var errs []error
+	if j.f != nil {
+		errs = append(errs, j.f.Close())
+	}
+	if j.ckpt != nil {
+		errs = append(errs, j.ckpt.Close())
+	}
+	errs = append(errs, j.lock.Close())
+	return errors.Join(errs...)
+}
+
+// truncatedMark ends a string value cut at MaxValueBytes.
+const truncatedMark = "…[truncated]"
+
+// encode turns ev into the tail of its record body: scrubbed, checked, in
+// the canonical encoding.
+func (j *Journal) encode(ev *Event) ([]byte, error) {
+	if ev.Name == "" {
+		return nil, fmt.Errorf("%w: no event name", ErrEvent)
+	}
+	attrs, err := ev.attrs()
+	if err != nil {
+		return nil, err
+	}
+	if len(ev.PANSources) > 0 {
+		if fps := j.scrub.Fingerprints(ev.PANSources...); len(fps) > 0 {
+			if attrs, err = addAttr(attrs, Strings(AttrPANFingerprints, fps)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	scrubbed := 0
+	for i := range attrs {
+		a := &attrs[i]
+		var n int
+		a.Key, n = j.cleanString(a.Key, false)
+		scrubbed += n
+		switch a.Value.Kind() {
+		case KindString:
+			a.Value.s, n = j.cleanString(a.Value.s, true)
+			scrubbed += n
+		case KindStrings:
+			l := make([]string, len(a.Value.l))
+			for k, s := range a.Value.l {
+				l[k], n = j.cleanString(s, true)
+				scrubbed += n
+			}
+			a.Value.l = l
+		}
+	}
+	name, n := j.cleanString(ev.Name, false)
+	scrubbed += n
+	if scrubbed > 0 {
+		// A caller passed a PAN where none belongs: record that it happened,
+		// never what it was.
+		j.log.Warn("audit event held a pan", "event", name, "scrubbed", scrubbed)
+		if attrs, err = addAttr(attrs, Int(AttrPANScrubbed, int64(scrubbed))); err != nil {
+			return nil, err
+		}
+	}
+	t := ev.Time
+	if t.IsZero() {
+		t = j.opts.now()
+	}
+	var traceID, spanID string
+	if ev.TraceID.IsValid() {
+		traceID = ev.TraceID.String()
+	}
+	if ev.SpanID.IsValid() {
+		spanID = ev.SpanID.String()
+	}
+	tail := appendTail(make([]byte, 0, 512), t, name, ev.severity(), traceID, spanID, attrs)
+	if len(tail) > MaxRecordBytes {
+		return nil, fmt.Errorf("%w: %d bytes encoded, more than %d", ErrEvent, len(tail), MaxRecordBytes)
+	}
+	if mask.Contains(tail) {
+		return nil, fmt.Errorf("%w: event %s", ErrClearPAN, name)
+	}
+	return tail, nil
+}
+
+// cleanString makes s valid UTF-8, replaces its PANs and cuts it at
+// MaxValueBytes (values only), rescrubbing after the cut: a cut can turn a
+// run of digits too long to be a PAN into one.
+func (j *Journal) cleanString(s string, value bool) (string, int) {
+	s = validUTF8(s)
+	s, n := j.scrub.Scrub(s)
+	if value && len(s) > MaxValueBytes {
+		cut := MaxValueBytes
+		for cut > 0 && !isRuneStart(s[cut]) {
+			cut--
+		}
+		var m int
+		s, m = j.scrub.Scrub(s[:cut] + truncatedMark)
+		n += m
+	}
+	return s, n
+}
+
+func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
+
+// addAttr inserts a into the sorted attrs; its key must be new.
+func addAttr(attrs []Attr, a Attr) ([]Attr, error) {
+	i, found := slices.BinarySearchFunc(attrs, a.Key, func(x Attr, k string) int { return strings.Compare(x.Key, k) })
+	if found {
+		return nil, fmt.Errorf("%w: attribute %q set twice", ErrEvent, a.Key)
+	}
+	return slices.Insert(attrs, i, a), nil
+}
+
+// run is the writer goroutine: it writes batches of queued records with
+// one write and one fsync each, and checkpoints on a ticker.
+func (j *Journal) run() {
+	defer close(j.done)
+	tick := time.NewTicker(j.opts.CheckpointInterval)
+	defer tick.Stop()
+	batch := make([]*request, 0, j.opts.MaxBatch)
+	for {
+		select {
+		case r := <-j.reqs:
+			batch = j.drain(append(batch[:0], r))
+			j.commit(batch)
+		case <-tick.C:
+			j.checkpoint()
+		case <-j.stop:
+			for {
+				batch = j.drain(batch[:0])
+				if len(batch) == 0 {
+					break
+				}
+				j.commit(batch)
+			}
+			if r, err := j.ownRequest(Event{Name: EventAuditStopped, Outcome: OutcomeSuccess,
+				Attrs: []Attr{String(AttrJournalID, j.id)}}); err == nil {
+				j.commit([]*request{r})
+			}
+			j.checkpoint()
+			return
+		}
+	}
+}
+
+// drain adds queued requests to batch, up to MaxBatch, without waiting.
+func (j *Journal) drain(batch []*request) []*request {
+	for len(batch) < j.opts.MaxBatch {
+		select {
+		case r := <-j.reqs:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// ownRequest encodes one of the journal's own events.
+func (j *Journal) ownRequest(ev Event) (*request, error) {
+	tail, err := j.encode(&ev)
+	if err != nil {
+		j.log.Error("audit event not encoded", "event", ev.Name, "error", err.Error())
+		return nil, err
+	}
+	return &request{tail: tail}, nil
+}
+
+// commit writes batch (after recovering from an earlier failure, with a
+// control-failure record first), fsyncs, and answers each request.
+func (j *Journal) commit(batch []*request) {
+	recovering := j.failErr != nil
+	if recovering {
+		if err := j.reopen(); err != nil {
+			j.fail(batch, err)
+			return
+		}
+		ev := Event{Name: EventControlFailure, Outcome: OutcomeFailure, ErrorType: "audit_write_failed",
+			Error: "audit journal could not write: " + j.failErr.Error(),
+			Attrs: []Attr{String(AttrComponent, "audit_journal"), Int("custos.audit.refused", j.failCount),
+				String("custos.audit.failed_since", j.failSince.UTC().Format(time.RFC3339Nano))}}
+		if r, err := j.ownRequest(ev); err == nil {
+			batch = append([]*request{r}, batch...)
+		}
+	}
+	if len(batch) == 0 {
+		return
+	}
+	if j.segSize >= j.opts.SegmentBytes {
+		if err := j.rotate(); err != nil {
+			j.fail(batch, err)
+			return
+		}
+	}
+	buf, seq, h := j.buf[:0], j.seq, j.hash
+	for _, r := range batch {
+		seq++
+		start := len(buf)
+		buf = appendHead(buf, seq, h)
+		buf = append(buf, r.tail...)
+		buf = append(buf, '}')
+		h = chainHash(h, buf[start:])
+		buf = appendLine(buf[:start], buf[start:], h)
+		r.seq = seq
+	}
+	j.buf = buf
+	if _, err := j.f.Write(buf); err != nil {
+		j.fail(batch, err)
+		return
+	}
+	if err := j.f.Sync(); err != nil {
+		j.fail(batch, err)
+		return
+	}
+	j.fsyncs.Add(1)
+	j.records.Add(int64(len(batch)))
+	j.seq, j.hash = seq, h
+	j.segSize += int64(len(buf))
+	j.durable.Store(seq)
+	if cap(j.buf) > 4<<20 {
+		j.buf = nil
+	}
+	if recovering {
+		j.log.Info("audit journal writing again", "refused", j.failCount, "since", j.failSince)
+		j.failErr, j.failCount = nil, 0
+	}
+	for _, r := range batch {
+		if r.done != nil {
+			r.done <- nil
+		}
+	}
+	j.notify()
+}
+
+// fail answers batch with ErrUnavailable and enters (or stays in) the
+// failed state: the next commit reopens the segment, cuts what may have
+// been written and records the outage.
+func (j *Journal) fail(batch []*request, err error) {
+	if j.failErr == nil {
+		j.failErr, j.failSince = err, j.opts.now()
+		j.log.Error("audit journal cannot write", "error", err.Error())
+	}
+	werr := fmt.Errorf("%w: %w", ErrUnavailable, err)
+	for _, r := range batch {
+		if r.done != nil {
+			j.failCount++
+			j.refused.Add(1)
+			r.done <- werr
+		}
+	}
+}
+
+// reopen reopens the current segment after a failure and cuts it back to
+// its durable size: bytes of a failed write or fsync are not trusted.
+func (j *Journal) reopen() error {
+	if j.f != nil {
+		_ = j.f.Close()
+		j.f = nil
+	}
+	f, err := j.opts.openFile(filepath.Join(j.root, segmentsDirName, segmentName(j.segFirst)))
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(j.segSize); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	j.f = f
+	return nil
+}
+
+// rotate starts a new segment for the next record.
+func (j *Journal) rotate() error {
+	if j.f == nil {
+		return errors.New("no open segment")
+	}
+	first := j.seq + 1
+	path := filepath.Join(j.root, segmentsDirName, segmentName(first))
+	f, err := j.opts.openFile(path)
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return err
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		f.Close()
+		return err
+	}
+	_ = j.f.Close()
+	j.f, j.segFirst, j.segSize = f, first, 0
+	j.log.Info("audit segment started", "segment", filepath.Base(path))
+	return nil
+}
+
+// checkpoint signs the durable head and appends it to checkpoints.jsonl; a
+// journal that failed to write gets a chance to recover first.
+func (j *Journal) checkpoint() {
+	if j.failErr != nil {
+		j.commit(nil)
+	}
+	c := Checkpoint{Origin: j.origin, Seq: j.seq, Hash: j.hash, Time: j.opts.now()}
+	line, err := signCheckpoint(c, j.signer)
+	if err == nil {
+		if _, err = j.ckpt.Write(line); err == nil {
+			err = j.ckpt.Sync()
+		}
+	}
+	if err != nil {
+		if j.ckptErr == nil {
+			j.ckptErr, j.ckptSince = err, j.opts.now()
+			j.log.Error("audit checkpoint not written", "error", err.Error())
+		}
+		return
+	}
+	j.ckpts.Add(1)
+	if j.ckptErr != nil {
+		ev := Event{Name: EventControlFailure, Outcome: OutcomeFailure, ErrorType: "audit_checkpoint_failed",
+			Error: "audit checkpoints could not be written: " + j.ckptErr.Error(),
+			Attrs: []Attr{String(AttrComponent, "audit_checkpoint"),
+				String("custos.audit.failed_since", j.ckptSince.UTC().Format(time.RFC3339Nano))}}
+		j.ckptErr = nil
+		if r, err := j.ownRequest(ev); err == nil {
+			j.commit([]*request{r})
+		}
+	}
+}
+
+// notify wakes subscribers.
+func (j *Journal) notify() {
+	j.subsMu.Lock()
+	for _, ch := range j.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	j.subsMu.Unlock()
+}
+
+// journalMetrics are the journal's Prometheus collectors.
+type journalMetrics struct {
+	reg  prometheus.Registerer
+	cols []prometheus.Collector
+}
+
+func newJournalMetrics(reg prometheus.Registerer, j *Journal) (*journalMetrics, error) {
+	m := &journalMetrics{reg: reg}
+	if reg == nil {
+		return m, nil
+	}
+	counter := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f)
+	}
+	m.cols = []prometheus.Collector{
+		counter("custos_audit_records_total", "Audit records written.", func() float64 { return float64(j.records.Load()) }),
+		counter("custos_audit_fsyncs_total", "Fsyncs of audit segments (one per group commit).", func() float64 { return float64(j.fsyncs.Load()) }),
+		counter("custos_audit_refused_total", "Audit appends refused because the journal could not write.", func() float64 { return float64(j.refused.Load()) }),
+		counter("custos_audit_checkpoints_total", "Signed audit checkpoints written.", func() float64 { return float64(j.ckpts.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "custos_audit_last_seq", Help: "Seq of the last durable audit record."},
+			func() float64 { return float64(j.durable.Load()) }),
+	}
+	for i, c := range m.cols {
+		if err := reg.Register(c); err != nil {
+			for _, r := range m.cols[:i] {
+				reg.Unregister(r)
+			}
+			return nil, fmt.Errorf("audit metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *journalMetrics) unregister() {
+	if m == nil || m.reg == nil {
+		return
+	}
+	for _, c := range m.cols {
+		m.reg.Unregister(c)
+	}
+}

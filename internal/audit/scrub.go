@@ -1,0 +1,170 @@
+package audit
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/custos-dev/custos/internal/mask"
+)
+
+// Scrubber keeps card numbers out of audit records. A PAN found in text
+// (by internal/mask's detection: brand, length, Luhn, boundaries) is
+// replaced by a token holding HMAC-SHA256(key, PAN digits) and the last four
+// digits, "[PAN hmac-sha256=<64 hex> last4=4242]"; track data is removed.
+// The HMAC is mask.Fingerprint's: the same PAN gives the same token under
+// one key, so an auditor holding a PAN and the key can find its records,
+// and nobody without the key can turn a token back into a PAN (PCI DSS
+// 3.5.1). The key must not be the one of the mask HMAC strategy, so that
+// what clients see cannot be matched against audit records.
+//
+// A Scrubber is safe for concurrent use.
+type Scrubber struct {
+	key []byte
+	m   *mask.Masker
+}
+
+// NewScrubber returns a Scrubber keyed with key (at least mask.MinKeyLen
+// bytes; copied).
+func NewScrubber(key []byte) (*Scrubber, error) {
+	if len(key) < mask.MinKeyLen {
+		return nil, fmt.Errorf("%w: %d bytes, want at least %d", mask.ErrKey, len(key), mask.MinKeyLen)
+	}
+	m, err := mask.New(mask.Options{Default: mask.Last4})
+	if err != nil {
+		return nil, err
+	}
+	return &Scrubber{key: append([]byte(nil), key...), m: m}, nil
+}
+
+// Fingerprint returns the token of one PAN: "hmac-sha256=<hex> last4=NNNN".
+func (s *Scrubber) Fingerprint(pan string) string {
+	h, last4 := mask.Fingerprint(s.key, []byte(pan))
+	return "hmac-sha256=" + h + " last4=" + last4
+}
+
+// Scrub returns text with every PAN replaced by "[PAN <fingerprint>]" and
+// track data removed, and the number of PANs and track data items it
+// replaced. Text without either comes back as is.
+//
+// Where masking had to remove track data, or where the PANs' places cannot
+// be told apart, the PANs are replaced by mask.Redacted instead (no
+// fingerprint): failing towards less information, never towards a clear
+// PAN.
+func (s *Scrubber) Scrub(text string) (string, int) {
+	if !mask.Contains([]byte(text)) {
+		return text, 0
+	}
+	src := []byte(text)
+	out, c := s.m.Text(make([]byte, 0, len(src)), src, mask.Last4)
+	n := c.PANs + c.SAD
+	if c.SAD == 0 && len(out) == len(src) {
+		var b strings.Builder
+		regions := findPANs(src, out)
+		for _, f := range regions {
+			b.Write(src[f.prevEnd:f.start])
+			b.WriteString("[PAN ")
+			b.WriteString(s.fingerprintRegion(src[f.start:f.end], f.last4))
+			b.WriteString("]")
+		}
+		b.Write(src[lastEnd(regions):])
+		res := b.String()
+		if !mask.Contains([]byte(res)) {
+			return res, n
+		}
+	}
+	red, c2 := s.m.Text(nil, src, mask.Redact)
+	if mask.Contains(red) { // cannot happen: Text re-scans its output
+		return mask.Redacted, n + c2.PANs
+	}
+	return string(red), n
+}
+
+// Fingerprints returns the fingerprints of the PANs found in texts, each
+// once, in the order found.
+func (s *Scrubber) Fingerprints(texts ...string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, t := range texts {
+		src := []byte(t)
+		if !mask.Contains(src) {
+			continue
+		}
+		masked, c := s.m.Text(make([]byte, 0, len(src)), src, mask.Last4)
+		if c.PANs == 0 || len(masked) != len(src) {
+			// Track data changes the length; its PAN is SAD-adjacent and is
+			// not fingerprinted.
+			continue
+		}
+		for _, f := range findPANs(src, masked) {
+			fp := s.fingerprintRegion(src[f.start:f.end], f.last4)
+			if !seen[fp] {
+				seen[fp] = true
+				out = append(out, fp)
+			}
+		}
+	}
+	return out
+}
+
+// fingerprintRegion fingerprints the digits of region; the last four are
+// shown only when masking showed them (last4).
+func (s *Scrubber) fingerprintRegion(region []byte, last4 bool) string {
+	h, l4 := mask.Fingerprint(s.key, region)
+	if !last4 {
+		return "hmac-sha256=" + h
+	}
+	return "hmac-sha256=" + h + " last4=" + l4
+}
+
+// panRegion is one PAN found by comparing a text with its Last4 masking.
+type panRegion struct {
+	prevEnd    int // end of the previous region (where copying resumes)
+	start, end int
+	last4      bool // the region ends in four digits masking left visible
+}
+
+// findPANs finds the PANs of src from masked, its Last4 masking of the same
+// length: Last4 turns every digit of a PAN but the last four into '*' and
+// leaves separators in place. A region starts at the first hidden digit and
+// ends after the four visible digits that follow the last hidden one (the
+// union of overlapping PANs in one run is one region).
+func findPANs(src, masked []byte) []panRegion {
+	var rs []panRegion
+	prev := 0
+	for i := 0; i < len(src); {
+		if masked[i] == src[i] {
+			i++
+			continue
+		}
+		start, kept, end := i, 0, i
+		for j := i; j < len(src); j++ {
+			c := src[j]
+			if c >= '0' && c <= '9' {
+				if masked[j] != c {
+					kept = 0
+				} else {
+					kept++
+				}
+				end = j + 1
+				if kept == 4 {
+					break
+				}
+				continue
+			}
+			if (c == ' ' || c == '-') && j+1 < len(src) && src[j+1] >= '0' && src[j+1] <= '9' {
+				continue
+			}
+			break
+		}
+		rs = append(rs, panRegion{prevEnd: prev, start: start, end: end, last4: kept == 4})
+		prev, i = end, end
+	}
+	return rs
+}
+
+func lastEnd(rs []panRegion) int {
+	if len(rs) == 0 {
+		return 0
+	}
+	return rs[len(rs)-1].end
+}
