@@ -99,3 +99,120 @@ func TestExampleConfigLoads(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// xdsYAML is validYAML with a gRPC listener and an HTTP service, served to
+// an Envoy over xDS.
+var xdsYAML = strings.Replace(validYAML, "    address: 127.0.0.1:6543\n",
+	"    address: 127.0.0.1:6543\n  grpc:\n    address: 0.0.0.0:9901\n", 1) + `
+http_services:
+  - name: payments-api
+    domains: [api.example.com]
+    address: api.internal:8443
+    tls: {ca_file: /etc/ca.pem}
+    labels: {pci: cde}
+xds:
+  node_ids: [edge]
+  postgres_ports: {payments-db: 5432}
+`
+
+func TestParseXDSDefaults(t *testing.T) {
+	t.Parallel()
+	c, err := Parse(strings.NewReader(xdsYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.HTTPServices[0]
+	if len(s.PathPrefixes) != 1 || s.PathPrefixes[0] != "/" || s.TLS.Mode != "verify-full" {
+		t.Errorf("service defaults = %+v", s)
+	}
+	want := Processing{RequestHeaders: ProcessSend, ResponseHeaders: ProcessSend, RequestBody: ProcessNone, ResponseBody: ProcessBuffered}
+	if s.Processing != want {
+		t.Errorf("processing = %+v, want %+v", s.Processing, want)
+	}
+	x := c.XDS
+	if x.GRPCAddress != "127.0.0.1:9901" || x.PgfilterAddress != "127.0.0.1:6543" {
+		t.Errorf("addresses = %q %q", x.GRPCAddress, x.PgfilterAddress)
+	}
+	if x.ListenHost != DefaultEnvoyListenHost || x.HTTPPort != DefaultEnvoyHTTPPort || !x.Enabled() {
+		t.Errorf("xds defaults = %+v", x)
+	}
+	// A config without xds serves no Envoy and needs no ports.
+	c, err = Parse(strings.NewReader(validYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.XDS.Enabled() || c.XDS.GRPCAddress != "" {
+		t.Errorf("xds without config = %+v", c.XDS)
+	}
+}
+
+func TestReachable(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"0.0.0.0:9901":  "127.0.0.1:9901",
+		":9901":         "127.0.0.1:9901",
+		"[::]:9901":     "[::1]:9901",
+		"10.0.0.1:9901": "10.0.0.1:9901",
+		"custos:9901":   "custos:9901",
+		"":              "",
+	} {
+		if got := reachable(in); got != want {
+			t.Errorf("reachable(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestValidateXDSNamesFields(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, old, new, want string
+	}{
+		{"service without name", "  - name: payments-api\n", "  - name: ''\n", "http_services[0].name: is required"},
+		{"service named like a resource", "  - name: payments-api\n", "  - name: payments-db\n", `http_services[0].name: "payments-db" is already the name`},
+		{"no domains", "domains: [api.example.com]", "domains: []", "http_services[0].domains: at least one domain"},
+		{"domain with a path", "domains: [api.example.com]", "domains: [api.example.com/v1]", "http_services[0].domains[0]"},
+		{"domain with a port", "domains: [api.example.com]", "domains: ['api.example.com:443']", "leave the port out"},
+		{"ipv6 domain with a port", "domains: [api.example.com]", "domains: ['[::1]:443']", "leave the port out"},
+		{"domain twice", "domains: [api.example.com]", "domains: [api.example.com, API.example.com]", "http_services[0].domains[1]: \"API.example.com\" is already routed"},
+		{"relative prefix", "domains: [api.example.com]", "domains: [api.example.com]\n    path_prefixes: [v1]", "http_services[0].path_prefixes[0]"},
+		{"no address", "address: api.internal:8443", "address: ''", "http_services[0].address: is required"},
+		{"bad address", "address: api.internal:8443", "address: api.internal", "http_services[0].address"},
+		{"verify without ca", "tls: {ca_file: /etc/ca.pem}", "tls: {mode: verify-ca}", "http_services[0].tls.ca_file: is required by mode verify-ca"},
+		{"bad tls mode", "tls: {ca_file: /etc/ca.pem}", "tls: {mode: prefer}", "http_services[0].tls.mode"},
+		{"empty label name", "labels: {pci: cde}", "labels: {'': cde}", "http_services[0].labels"},
+		{"bad header mode", "labels: {pci: cde}", "labels: {pci: cde}\n    processing: {request_headers: maybe}", "http_services[0].processing.request_headers"},
+		{"bad body mode", "labels: {pci: cde}", "labels: {pci: cde}\n    processing: {request_body: all}", "http_services[0].processing.request_body"},
+		{"body without headers", "labels: {pci: cde}", "labels: {pci: cde}\n    processing: {response_headers: skip}", "http_services[0].processing.response_headers: must be send"},
+		{"empty node id", "node_ids: [edge]", "node_ids: ['']", "xds.node_ids[0]: must not be empty"},
+		{"node id twice", "node_ids: [edge]", "node_ids: [edge, edge]", "xds.node_ids[1]: \"edge\" is listed twice"},
+		{"no grpc listener", "  grpc:\n    address: 0.0.0.0:9901\n", "", "need listeners.grpc.address"},
+		{"grpc port 0", "address: 0.0.0.0:9901", "address: 127.0.0.1:0", "xds.grpc_address: \"127.0.0.1:0\": Envoy needs the port"},
+		{"bad pgfilter address", "node_ids: [edge]", "node_ids: [edge]\n  pgfilter_address: pgfilter", "xds.pgfilter_address"},
+		{"listen host not an IP", "node_ids: [edge]", "node_ids: [edge]\n  listen_host: localhost", "xds.listen_host"},
+		{"http port out of range", "node_ids: [edge]", "node_ids: [edge]\n  http_port: 70000", "xds.http_port: 70000 is not a port"},
+		{"half of http tls", "node_ids: [edge]", "node_ids: [edge]\n  http_tls: {cert_file: /etc/edge.crt}", "xds.http_tls: cert_file and key_file go together"},
+		{"no postgres port", "postgres_ports: {payments-db: 5432}", "postgres_ports: {}", `xds.postgres_ports: resource "payments-db" has no port`},
+		{"postgres port out of range", "{payments-db: 5432}", "{payments-db: 0}", "xds.postgres_ports.payments-db: 0 is not a port"},
+		{"postgres port taken by http", "{payments-db: 5432}", "{payments-db: 8080}", "port 8080 is already used by xds.http_port"},
+		{"port of no resource", "{payments-db: 5432}", "{payments-db: 5432, orders-db: 5433}", "xds.postgres_ports.orders-db: no postgres resource"},
+		{"unknown xds field", "node_ids: [edge]", "node_id: [edge]", "field node_id not found"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			y := strings.Replace(xdsYAML, tt.old, tt.new, 1)
+			if y == xdsYAML {
+				t.Fatalf("%q is not in the config", tt.old)
+			}
+			_, err := Parse(strings.NewReader(y))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+	// Without node ids the ports are not required.
+	y := strings.Replace(xdsYAML, "node_ids: [edge]\n  postgres_ports: {payments-db: 5432}", "http_port: 8081", 1)
+	if _, err := Parse(strings.NewReader(y)); err != nil {
+		t.Fatalf("xds without node ids: %v", err)
+	}
+}
