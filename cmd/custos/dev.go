@@ -114,6 +114,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg.Policy.Dir = *policyDir
 	adminURL := "http://" + lns.admin.Addr().String()
 	cfg.Approvals.PublicURL = adminURL
+	devXDS(cfg, lns)
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return err

@@ -41,6 +41,7 @@ commands:
   token    mint a token from the dev issuer (--data-dir, --sub, --groups, --act, --ttl)
   approvals  list, show, approve or deny parked requests (CUSTOS_ADMIN_URL, CUSTOS_TOKEN)
   audit    verify, export or print the verifier key of the audit journal (--data-dir)
+  xds      dump: print the Envoy configuration a config file serves (--config)
   version  print the version
 `
 
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runApprovals(ctx, rest, stdout, stderr)
 	case "audit":
 		return runAudit(ctx, rest, stdout, stderr)
+	case "xds":
+		return runXDS(ctx, rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "custos", version)
 		return nil

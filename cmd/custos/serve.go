@@ -57,7 +57,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	gw, err := newGateway(ctx, cfg, lns, log, gatewayOptions{})
+	gw, err := newGateway(ctx, cfg, lns, log, gatewayOptions{configPath: *cfgPath})
 	if err != nil {
 		lns.close()
 		return err
@@ -125,6 +125,8 @@ type gatewayOptions struct {
 	// noPolicy runs without statement policy (dev mode's benchmark
 	// baseline only; never from a config file).
 	noPolicy bool
+	// configPath is the config file, reloaded for xDS (serve only).
+	configPath string
 }
 
 func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *slog.Logger, gopts gatewayOptions) (*gateway, error) {
@@ -201,9 +203,15 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 	}
 	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng, approvals: apr}
 	if lns.grpc != nil {
-		gw.grpc = grpc.NewServer()
+		gw.grpc = grpc.NewServer(grpcServerOptions()...)
 		gw.health = health.NewServer()
 		healthpb.RegisterHealthServer(gw.grpc, gw.health)
+		if err := serveXDS(ctx, gw.grpc, cfg, gopts.configPath, log, reg); err != nil {
+			if apr != nil {
+				apr.close()
+			}
+			return nil, err
+		}
 	}
 	if lns.admin != nil {
 		mux := http.NewServeMux()
