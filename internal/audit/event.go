@@ -226,56 +226,60 @@ func (ev *Event) attrs() ([]Attr, error) {
 			a = append(a, Strings(k, v))
 		}
 	}
-	str(AttrOutcome, string(ev.Outcome))
-	str(AttrUserID, ev.UserID)
-	str(AttrEndUserID, ev.EndUserID)
-	str(AttrIssuer, ev.Issuer)
-	list(AttrGroups, ev.Groups)
-	str(AttrClientAddress, ev.ClientAddress)
-	if ev.ClientPort != 0 {
-		a = append(a, Int(AttrClientPort, int64(ev.ClientPort)))
-	}
-	str(AttrSessionID, ev.SessionID)
-	str(AttrResource, ev.Resource)
-	str(AttrResourceType, ev.ResourceType)
-	str(AttrDBSystemName, ev.DBSystem)
-	str(AttrDBNamespace, ev.DBNamespace)
-	str(AttrDBOperationName, ev.DBOperation)
-	str(AttrDBQueryText, ev.DBQueryText)
-	str(AttrQueryFingerprint, ev.DBQueryFingerprint)
-	list(AttrDBCollections, ev.DBCollections)
-	if len(ev.DBCollections) == 1 {
-		str(AttrDBCollectionName, ev.DBCollections[0])
-	}
-	str(AttrDBResponseStatus, ev.DBStatusCode)
-	str(AttrHTTPMethod, ev.HTTPMethod)
-	str(AttrURLPath, ev.URLPath)
-	if ev.HTTPStatusCode != 0 {
-		a = append(a, Int(AttrHTTPStatusCode, int64(ev.HTTPStatusCode)))
-	}
-	str(AttrDecision, ev.Decision)
-	str(AttrDecisionID, ev.DecisionID)
-	list(AttrReasons, ev.Reasons)
-	str(AttrApprovalID, ev.ApprovalID)
 	always := ev.Name == EventStatement || ev.Name == EventHTTPRequest
 	num := func(k string, v int64) {
 		if always || v != 0 {
 			a = append(a, Int(k, v))
 		}
 	}
-	num(AttrRows, ev.Rows)
-	num(AttrMasked, ev.Masked)
-	num(AttrSADDropped, ev.SADDropped)
+	// In key order, so that only extra attributes need sorting.
+	str(AttrClientAddress, ev.ClientAddress)
+	if ev.ClientPort != 0 {
+		a = append(a, Int(AttrClientPort, int64(ev.ClientPort)))
+	}
+	str(AttrApprovalID, ev.ApprovalID)
+	list(AttrDBCollections, ev.DBCollections)
+	str(AttrQueryFingerprint, ev.DBQueryFingerprint)
+	str(AttrDecision, ev.Decision)
+	list(AttrReasons, ev.Reasons)
+	str(AttrDecisionID, ev.DecisionID)
 	num(AttrDurationMS, ev.Duration.Milliseconds())
-	str(AttrErrorType, ev.ErrorType)
 	str(AttrError, ev.Error)
+	num(AttrMasked, ev.Masked)
+	str(AttrOutcome, string(ev.Outcome))
+	str(AttrResource, ev.Resource)
+	str(AttrResourceType, ev.ResourceType)
+	num(AttrRows, ev.Rows)
+	num(AttrSADDropped, ev.SADDropped)
+	str(AttrSessionID, ev.SessionID)
+	list(AttrGroups, ev.Groups)
+	str(AttrIssuer, ev.Issuer)
+	if len(ev.DBCollections) == 1 {
+		str(AttrDBCollectionName, ev.DBCollections[0])
+	}
+	str(AttrDBNamespace, ev.DBNamespace)
+	str(AttrDBOperationName, ev.DBOperation)
+	str(AttrDBQueryText, ev.DBQueryText)
+	str(AttrDBResponseStatus, ev.DBStatusCode)
+	str(AttrDBSystemName, ev.DBSystem)
+	str(AttrEndUserID, ev.EndUserID)
+	str(AttrErrorType, ev.ErrorType)
+	str(AttrHTTPMethod, ev.HTTPMethod)
+	if ev.HTTPStatusCode != 0 {
+		a = append(a, Int(AttrHTTPStatusCode, int64(ev.HTTPStatusCode)))
+	}
+	str(AttrURLPath, ev.URLPath)
+	str(AttrUserID, ev.UserID)
 	a = append(a, ev.Attrs...)
 	for i := range a {
 		if a[i].Key == "" {
 			return nil, fmt.Errorf("%w: an attribute has no key", ErrEvent)
 		}
 	}
-	slices.SortStableFunc(a, func(x, y Attr) int { return strings.Compare(x.Key, y.Key) })
+	byKey := func(x, y Attr) int { return strings.Compare(x.Key, y.Key) }
+	if !slices.IsSortedFunc(a, byKey) {
+		slices.SortFunc(a, byKey)
+	}
 	for i := 1; i < len(a); i++ {
 		if a[i].Key == a[i-1].Key {
 			return nil, fmt.Errorf("%w: attribute %q set twice", ErrEvent, a[i].Key)
