@@ -142,6 +142,10 @@ func TestDefaultPolicy(t *testing.T) {
 		JSONPaths: map[string]string{}, DetectPAN: true, Reveal: "last4",
 	}
 	plainMask := &Mask{Columns: map[string]string{}, JSONPaths: map[string]string{}, DetectPAN: true, Reveal: "last4"}
+	httpMask := &Mask{
+		Columns:   map[string]string{},
+		JSONPaths: map[string]string{"$..pan": "last4", "$..cvv": "drop", "$..track_data": "drop"}, DetectPAN: true, Reveal: "last4",
+	}
 	tests := []struct {
 		name     string
 		in       *Input
@@ -229,9 +233,16 @@ func TestDefaultPolicy(t *testing.T) {
 			outcome: OutcomeAllow, reasons: []string{"dba may connect"},
 		},
 		{
-			name:    "http",
+			name:    "http read",
 			in:      &Input{Version: 1, Kind: KindHTTP, Principal: Principal{Sub: "a", Groups: agents}, HTTP: &HTTP{Method: "GET", Path: "/v1/cards"}},
-			outcome: OutcomeDeny, reasons: []string{"no HTTP rule allows GET /v1/cards yet"},
+			outcome: OutcomeAllow, reasons: []string{"GET requests are allowed for agent"},
+			mask: httpMask,
+		},
+		{
+			name:    "http write",
+			in:      &Input{Version: 1, Kind: KindHTTP, Principal: Principal{Sub: "a", Groups: agents}, HTTP: &HTTP{Method: "POST", Path: "/v1/refunds"}},
+			outcome: OutcomeApprove, reasons: []string{"POST requests require approval from dba"},
+			approval: approval, mask: httpMask,
 		},
 	}
 	for _, tt := range tests {
