@@ -65,7 +65,7 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 		return unauthenticated(`Bearer realm="`+realm+`"`, "missing_token",
 			"this request needs an Authorization: Bearer header with an OIDC token")
 	}
-	p, err := s.opts.Verifier.Verify(ctx, token)
+	p, err := s.tokens.verify(ctx, token)
 	if err != nil {
 		reason := authn.Reason(err)
 		s.metrics.checks.WithLabelValues(policy.KindHTTP, "unauthenticated").Inc()

@@ -672,3 +672,21 @@ func TestMaskBodyEncodings(t *testing.T) {
 		})
 	}
 }
+
+func TestCheckTokenCacheHonoursExpiry(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	tok, err := e.issuer.Mint(devissuer.MintRequest{Subject: "alice", Groups: []string{"agents"}, TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		requireStatus(t, e.do(paymentsRoute(), request{method: "GET", path: "/v1/cards", header: bearer(tok)}), http.StatusOK)
+	}
+	time.Sleep(3500 * time.Millisecond) // exp plus the verifier's one second of skew
+	r := e.do(paymentsRoute(), request{method: "GET", path: "/v1/cards", header: bearer(tok)})
+	requireStatus(t, r, http.StatusUnauthorized)
+	if !strings.Contains(r.header.Get("Www-Authenticate"), "expired") {
+		t.Errorf("challenge %q", r.header.Get("Www-Authenticate"))
+	}
+}
