@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/custos-dev/custos/internal/audit"
 	"github.com/custos-dev/custos/internal/authn"
 	"github.com/custos-dev/custos/internal/envoyctx"
 	"github.com/custos-dev/custos/internal/policy"
@@ -62,6 +64,7 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 	if !ok {
 		s.metrics.checks.WithLabelValues(policy.KindHTTP, "unauthenticated").Inc()
 		log.Info("http request refused: no bearer token")
+		s.record(ctx, authFailed(attrs, h, headers, method, path, "missing_token", "no bearer token"))
 		return unauthenticated(`Bearer realm="`+realm+`"`, "missing_token",
 			"this request needs an Authorization: Bearer header with an OIDC token")
 	}
@@ -70,6 +73,7 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 		reason := authn.Reason(err)
 		s.metrics.checks.WithLabelValues(policy.KindHTTP, "unauthenticated").Inc()
 		log.Info("http request refused: token not accepted", slog.String("reason", reason), slog.Any("error", err))
+		s.record(ctx, authFailed(attrs, h, headers, method, path, reason, err.Error()))
 		if errors.Is(err, authn.ErrIssuerUnavailable) {
 			return denied(codes.Unavailable, typev3.StatusCode_ServiceUnavailable,
 				[]*corev3.HeaderValueOption{header("retry-after", "5")},
@@ -101,6 +105,18 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 	case policy.OutcomeDeny:
 		s.metrics.checks.WithLabelValues(policy.KindHTTP, "deny").Inc()
 		log.Info("http request denied by policy", slog.String("reason", strings.Join(dec.Reasons, "; ")))
+		ev := audit.Event{
+			Name: audit.EventHTTPRequest, Outcome: audit.OutcomeDenied,
+			UserID: p.Subject, Issuer: p.Issuer, Groups: p.Groups,
+			ClientAddress: in.Session.ClientAddress, SessionID: in.Session.ID,
+			Resource: res.Name, ResourceType: res.Type,
+			HTTPMethod: method, URLPath: path, HTTPStatusCode: http.StatusForbidden, PANSources: []string{rawPath},
+			Decision: decisionDeny, DecisionID: dec.ID, Reasons: dec.Reasons,
+		}
+		if p.Act != nil {
+			ev.EndUserID = p.Act.Subject
+		}
+		s.record(ctx, ev)
 		return denied(codes.PermissionDenied, typev3.StatusCode_Forbidden,
 			[]*corev3.HeaderValueOption{header(envoyctx.HeaderDecisionID, dec.ID)},
 			jsonBody(map[string]any{"reason": strings.Join(dec.Reasons, "; "), "reasons": dec.Reasons, "decision_id": dec.ID}))
@@ -117,6 +133,7 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 		Sub:           p.Subject,
 		Iss:           p.Issuer,
 		Groups:        p.Groups,
+		ClientAddress: in.Session.ClientAddress,
 		Resource:      res.Name,
 		ResourceType:  res.Type,
 		Reasons:       dec.Reasons,
@@ -180,6 +197,12 @@ func (s *Server) checkConnection(ctx context.Context, attrs *authv3.AttributeCon
 		}
 		s.metrics.checks.WithLabelValues(policy.KindConnection, "deny").Inc()
 		log.Info("connection denied by policy", slog.String("reason", reason))
+		s.record(ctx, audit.Event{
+			Name: audit.EventConnectionOpened, Outcome: audit.OutcomeDenied,
+			UserID: in.Principal.Sub, ClientAddress: in.Session.ClientAddress,
+			Resource: res.Name, ResourceType: res.Type,
+			Decision: decisionDeny, DecisionID: dec.ID, Reasons: dec.Reasons, Error: reason,
+		})
 		return &authv3.CheckResponse{Status: &rpcstatus.Status{
 			Code:    int32(codes.PermissionDenied),
 			Message: reason + " (decision " + dec.ID + ")",
@@ -187,6 +210,20 @@ func (s *Server) checkConnection(ctx context.Context, attrs *authv3.AttributeCon
 	}
 	s.metrics.checks.WithLabelValues(policy.KindConnection, "allow").Inc()
 	return &authv3.CheckResponse{Status: &rpcstatus.Status{Code: int32(codes.OK)}}
+}
+
+// authFailed is the audit event of a request refused for its token.
+func authFailed(attrs *authv3.AttributeContext, h *authv3.AttributeContext_HttpRequest, headers map[string]string,
+	method, path, reason, msg string,
+) audit.Event {
+	res := resourceOf(attrs.GetContextExtensions(), h.GetHost(), headers[":authority"])
+	return audit.Event{
+		Name: audit.EventAuthFailed, Outcome: audit.OutcomeFailure,
+		ClientAddress: addressHost(attrs.GetSource().GetAddress()), SessionID: requestID(h, headers),
+		Resource: res.Name, ResourceType: res.Type,
+		HTTPMethod: method, URLPath: path, HTTPStatusCode: http.StatusUnauthorized,
+		ErrorType: reason, Error: msg,
+	}
 }
 
 func first(vs []string) string {

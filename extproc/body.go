@@ -116,6 +116,7 @@ func (st *procStream) maskBody(body []byte) ([]byte, bool, error) {
 		return nil, false, err
 	}
 	changed := !c.IsZero() || !bytes.Equal(out, body)
+	st.masked.Add(c)
 	if changed {
 		st.s.metrics.bodies.WithLabelValues("masked").Inc()
 		st.s.metrics.masked.WithLabelValues("pan").Add(float64(c.PANs))

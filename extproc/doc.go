@@ -66,6 +66,17 @@
 // gRPC metadata envoyctx.HeaderResource. Anything but a plain allow denies,
 // and Envoy closes the connection.
 //
+// # Audit
+//
+// With Options.Audit, every HTTP request leaves one event: a refused token
+// (custos.auth.failed) or a policy denial (custos.http.request, denied)
+// from Check; from Process, the request's end: its status, what was
+// masked, its approval, recorded durably before the last reply lets the
+// response go (a record that cannot be written withholds the response:
+// 503), or the refusal, or the stream ending early. Refused connections
+// are recorded as custos.connection.opened, denied.
+//
 // Every failure refuses: no token, a token or decision that cannot be
-// checked, a body that cannot be inspected.
+// checked, a body that cannot be inspected, an audit record that cannot be
+// written.
 package extproc

@@ -51,6 +51,8 @@ type envOptions struct {
 	maxMessageTimeout time.Duration
 	// noApprovals runs without an approval service.
 	noApprovals bool
+	// audit records events (nil: no audit).
+	audit extproc.Recorder
 }
 
 func newEnv(t testing.TB, opts envOptions) *env {
@@ -114,6 +116,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		MaxMessageTimeout: opts.maxMessageTimeout,
 		Logger:            slog.New(slog.DiscardHandler),
 		Registerer:        e.reg,
+		Audit:             opts.audit,
 	}
 	if e.approvals != nil {
 		o.Approvals = e.approvals

@@ -11,7 +11,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +23,7 @@ import (
 
 	"github.com/custos-dev/custos/extproc"
 	"github.com/custos-dev/custos/internal/approval"
+	"github.com/custos-dev/custos/internal/audit"
 	"github.com/custos-dev/custos/internal/devissuer"
 	"github.com/custos-dev/custos/internal/envoyctx"
 	"github.com/custos-dev/custos/internal/mask"
@@ -688,5 +691,89 @@ func TestCheckTokenCacheHonoursExpiry(t *testing.T) {
 	requireStatus(t, r, http.StatusUnauthorized)
 	if !strings.Contains(r.header.Get("Www-Authenticate"), "expired") {
 		t.Errorf("challenge %q", r.header.Get("Www-Authenticate"))
+	}
+}
+
+// recorder keeps the events it records, and passes them to a real journal
+// when it has one.
+type recorder struct {
+	mu      sync.Mutex
+	events  []audit.Event
+	journal *audit.Journal
+	fail    bool
+}
+
+func (r *recorder) Append(ctx context.Context, ev audit.Event) (uint64, error) {
+	if r.fail {
+		return 0, audit.ErrUnavailable
+	}
+	var seq uint64
+	if r.journal != nil {
+		var err error
+		if seq, err = r.journal.Append(ctx, ev); err != nil {
+			return 0, err
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, ev)
+	return seq, nil
+}
+
+func (r *recorder) wait(t *testing.T, n int) []audit.Event {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.mu.Lock()
+		evs := slices.Clone(r.events)
+		r.mu.Unlock()
+		if len(evs) >= n || time.Now().After(deadline) {
+			return evs
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestAuditEvents(t *testing.T) {
+	t.Parallel()
+	j, err := audit.Open(audit.Options{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = j.Close(context.Background()) })
+	rec := &recorder{journal: j}
+	e := newEnv(t, envOptions{upstream: bodies(t), audit: rec})
+	tok := e.token(t, "alice", "agents")
+	requireStatus(t, e.do(paymentsRoute(), request{method: "GET", path: "/nested?card=" + visa, header: bearer(tok)}), http.StatusOK)
+	requireStatus(t, e.do(paymentsRoute(), request{method: "GET", path: "/nested"}), http.StatusUnauthorized)
+	requireStatus(t, e.do(paymentsRoute(), request{method: "TRACE", path: "/nested", header: bearer(tok)}), http.StatusForbidden)
+	evs := rec.wait(t, 3)
+	if len(evs) != 3 {
+		t.Fatalf("%d events: %+v", len(evs), evs)
+	}
+	byName := map[string]audit.Event{}
+	for _, ev := range evs {
+		byName[ev.Name+" "+string(ev.Outcome)] = ev
+	}
+	ok := byName[audit.EventHTTPRequest+" success"]
+	if ok.UserID != "alice" || ok.HTTPStatusCode != 200 || ok.Masked < 4 || ok.Resource != "payments-api" ||
+		ok.URLPath != "/nested" || ok.ClientAddress != "10.0.0.9" || ok.Decision != "allow" || !strings.HasPrefix(ok.DecisionID, "dec_") {
+		t.Errorf("allowed request: %+v", ok)
+	}
+	if f := byName[audit.EventAuthFailed+" failure"]; f.HTTPStatusCode != 401 || f.ErrorType != "missing_token" {
+		t.Errorf("auth failure: %+v", f)
+	}
+	if d := byName[audit.EventHTTPRequest+" denied"]; d.HTTPStatusCode != 403 || d.Decision != "deny" || d.HTTPMethod != "TRACE" {
+		t.Errorf("denial: %+v", d)
+	}
+}
+
+func TestAuditUnavailableWithholdsTheResponse(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{upstream: bodies(t), audit: &recorder{fail: true}})
+	r := e.do(paymentsRoute(), request{method: "GET", path: "/nested", header: bearer(e.token(t, "alice", "agents"))})
+	requireStatus(t, r, http.StatusServiceUnavailable)
+	if bytes.Contains(r.body, []byte("Ada")) {
+		t.Errorf("body %s", r.body)
 	}
 }

@@ -26,6 +26,7 @@ const (
 	mdIss           = "issuer"
 	mdGroups        = "groups"
 	mdAct           = "act"
+	mdClientAddress = "client_address"
 	mdResource      = "resource"
 	mdResourceType  = "resource_type"
 	mdReasons       = "reasons"
@@ -48,6 +49,7 @@ type grant struct {
 	Sub, Iss      string
 	Groups        []string
 	Act           string
+	ClientAddress string
 	Resource      string
 	ResourceType  string
 	Reasons       []string
@@ -73,6 +75,7 @@ func (g *grant) toStruct() *structpb.Struct {
 		mdSub:           structpb.NewStringValue(g.Sub),
 		mdIss:           structpb.NewStringValue(g.Iss),
 		mdGroups:        strList(g.Groups),
+		mdClientAddress: structpb.NewStringValue(g.ClientAddress),
 		mdResource:      structpb.NewStringValue(g.Resource),
 		mdResourceType:  structpb.NewStringValue(g.ResourceType),
 		mdReasons:       strList(g.Reasons),
@@ -120,6 +123,7 @@ func grantFrom(md *corev3.Metadata) (*grant, error) {
 		Sub:           r.str(mdSub),
 		Iss:           r.str(mdIss),
 		Groups:        r.list(mdGroups),
+		ClientAddress: r.str(mdClientAddress),
 		Resource:      r.str(mdResource),
 		ResourceType:  r.str(mdResourceType),
 		Reasons:       r.list(mdReasons),

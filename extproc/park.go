@@ -75,7 +75,7 @@ func (st *procStream) park(body []byte, haveBody, complete, onHeaders bool) (*ex
 		if approvalID != "" {
 			body["approval_id"] = approvalID
 		}
-		return immediate(typev3.StatusCode_Forbidden, body)
+		return st.immediate(typev3.StatusCode_Forbidden, body)
 	}
 	if svc == nil {
 		st.s.metrics.parked.WithLabelValues("failed").Inc()
@@ -120,6 +120,7 @@ func (st *procStream) park(body []byte, haveBody, complete, onHeaders bool) (*ex
 		st.log.Error("approval request could not be recorded", slog.Any("error", err))
 		return refuse("approval required, but custos could not record the request; it was not sent", ""), nil
 	}
+	st.approvalID = req.ID
 	st.s.metrics.parked.WithLabelValues("requested").Inc()
 	log := st.log.With(slog.String("approval_id", req.ID))
 	log.Info("http request parked for approval", slog.String("principal", g.Sub),

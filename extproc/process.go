@@ -5,8 +5,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -15,6 +17,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-dev/custos/internal/audit"
+	"github.com/custos-dev/custos/internal/mask"
 	"github.com/custos-dev/custos/internal/policy"
 )
 
@@ -27,7 +31,12 @@ var errStreamGone = errors.New("ext_proc stream cancelled")
 // response that ends the request. Envoy ends streams by cancelling them;
 // that is a normal end.
 func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
-	st := &procStream{s: s, srv: srv, ctx: srv.Context(), log: s.log}
+	st := &procStream{s: s, srv: srv, ctx: srv.Context(), log: s.log, started: time.Now()}
+	defer func() {
+		// A request that never reached its response (the client or
+		// the upstream went away, Envoy gave up) is recorded too.
+		st.recordRefusal(audit.OutcomeFailure, 0, "the request ended before its response was complete")
+	}()
 	for {
 		req, err := srv.Recv()
 		if err != nil {
@@ -86,6 +95,12 @@ type procStream struct {
 	// Response.
 	resp     responseInfo
 	streamed []byte // response chunks held in STREAMED mode
+
+	// Audit.
+	started    time.Time
+	masked     mask.Counts
+	approvalID string
+	recorded   bool
 }
 
 // responseInfo is what the body phase needs of the response headers.
@@ -153,7 +168,7 @@ func (st *procStream) requestHeaders(h *extprocv3.HttpHeaders) (*extprocv3.Proce
 			err = errNoGrant
 		}
 		st.log.Warn("http request refused: no usable authorization decision", slog.Any("error", err))
-		return immediate(typev3.StatusCode_Forbidden, map[string]any{
+		return st.immediate(typev3.StatusCode_Forbidden, map[string]any{
 			"reason": "custos has no authorization decision for this request; it was not sent",
 		}), nil
 	}
@@ -193,11 +208,16 @@ func (st *procStream) responseHeaders(h *extprocv3.HttpHeaders) (*extprocv3.Proc
 		hasLength:       headerGet(hs, "content-length") != "",
 	}
 	mut := st.maskHeaders(hs)
+	if h.GetEndOfStream() || !st.bodyComes() {
+		if !st.recordResponse() {
+			return st.auditUnavailable(), nil
+		}
+	}
 	if !h.GetEndOfStream() && st.bodyComes() {
 		if _, err := codingOf(st.resp.contentEncoding); err != nil {
 			st.s.metrics.bodies.WithLabelValues("refused").Inc()
 			st.log.Warn("http response refused: body cannot be inspected", slog.Any("error", err))
-			return immediate(typev3.StatusCode_BadGateway, map[string]any{
+			return st.immediate(typev3.StatusCode_BadGateway, map[string]any{
 				"reason": "the upstream response could not be inspected for card data: " + err.Error(),
 			}), nil
 		}
@@ -238,6 +258,7 @@ func (st *procStream) maskHeaders(hs []*corev3.HeaderValue) *extprocv3.HeaderMut
 		}
 		st.s.metrics.masked.WithLabelValues("pan").Add(float64(c.PANs))
 		st.s.metrics.masked.WithLabelValues("sad").Add(float64(c.SAD))
+		st.masked.Add(c)
 		if mut == nil {
 			mut = &extprocv3.HeaderMutation{}
 		}
@@ -257,13 +278,16 @@ func (st *procStream) responseBody(b *extprocv3.HttpBody) (*extprocv3.Processing
 		// pass uninspected.
 		st.s.metrics.bodies.WithLabelValues("refused").Inc()
 		st.log.Warn("http response refused: body larger than Envoy's buffer", slog.Int("bytes", len(b.GetBody())))
-		return immediate(typev3.StatusCode_BadGateway, map[string]any{
+		return st.immediate(typev3.StatusCode_BadGateway, map[string]any{
 			"reason": "the upstream response is larger than custos may inspect for card data",
 		}), nil
 	}
 	out, changed, err := st.maskBody(b.GetBody())
 	if err != nil {
 		return st.refuseBody(err), nil
+	}
+	if !st.recordResponse() {
+		return st.auditUnavailable(), nil
 	}
 	cr := &extprocv3.CommonResponse{}
 	if changed {
@@ -286,6 +310,7 @@ func (st *procStream) streamedChunk(b *extprocv3.HttpBody) (*extprocv3.Processin
 		// The headers are gone; only ending the stream stops the body.
 		st.s.metrics.bodies.WithLabelValues("refused").Inc()
 		st.log.Warn("http response cut: streamed body larger than custos may hold", slog.Int("max_bytes", st.s.opts.MaxBodyBytes))
+		st.recordRefusal(audit.OutcomeFailure, http.StatusBadGateway, "streamed response body larger than custos may hold")
 		return nil, errors.New("streamed response body larger than MaxBodyBytes")
 	}
 	st.streamed = append(st.streamed, b.GetBody()...)
@@ -299,7 +324,11 @@ func (st *procStream) streamedChunk(b *extprocv3.HttpBody) (*extprocv3.Processin
 	if err != nil {
 		st.s.metrics.bodies.WithLabelValues("refused").Inc()
 		st.log.Warn("http response cut: body cannot be inspected", slog.Any("error", err))
+		st.recordRefusal(audit.OutcomeFailure, http.StatusBadGateway, "response body cannot be inspected: "+err.Error())
 		return nil, err
+	}
+	if !st.recordResponse() {
+		return nil, errors.New("the audit record of the response could not be written")
 	}
 	return responseBodyResponse(&extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{
 		Mutation: &extprocv3.BodyMutation_Body{Body: out},
@@ -309,7 +338,7 @@ func (st *procStream) streamedChunk(b *extprocv3.HttpBody) (*extprocv3.Processin
 func (st *procStream) refuseBody(err error) *extprocv3.ProcessingResponse {
 	st.s.metrics.bodies.WithLabelValues("refused").Inc()
 	st.log.Warn("http response refused: body cannot be inspected", slog.Any("error", err))
-	return immediate(typev3.StatusCode_BadGateway, map[string]any{
+	return st.immediate(typev3.StatusCode_BadGateway, map[string]any{
 		"reason": "the upstream response could not be inspected for card data: " + err.Error(),
 	})
 }
@@ -380,6 +409,26 @@ func responseBodyResponse(cr *extprocv3.CommonResponse) *extprocv3.ProcessingRes
 	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{
 		ResponseBody: &extprocv3.BodyResponse{Response: cr},
 	}}
+}
+
+// immediate ends the request with a JSON answer, and records it.
+func (st *procStream) immediate(code typev3.StatusCode, body map[string]any) *extprocv3.ProcessingResponse {
+	outcome := audit.OutcomeFailure
+	if code == typev3.StatusCode_Forbidden {
+		outcome = audit.OutcomeDenied
+	}
+	reason, _ := body["reason"].(string)
+	st.recordRefusal(outcome, int(code), reason)
+	return immediate(code, body)
+}
+
+// auditUnavailable refuses a response whose audit record could not be
+// written.
+func (st *procStream) auditUnavailable() *extprocv3.ProcessingResponse {
+	st.s.metrics.bodies.WithLabelValues("refused").Inc()
+	return immediate(typev3.StatusCode_ServiceUnavailable, map[string]any{
+		"reason": "custos could not record this request in its audit journal; the response was withheld",
+	})
 }
 
 // immediate ends the request with a JSON answer.

@@ -64,6 +64,12 @@ type Options struct {
 	// without checking it again, never past its exp (default
 	// DefaultTokenCacheTTL; negative turns the cache off).
 	TokenCacheTTL time.Duration
+	// Audit, when set, records each HTTP request (ext_proc, once its
+	// response is settled, before the client gets the end of it), each
+	// refusal (401, 403 from Check, refusals of ext_proc) and each refused
+	// connection. A request whose record cannot be written is refused
+	// (fail closed). *audit.Journal is a Recorder.
+	Audit Recorder
 	// Health, when set, is told that both services serve.
 	Health *health.Server
 	// Logger receives one line per refusal and parked request; nil
