@@ -149,8 +149,9 @@ const messageOverhead = 1 << 20
 // services needs: messages as large as the largest body custos masks
 // (maxBodyBytes, 0 for DefaultMaxBodyBytes) in both directions (gRPC's
 // default of 4 MiB would fail larger buffered bodies), and long-lived
-// stream workers: policy evaluation recurses deeply, and on a fresh
-// goroutine per call its stack growth costs a fifth of a Check.
+// stream workers, enough for Envoy's concurrent calls: policy evaluation
+// recurses deeply, and on a fresh goroutine per call its stack growth
+// costs a fifth of a Check.
 func ServerOptions(maxBodyBytes int) []grpc.ServerOption {
 	if maxBodyBytes <= 0 {
 		maxBodyBytes = DefaultMaxBodyBytes
@@ -158,7 +159,7 @@ func ServerOptions(maxBodyBytes int) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxBodyBytes + messageOverhead),
 		grpc.MaxSendMsgSize(maxBodyBytes + messageOverhead),
-		grpc.NumStreamWorkers(uint32(max(runtime.GOMAXPROCS(0), 2))),
+		grpc.NumStreamWorkers(uint32(16 * max(runtime.GOMAXPROCS(0), 2))),
 	}
 }
 
