@@ -606,7 +606,8 @@ decision := {"allow": true, "reasons": ["office network"]} if {
 		{"allowed", custom, "10.1.2.3", "db.payments.example", codes.OK},
 		{"denied by address", custom, "192.0.2.7", "db.payments.example", codes.PermissionDenied},
 		{"denied by SNI", custom, "10.1.2.3", "other.example", codes.PermissionDenied},
-		{"default policy: no identity yet", def, "10.1.2.3", "db.payments.example", codes.PermissionDenied},
+		{"default policy: admitted before the token", def, "10.1.2.3", "db.payments.example", codes.OK},
+		{"default policy: IPv6 client", def, "2001:db8::7", "db.payments.example", codes.OK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, err := tc.e.checkConnection("payments-db", tc.client, "spiffe://payments/agent", tc.sni)

@@ -52,7 +52,37 @@ decision := deny([sprintf("policy input version %v is not supported (want %v)", 
 decision := deny([sprintf("principal %q is in none of the groups %s", [object.get(input, ["principal", "sub"], ""), concat(", ", known_groups)])]) if {
 	version in supported_versions
 	not role
+	not network_connection
 }
+
+# A network connection (kind "connection" without a token issuer) is Envoy's
+# check of a new TCP connection to a Postgres listener, before any token:
+# pgfilter authenticates the session that follows and every statement is
+# decided on its own. It is admitted from the client networks listed in
+# data.custos.config.network.client_cidrs (every address by default).
+network_connection if {
+	input.kind == "connection"
+	object.get(input, ["principal", "iss"], "") == ""
+	count(object.get(input, ["principal", "groups"], [])) == 0
+}
+
+decision := network_decision if {
+	version in supported_versions
+	network_connection
+}
+
+network_decision := {"allow": true, "reasons": [sprintf("network connection from %s admitted; the session authenticates with a token", [client_address])]} if {
+	client_address := object.get(input, ["session", "client_address"], "")
+	ip_address(client_address)
+	some cidr in config.network.client_cidrs
+	net.cidr_contains(cidr, client_address)
+}
+
+ip_address(addr) if net.cidr_is_valid(concat("/", [addr, "32"]))
+
+ip_address(addr) if net.cidr_is_valid(concat("/", [addr, "128"]))
+
+default network_decision := {"allow": false, "reasons": ["network connection refused: the client address is outside data.custos.config.network.client_cidrs"]}
 
 decision := connection_decision if {
 	version in supported_versions

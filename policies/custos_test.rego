@@ -107,3 +107,39 @@ test_approvers_named_from_data if {
 	d.require_approval == {"approver_groups": ["dba", "security"], "quorum": 2, "ttl": "5m"}
 	d.reasons == ["writes to public.orders require approval from dba or security"]
 }
+
+network_input(addr) := {
+	"version": 1,
+	"kind": "connection",
+	"principal": {"sub": "", "iss": "", "groups": [], "claims": {"destination_address": "10.0.0.5:5432"}},
+	"session": {"client_address": addr},
+	"resource": {"name": "payments-db", "type": "postgres", "labels": {}},
+}
+
+test_network_connection_admitted_by_default if {
+	d := custos.decision with input as network_input("192.0.2.7")
+	d.allow
+	d.reasons == ["network connection from 192.0.2.7 admitted; the session authenticates with a token"]
+	v6 := custos.decision with input as network_input("2001:db8::1")
+	v6.allow
+}
+
+test_network_connection_outside_client_cidrs if {
+	d := custos.decision with input as network_input("192.0.2.7")
+		with data.custos.config.network.client_cidrs as ["10.0.0.0/8"]
+	not d.allow
+	d.reasons == ["network connection refused: the client address is outside data.custos.config.network.client_cidrs"]
+	inside := custos.decision with input as network_input("10.1.2.3")
+		with data.custos.config.network.client_cidrs as ["10.0.0.0/8"]
+	inside.allow
+}
+
+test_network_connection_with_mtls_principal if {
+	d := custos.decision with input as object.union(network_input("192.0.2.7"), {"principal": {"sub": "spiffe://example.org/agent", "iss": "", "groups": []}})
+	d.allow
+}
+
+test_network_connection_without_address_refused if {
+	d := custos.decision with input as object.remove(network_input(""), ["session"])
+	not d.allow
+}
