@@ -35,7 +35,70 @@ type Config struct {
 	HTTPServices []HTTPService `yaml:"http_services"`
 	// XDS is the Envoy configuration custos serves over xDS.
 	XDS XDS `yaml:"xds"`
+	// Audit is the audit journal.
+	Audit Audit `yaml:"audit"`
 }
+
+// Audit configures the audit journal (DATA_DIR/audit): every
+// decision-bearing action recorded, hash-chained, with signed checkpoints,
+// and exported as OTLP logs.
+type Audit struct {
+	// Enabled keeps the journal (default true).
+	Enabled *bool `yaml:"enabled"`
+	// SigningKeyFile holds the Ed25519 checkpoint signing key (`custos
+	// audit key` prints its verifier key). Empty: DATA_DIR/audit/signing.key,
+	// generated when missing.
+	SigningKeyFile string `yaml:"signing_key_file"`
+	// HMACKey keys the fingerprints that stand for PANs in records (at
+	// least 32 bytes). Empty: DATA_DIR/audit/fingerprint.key, generated
+	// when missing.
+	HMACKey *Secret `yaml:"hmac_key"`
+	// CheckpointInterval is how often a signed checkpoint is written, idle
+	// or not.
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
+	// SegmentBytes is the size after which a new segment file starts.
+	SegmentBytes int64 `yaml:"segment_bytes"`
+	// Export says where records are shipped from the journal.
+	Export AuditExport `yaml:"export"`
+	// FailClosed refuses sessions on resources marked cardholder data
+	// (label pci: cde) while the journal cannot be written (default true).
+	FailClosed *bool `yaml:"fail_closed"`
+}
+
+// AuditExport configures the export of audit records.
+type AuditExport struct {
+	// OTLP ships records as OTLP logs, configured by the standard
+	// OTEL_EXPORTER_OTLP_* variables. Unset: on when
+	// OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_LOGS_ENDPOINT is set.
+	OTLP *bool `yaml:"otlp"`
+}
+
+// IsEnabled reports whether the journal is kept (unset: yes).
+func (a *Audit) IsEnabled() bool { return a.Enabled == nil || *a.Enabled }
+
+// IsFailClosed reports whether cardholder-data sessions are refused while
+// the journal cannot be written (unset: yes).
+func (a *Audit) IsFailClosed() bool { return a.FailClosed == nil || *a.FailClosed }
+
+// OTLPEnabled reports whether records are exported as OTLP logs; getenv
+// is os.Getenv outside tests.
+func (e AuditExport) OTLPEnabled(getenv func(string) string) bool {
+	if e.OTLP != nil {
+		return *e.OTLP
+	}
+	return getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || getenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT") != ""
+}
+
+// LabelPCI is the resource label whose value LabelCDE marks cardholder
+// data.
+const (
+	LabelPCI = "pci"
+	LabelCDE = "cde"
+)
+
+// CardholderData reports whether the resource is marked cardholder data
+// (label pci: cde).
+func (r *Resource) CardholderData() bool { return r.Labels[LabelPCI] == LabelCDE }
 
 // HTTPService is one protected HTTP API: Envoy routes its domains and path
 // prefixes to the upstream, asking custos (ext_authz) before each request
@@ -284,6 +347,9 @@ const (
 	DefaultSweepInterval   = 5 * time.Second
 	DefaultEnvoyListenHost = "0.0.0.0"
 	DefaultEnvoyHTTPPort   = 8080
+	// The audit journal's defaults (those of internal/audit).
+	DefaultAuditCheckpointInterval = 30 * time.Second
+	DefaultAuditSegmentBytes       = 64 << 20
 )
 
 // Load reads, defaults and validates the YAML file at path.
@@ -396,6 +462,15 @@ func (c *Config) ApplyDefaults() {
 	x.PgfilterAddress = cmp.Or(x.PgfilterAddress, reachable(c.Listeners.Postgres.Address))
 	x.ListenHost = cmp.Or(x.ListenHost, DefaultEnvoyListenHost)
 	x.HTTPPort = cmp.Or(x.HTTPPort, DefaultEnvoyHTTPPort)
+	au := &c.Audit
+	if au.Enabled == nil {
+		au.Enabled = new(true)
+	}
+	if au.FailClosed == nil {
+		au.FailClosed = new(true)
+	}
+	au.CheckpointInterval = cmp.Or(au.CheckpointInterval, DefaultAuditCheckpointInterval)
+	au.SegmentBytes = cmp.Or(au.SegmentBytes, DefaultAuditSegmentBytes)
 }
 
 // reachable turns a listen address into one a local client can dial: a
@@ -549,7 +624,39 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateApprovals()...)
 	errs = append(errs, c.validateHTTPServices(seenRes)...)
 	errs = append(errs, c.validateXDS()...)
+	errs = append(errs, c.validateAudit()...)
 	return errors.Join(errs...)
+}
+
+func (c *Config) validateAudit() []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	au := c.Audit
+	if au.CheckpointInterval < time.Second || au.CheckpointInterval > time.Hour {
+		add("audit.checkpoint_interval", "must be between 1s and 1h, not %s", au.CheckpointInterval)
+	}
+	if au.SegmentBytes < 1<<20 {
+		add("audit.segment_bytes", "must be at least 1048576, not %d", au.SegmentBytes)
+	}
+	if k := au.HMACKey; k != nil && (k.Env == "") == (k.File == "") {
+		add("audit.hmac_key", "set exactly one of env or file")
+	}
+	if f := au.SigningKeyFile; f != "" {
+		if fi, err := os.Stat(f); err != nil || !fi.Mode().IsRegular() {
+			add("audit.signing_key_file", "%q is not a readable file", f)
+		}
+	}
+	if !au.IsEnabled() && au.IsFailClosed() {
+		for _, r := range c.Resources {
+			if r.CardholderData() {
+				add("audit.fail_closed", "is true while audit is off: every session on %s (cardholder data) would be refused; set fail_closed: false to run without audit", r.Name)
+				break
+			}
+		}
+	}
+	return errs
 }
 
 func (c *Config) validateApprovals() []error {
