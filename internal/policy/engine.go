@@ -52,6 +52,26 @@ type Options struct {
 	WatchInterval time.Duration
 	// Registerer receives the engine's metrics; nil registers nowhere.
 	Registerer prometheus.Registerer
+	// OnReload, when set, is told of every load of the policy, the first
+	// one (in New) included, whether it succeeded or not, for the audit
+	// record. It is called before Reload returns, with reloads held off:
+	// it must not call Reload.
+	OnReload func(ReloadEvent)
+}
+
+// ReloadEvent is one load of the policy, passed to Options.OnReload.
+type ReloadEvent struct {
+	// Source is the policy directory, or "embedded".
+	Source string
+	// Version is the version in use after the load: the new one, or the
+	// one kept when the load failed ("" when none was loaded before).
+	Version string
+	// Previous is the version in use before the load ("" for the first).
+	Previous string
+	// Files is the number of policy and data files loaded (on success).
+	Files int
+	// Err is why the load failed; nil on success.
+	Err error
 }
 
 // Engine decides requests with the current policy version.
@@ -130,6 +150,7 @@ func (e *Engine) Reload(ctx context.Context) error {
 			attrs = append(attrs, slog.String("policy_version", prev.id))
 		}
 		e.log.Error("policy load failed, previous policy kept", attrs...)
+		e.onReload(ReloadEvent{Source: from, Version: versionID(prev), Previous: versionID(prev), Err: err})
 		return err
 	}
 	e.failedHash = ""
@@ -139,7 +160,22 @@ func (e *Engine) Reload(ctx context.Context) error {
 		attrs = append(attrs, slog.String("previous_policy_version", prev.id))
 	}
 	e.log.Info("policy loaded", attrs...)
+	e.onReload(ReloadEvent{Source: from, Version: e.cur.Load().id, Previous: versionID(prev), Files: len(srcs)})
 	return nil
+}
+
+func (e *Engine) onReload(ev ReloadEvent) {
+	if e.opts.OnReload != nil {
+		e.opts.OnReload(ev)
+	}
+}
+
+// versionID is v's id, "" for none.
+func versionID(v *version) string {
+	if v == nil {
+		return ""
+	}
+	return v.id
 }
 
 func (e *Engine) install(ctx context.Context, srcs []source, hash string) error {
