@@ -67,6 +67,91 @@ type Options struct {
 	StartupTimeout time.Duration
 	// UpstreamConnectTimeout bounds the upstream login (default 10s).
 	UpstreamConnectTimeout time.Duration
+	// OnSessionEvent, when set, is told of each authentication, session
+	// start and session end, for the audit record: synchronously, on the
+	// connection's goroutine, before the client hears the outcome. It is
+	// never called per message. It must not keep ev.Session.
+	OnSessionEvent func(SessionEvent)
+}
+
+// SessionEventKind says what happened to a connection.
+type SessionEventKind string
+
+// Session event kinds.
+const (
+	// SessionAuthFailed: the client's token (or the way it was sent) was
+	// refused; Reason says why.
+	SessionAuthFailed SessionEventKind = "auth_failed"
+	// SessionAuthSucceeded: the token was verified and the upstream login
+	// done; the session is about to open.
+	SessionAuthSucceeded SessionEventKind = "auth_succeeded"
+	// SessionOpened: the client was told it is connected.
+	SessionOpened SessionEventKind = "opened"
+	// SessionRefused: an authenticated client got no session: unknown
+	// database, session limit, or the upstream login failed (Reason).
+	SessionRefused SessionEventKind = "refused"
+	// SessionClosed: the session ended; Reason says how.
+	SessionClosed SessionEventKind = "closed"
+)
+
+// SessionEvent is one authentication, session start or session end.
+type SessionEvent struct {
+	Kind SessionEventKind
+	Time time.Time
+	// ClientAddr is the client's address as custos sees it.
+	ClientAddr string
+	// User and Database are what the client's startup message named.
+	User, Database string
+	// TLS reports whether the client connection is encrypted.
+	TLS bool
+	// Principal is the verified identity; nil when the token was not
+	// verified.
+	Principal *authn.Principal
+	// Session is the session (auth_succeeded, opened, closed, and refused
+	// once one was admitted); nil before.
+	Session *Session
+	// Resource is the resource the client asked for, once known.
+	Resource *config.Resource
+	// Reason is a short class: why authentication failed or a session was
+	// refused (authn reasons, insecure_transport, protocol,
+	// user_mismatch, unknown_database, session_limit, upstream_failed), or
+	// how a session closed (client_closed, or the error that ended it).
+	Reason string
+	// Err is the failure, for a failed or refused connection.
+	Err error
+	// Closed sessions: PAN values masked and SAD values removed in the
+	// session's responses, and how long it lasted.
+	MaskedPANs, RemovedSAD int64
+	Duration               time.Duration
+}
+
+// sessionEvent passes ev to Options.OnSessionEvent.
+func (s *Server) sessionEvent(ev SessionEvent) {
+	if s.opts.OnSessionEvent == nil {
+		return
+	}
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	s.opts.OnSessionEvent(ev)
+}
+
+// sessionClosed reports the end of a session that ran.
+func (s *Server) sessionClosed(ss *session) {
+	if s.opts.OnSessionEvent == nil {
+		return
+	}
+	reason := "client_closed"
+	if ss.endErr != nil && !errors.Is(ss.endErr, errClientTerminate) && !isClosedErr(ss.endErr) {
+		reason = ss.endErr.Error()
+	}
+	ev := SessionEvent{Kind: SessionClosed, ClientAddr: ss.ClientAddr, User: ss.Principal.User,
+		Database: ss.Resource.Database, TLS: ss.TLS, Principal: ss.Principal, Session: &ss.Session,
+		Resource: ss.Resource, Reason: reason, Duration: time.Since(ss.Started)}
+	if ss.masker != nil {
+		ev.MaskedPANs, ev.RemovedSAD = int64(ss.masker.counts.PANs), int64(ss.masker.counts.SAD)
+	}
+	s.sessionEvent(ev)
 }
 
 // Server accepts Postgres clients and relays them to their upstream.
@@ -84,6 +169,9 @@ type Server struct {
 	cancelKeys map[uint64]*session
 	closing    bool
 	sessionsWG sync.WaitGroup
+	// handlers counts connection goroutines, so that Shutdown returns
+	// after the last session event.
+	handlers sync.WaitGroup
 }
 
 // upstream is a resource's prepared login configuration.
@@ -198,6 +286,7 @@ func (s *Server) trackConn(c net.Conn, add bool) bool {
 			return false
 		}
 		s.conns[c] = struct{}{}
+		s.handlers.Add(1)
 		return true
 	}
 	delete(s.conns, c)
@@ -235,7 +324,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 		s.closeCatalogs()
-		return nil
+		return s.waitHandlers(ctx)
 	case <-ctx.Done():
 	}
 	s.mu.Lock()
@@ -245,7 +334,31 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	<-done
 	s.closeCatalogs()
+	// The sessions just ended report it; give them a moment.
+	wctx, cancel := context.WithTimeout(context.Background(), handlerDrain)
+	defer cancel()
+	_ = s.waitHandlers(wctx)
 	return ctx.Err()
+}
+
+// handlerDrain bounds the wait for the last session events of sessions
+// ended by the shutdown deadline.
+const handlerDrain = 2 * time.Second
+
+// waitHandlers waits for the connection goroutines to end (their last
+// session events), or for ctx.
+func (s *Server) waitHandlers(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		s.handlers.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // ActiveSessions is the number of authenticated sessions.

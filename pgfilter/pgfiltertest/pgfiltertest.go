@@ -111,6 +111,8 @@ type Options struct {
 	NoTLS bool
 	// Logger for the proxy; nil discards.
 	Logger *slog.Logger
+	// OnSessionEvent is told of authentications and session starts and ends.
+	OnSessionEvent func(pgfilter.SessionEvent)
 }
 
 // Env is a running proxy in front of the shared cluster.
@@ -187,6 +189,8 @@ func Start(t testing.TB, opts Options) *Env {
 		Classifier: classifier(opts.Policy),
 		Logger:     logger,
 		Registerer: e.Registry,
+
+		OnSessionEvent: opts.OnSessionEvent,
 	})
 	if err != nil {
 		t.Fatal(err)
