@@ -113,6 +113,7 @@ type gateway struct {
 	// approvals parks statements the policy sends for approval (nil
 	// without policy).
 	approvals *approvals
+	audit     *auditor
 	ready     atomic.Bool
 }
 
@@ -132,6 +133,16 @@ type gatewayOptions struct {
 func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *slog.Logger, gopts gatewayOptions) (*gateway, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	aud, err := openAuditor(ctx, cfg, log.With("component", "audit"), reg, os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	built := false
+	defer func() {
+		if !built {
+			aud.close()
+		}
+	}()
 
 	httpClient, err := issuerHTTPClient(cfg.OIDC.Issuers)
 	if err != nil {
@@ -165,7 +176,7 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 	if !gopts.noPolicy {
 		eng, err = policy.New(ctx, policy.Options{
 			Dir: cfg.Policy.Dir, Logger: log.With("component", "policy"), Timeout: cfg.Policy.Timeout,
-			CacheEntries: cfg.Policy.CacheEntries, Registerer: reg,
+			CacheEntries: cfg.Policy.CacheEntries, Registerer: reg, OnReload: aud.policyReload,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("policy: %w", err)
@@ -175,7 +186,7 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 	var apr *approvals
 	var aprSvc *approval.Service
 	if eng != nil {
-		apr, err = openApprovals(ctx, cfg, log.With("component", "approval"), nil)
+		apr, err = openApprovals(ctx, cfg, log.With("component", "approval"), aud.approvalEvent)
 		if err != nil {
 			return nil, err
 		}
@@ -194,6 +205,8 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		ApprovalURL: cfg.Approvals.PublicURL,
 		Logger:      log.With("component", "pgfilter"),
 		Registerer:  reg,
+
+		OnSessionEvent: aud.sessionEvent,
 	})
 	if err != nil {
 		if apr != nil {
@@ -201,12 +214,12 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		}
 		return nil, err
 	}
-	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng, approvals: apr}
+	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng, approvals: apr, audit: aud}
 	if lns.grpc != nil {
 		gw.grpc = grpc.NewServer(grpcServerOptions()...)
 		gw.health = health.NewServer()
 		healthpb.RegisterHealthServer(gw.grpc, gw.health)
-		if err := serveXDS(ctx, gw.grpc, cfg, gopts.configPath, log, reg); err != nil {
+		if err := serveXDS(ctx, gw.grpc, cfg, gopts.configPath, log, reg, aud.xdsEvent); err != nil {
 			if apr != nil {
 				apr.close()
 			}
@@ -237,6 +250,7 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		}
 		gw.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	}
+	built = true
 	return gw, nil
 }
 
@@ -341,6 +355,7 @@ func (g *gateway) serve(ctx context.Context) error {
 		_ = g.admin.Shutdown(sctx)
 	}
 	wg.Wait()
+	g.audit.close() // last: it records the end of everything above
 	g.log.Info("custos stopped")
 	return runErr
 }

@@ -31,12 +31,13 @@ const (
 // server, which serves xDS next to custos' other Envoy services.
 func grpcServerOptions() []grpc.ServerOption { return xds.ServerOptions() }
 
-// serveXDS registers the xDS server on g, serving cfg. With a config
+// serveXDS registers the xDS server on g, serving cfg; onEvent (may be
+// nil) is told of each configuration served or refused. With a config
 // path, the file is reloaded when it changes and on SIGHUP until ctx is
 // done; a file that cannot be served keeps the previous configuration.
-func serveXDS(ctx context.Context, g *grpc.Server, cfg *config.Config, cfgPath string, log *slog.Logger, reg prometheus.Registerer) error {
+func serveXDS(ctx context.Context, g *grpc.Server, cfg *config.Config, cfgPath string, log *slog.Logger, reg prometheus.Registerer, onEvent func(xds.Event)) error {
 	log = log.With("component", "xds")
-	srv, err := xds.New(ctx, cfg, xds.Options{Logger: log, Registerer: reg})
+	srv, err := xds.New(ctx, cfg, xds.Options{Logger: log, Registerer: reg, OnEvent: onEvent})
 	if err != nil {
 		return err
 	}
