@@ -18,9 +18,10 @@ type cacheKey [sha256.Size]byte
 // a little more: the version and kind, the principal (subject, issuer,
 // sorted groups, actor), the resource (name, type, labels) and the SQL
 // (normalized text, fingerprint and the statements' JSON: the fingerprint
-// alone does not tell schemas, columns or flags apart). Session fields,
-// claims and email are left out so that one statement repeated by many
-// sessions of a principal is decided once.
+// alone does not tell schemas, columns or flags apart), and for HTTP the
+// method, path and query. Session fields, claims, email and HTTP headers
+// are left out so that one statement or request repeated by many sessions
+// of a principal is decided once.
 func makeCacheKey(in *Input) (cacheKey, error) {
 	var stmts []byte
 	if in.SQL != nil {
@@ -31,6 +32,9 @@ func makeCacheKey(in *Input) (cacheKey, error) {
 	}
 	p := in.Principal
 	size := 256 + len(stmts)
+	if in.HTTP != nil {
+		size += len(in.HTTP.Method) + len(in.HTTP.Path)
+	}
 	if in.SQL != nil {
 		size += len(in.SQL.Normalized) + len(in.SQL.Fingerprint)
 	}
@@ -57,6 +61,22 @@ func makeCacheKey(in *Input) (cacheKey, error) {
 	for _, k := range slices.Sorted(maps.Keys(in.Resource.Labels)) {
 		b = appendStr(b, k)
 		b = appendStr(b, in.Resource.Labels[k])
+	}
+	if in.HTTP == nil {
+		b = appendInt(b, 0)
+	} else {
+		h := in.HTTP
+		b = appendInt(b, 1)
+		b = appendStr(b, h.Method)
+		b = appendStr(b, h.Path)
+		b = appendInt(b, int64(len(h.Query)))
+		for _, k := range slices.Sorted(maps.Keys(h.Query)) {
+			b = appendStr(b, k)
+			b = appendInt(b, int64(len(h.Query[k])))
+			for _, v := range h.Query[k] {
+				b = appendStr(b, v)
+			}
+		}
 	}
 	if in.SQL == nil {
 		b = appendInt(b, 0)

@@ -43,10 +43,11 @@ type Options struct {
 	// Timeout bounds one evaluation (default 100ms).
 	Timeout time.Duration
 	// CacheEntries bounds the decision cache (default 10000); a negative
-	// value turns the cache off. The cache key covers what the default
-	// policy reads; a policy deciding SQL on input.session,
-	// input.principal.claims or input.principal.email, or on anything
-	// outside the input that changes without a reload, must run without it.
+	// value turns the cache off. SQL and HTTP decisions are cached. The
+	// cache key covers what the default policy reads; a policy deciding on
+	// input.session, input.principal.claims, input.principal.email or
+	// input.http.headers, or on anything outside the input that changes
+	// without a reload, must run without it.
 	CacheEntries int
 	// WatchInterval is how often Watch looks at Dir (default 2s).
 	WatchInterval time.Duration
@@ -232,7 +233,7 @@ func (e *Engine) Watch(ctx context.Context) {
 // Decide evaluates data.custos.decision for in. It never fails open: an
 // undefined decision, an evaluation error, a timeout (Options.Timeout) or a
 // decision of the wrong shape is a denial with a reason starting with
-// "policy error:", logged at Error. Decisions of kind "sql" are cached. The
+// "policy error:", logged at Error. Decisions of kinds "sql" and "http" are cached. The
 // returned decision is the caller's own.
 func (e *Engine) Decide(ctx context.Context, in *Input) *Decision {
 	id := NewDecisionID()
@@ -245,7 +246,7 @@ func (e *Engine) Decide(ctx context.Context, in *Input) *Decision {
 		input.Version = InputVersion
 	}
 	cache := v.cache
-	if input.Kind != KindSQL {
+	if input.Kind != KindSQL && input.Kind != KindHTTP {
 		cache = nil
 	}
 	var key cacheKey
