@@ -3,6 +3,7 @@ package extproc
 import (
 	"context"
 	"errors"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"io"
 	"log/slog"
 	"net/http"
@@ -267,6 +268,27 @@ func (st *procStream) maskHeaders(hs []*corev3.HeaderValue) *extprocv3.HeaderMut
 	return mut
 }
 
+// A buffered response body of largeBody bytes or more gets Envoy to wait
+// up to largeBodyHold (override_message_timeout) while custos masks it.
+const (
+	largeBody     = 256 << 10
+	largeBodyHold = 30 * time.Second
+)
+
+// holdForLargeBody asks Envoy to wait (override_message_timeout) before
+// custos masks a body of n bytes, when masking it may outlast Envoy's
+// message_timeout (200 ms by default) on a busy machine.
+func (st *procStream) holdForLargeBody(n int) error {
+	if n < largeBody {
+		return nil
+	}
+	hold := min(largeBodyHold, st.s.opts.MaxMessageTimeout)
+	if err := st.srv.Send(&extprocv3.ProcessingResponse{OverrideMessageTimeout: durationpb.New(hold)}); err != nil {
+		return errStreamGone
+	}
+	return nil
+}
+
 func (st *procStream) responseBody(b *extprocv3.HttpBody) (*extprocv3.ProcessingResponse, error) {
 	streamed := st.modesKnown && st.respBodyMode == filterv3.ProcessingMode_STREAMED ||
 		!st.modesKnown && (!b.GetEndOfStream() || st.streamed != nil)
@@ -281,6 +303,9 @@ func (st *procStream) responseBody(b *extprocv3.HttpBody) (*extprocv3.Processing
 		return st.immediate(typev3.StatusCode_BadGateway, map[string]any{
 			"reason": "the upstream response is larger than custos may inspect for card data",
 		}), nil
+	}
+	if err := st.holdForLargeBody(len(b.GetBody())); err != nil {
+		return nil, err
 	}
 	out, changed, err := st.maskBody(b.GetBody())
 	if err != nil {
@@ -318,6 +343,9 @@ func (st *procStream) streamedChunk(b *extprocv3.HttpBody) (*extprocv3.Processin
 		return responseBodyResponse(&extprocv3.CommonResponse{BodyMutation: &extprocv3.BodyMutation{
 			Mutation: &extprocv3.BodyMutation_ClearBody{ClearBody: true},
 		}}), nil
+	}
+	if err := st.holdForLargeBody(len(st.streamed)); err != nil {
+		return nil, err
 	}
 	out, _, err := st.maskBody(st.streamed)
 	st.streamed = nil

@@ -1,5 +1,0 @@
-//go:build race
-
-package extproc_test
-
-const raceEnabled = true
