@@ -216,10 +216,20 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 	}
 	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng, approvals: apr, audit: aud}
 	if lns.grpc != nil {
-		gw.grpc = grpc.NewServer(grpcServerOptions()...)
+		gw.grpc = grpc.NewServer(gatewayGRPCOptions()...)
 		gw.health = health.NewServer()
 		healthpb.RegisterHealthServer(gw.grpc, gw.health)
 		if err := serveXDS(ctx, gw.grpc, cfg, gopts.configPath, log, reg, aud.xdsEvent); err != nil {
+			if apr != nil {
+				apr.close()
+			}
+			return nil, err
+		}
+		deps := extprocDeps{verifier: verifier, policy: eng, masker: masker, approvals: aprSvc, health: gw.health}
+		if aud.enabled() {
+			deps.audit = aud.j
+		}
+		if err := serveExtproc(gw.grpc, cfg, deps, log, reg); err != nil {
 			if apr != nil {
 				apr.close()
 			}

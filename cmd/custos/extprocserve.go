@@ -1,0 +1,56 @@
+package main
+
+import (
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+
+	"github.com/custos-dev/custos/extproc"
+	"github.com/custos-dev/custos/internal/approval"
+	"github.com/custos-dev/custos/internal/authn"
+	"github.com/custos-dev/custos/internal/config"
+	"github.com/custos-dev/custos/internal/mask"
+	"github.com/custos-dev/custos/internal/policy"
+	"github.com/custos-dev/custos/xds"
+)
+
+// gatewayGRPCOptions are the gRPC server's options: xDS' keepalive and
+// stream limits, and message sizes that fit the bodies ext_proc masks.
+func gatewayGRPCOptions() []grpc.ServerOption {
+	return append(grpcServerOptions(), extproc.ServerOptions(0)...)
+}
+
+// extprocDeps is what Envoy's callouts need from the gateway.
+type extprocDeps struct {
+	verifier  *authn.Verifier
+	policy    *policy.Engine
+	masker    *mask.Masker
+	approvals *approval.Service // nil: writes that need approval are refused
+	audit     extproc.Recorder  // nil: no audit journal
+	health    *health.Server
+}
+
+// serveExtproc registers Envoy's external authorization (HTTP and network
+// Check) and external processing services on g. Without a policy engine
+// (dev mode's benchmark baseline) nothing is registered: Envoy's filters
+// then fail closed.
+func serveExtproc(g *grpc.Server, cfg *config.Config, d extprocDeps, log *slog.Logger, reg prometheus.Registerer) error {
+	if d.policy == nil {
+		return nil
+	}
+	_, err := extproc.Register(g, extproc.Options{
+		Verifier:          d.verifier,
+		Policy:            d.policy,
+		Masker:            d.masker,
+		Approvals:         d.approvals,
+		ApprovalURL:       cfg.Approvals.PublicURL,
+		MaxMessageTimeout: xds.MaxApprovalWait,
+		Audit:             d.audit,
+		Health:            d.health,
+		Logger:            log.With("component", "extproc"),
+		Registerer:        reg,
+	})
+	return err
+}
