@@ -34,6 +34,8 @@ type resultMasker struct {
 	cat *catalog
 	ses *Session
 
+	tbuf []byte // a text column's masked value, until it is copied into the row
+
 	mu      sync.Mutex
 	pending []pendingOp
 	// stmts holds described statements (an empty, non-nil slice for one
@@ -513,6 +515,14 @@ func (rm *resultMasker) dataRow(m *Message, fields []field, formats []int16) err
 			rm.counts.PANs++
 		case f.attrs != nil:
 			nv, null = rm.maskComposite(v, f, format == 1)
+		case format == 0 && (f.oid == oidText || f.oid == oidVarchar || f.oid == oidBPChar):
+			// The common case of a text column: masked into a buffer the
+			// row reuses (nv is copied into out below, before the next
+			// value).
+			nv = rm.maskTextTo(rm.tbuf[:0], v)
+			if !sameBytes(nv, v) {
+				rm.tbuf = nv[:0] // keep the buffer, grown if it had to
+			}
 		default:
 			nv, null = rm.maskValue(v, f.oid, format == 1, 0)
 		}
@@ -615,7 +625,11 @@ func hasDigits(v []byte, n int) bool {
 }
 
 // maskText masks free text; the result may alias v.
-func (rm *resultMasker) maskText(v []byte) []byte {
+func (rm *resultMasker) maskText(v []byte) []byte { return rm.maskTextTo(nil, v) }
+
+// maskTextTo is maskText appending a masked copy to dst (v itself comes
+// back when nothing in it is masked).
+func (rm *resultMasker) maskTextTo(dst, v []byte) []byte {
 	if !hasDigits(v, minPANDigits) {
 		return v
 	}
@@ -628,7 +642,7 @@ func (rm *resultMasker) maskText(v []byte) []byte {
 	}
 	v = rm.maskNumberTokens(v, s)
 	v = rm.unescapeDigits(v)
-	out, c := rm.m.Text(nil, v, s)
+	out, c := rm.m.Text(dst, v, s)
 	rm.counts.Add(c)
 	return out
 }

@@ -13,6 +13,20 @@ package mask
 // length and layout; Redact, Null and Drop write [Redacted]; HMAC writes 64
 // hex digits. Track data is always replaced by [TrackDataRemoved].
 func (m *Masker) Text(dst, src []byte, s Strategy) ([]byte, Counts) {
+	if n := len(src); n >= minPAN && n <= maxPAN && allDigits(src) {
+		// A value that is one run of digits (a card-number column) is a
+		// single candidate with nothing glued to it: it is a PAN exactly
+		// when validPAN says so. Last4 and BINLast4 leave no PAN behind,
+		// so the value needs no second pass.
+		if !validPAN(src) {
+			return src, Counts{}
+		}
+		if r := m.resolve(s); r == Last4 || r == BINLast4 {
+			out := append(dst, src...)
+			hide(out[len(dst):], n, r == BINLast4)
+			return out, Counts{PANs: 1}
+		}
+	}
 	var sc scanner
 	sc.init(src)
 	if !sc.next() {
@@ -116,4 +130,13 @@ func hide(b []byte, n int, bin bool) {
 		}
 		pos++
 	}
+}
+
+func allDigits(b []byte) bool {
+	for _, c := range b {
+		if !isDigit(c) {
+			return false
+		}
+	}
+	return true
 }
