@@ -10,7 +10,10 @@ type metrics struct {
 	bytes        *prometheus.CounterVec
 	cancels      *prometheus.CounterVec
 	decisions    *prometheus.CounterVec
-	parked       *prometheus.CounterVec
+	// byOutcome holds the decisions counter of each outcome, looked up
+	// once: statements are counted on the hot path.
+	byOutcome map[string]prometheus.Counter
+	parked    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -48,8 +51,20 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Statements parked for approval (requested) and how their wait ended.",
 		}, []string{"outcome"}),
 	}
+	m.byOutcome = map[string]prometheus.Counter{}
+	for _, o := range []string{"allow", "deny", "approval_required"} {
+		m.byOutcome[o] = m.decisions.WithLabelValues(o)
+	}
 	if reg != nil {
 		reg.MustRegister(m.connections, m.authFailures, m.active, m.messages, m.bytes, m.cancels, m.decisions, m.parked)
 	}
 	return m
+}
+
+// decision is the decisions counter of outcome.
+func (m *metrics) decision(outcome string) prometheus.Counter {
+	if c, ok := m.byOutcome[outcome]; ok {
+		return c
+	}
+	return m.decisions.WithLabelValues(outcome)
 }

@@ -344,7 +344,7 @@ func (h *policyHook) track(stmts []sqlclass.Statement) {
 
 func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []sqlclass.Statement) *policy.Decision {
 	if dec := h.recall(res, stmts); dec != nil {
-		h.srv.metrics.decisions.WithLabelValues(decisionLabel(dec)).Inc()
+		h.srv.metrics.decision(decisionLabel(dec)).Inc()
 		return dec
 	}
 	p := h.ses.Principal
@@ -366,7 +366,7 @@ func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []s
 	}
 	dec := h.eng.Decide(ctx, in)
 	h.remember(res, stmts, dec)
-	h.srv.metrics.decisions.WithLabelValues(decisionLabel(dec)).Inc()
+	h.srv.metrics.decision(decisionLabel(dec)).Inc()
 	if !dec.Allow || dec.RequireApproval != nil {
 		h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", p.Subject,
 			"decision_id", dec.ID, "outcome", decisionLabel(dec), "reasons", dec.Reasons, "query", res.Normalized)
