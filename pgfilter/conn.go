@@ -265,7 +265,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 	}
 	log := hs.log.With("user", user, "database", database)
 	// event reports this connection's authentication and session start.
-	event := func(kind SessionEventKind, reason string, p *authn.Principal, ss *session, err error) {
+	event := func(kind SessionEventKind, reason string, p *authn.Principal, ss *session, err error) error {
 		ev := SessionEvent{Kind: kind, ClientAddr: hs.raw.RemoteAddr().String(), User: user, Database: database,
 			TLS: hs.tls, Principal: p, Reason: reason, Err: err}
 		if up := s.upstreamFor(database); up != nil {
@@ -274,7 +274,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		if ss != nil {
 			ev.Session = &ss.Session
 		}
-		s.sessionEvent(ev)
+		return s.sessionEvent(ev)
 	}
 
 	if !hs.tls {
@@ -282,13 +282,13 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		case config.TransportTLS:
 			s.metrics.authFailures.WithLabelValues("insecure_transport").Inc()
 			log.Warn("authentication failed", "reason", "insecure_transport")
-			event(SessionAuthFailed, "insecure_transport", nil, nil, errors.New("password sent without TLS"))
+			_ = event(SessionAuthFailed, "insecure_transport", nil, nil, errors.New("password sent without TLS"))
 			return nil, fatalHint("28000", "custos requires TLS before a token may be sent", "Connect with sslmode=require (or stronger).")
 		case config.TransportTLSOrLoopback:
 			if !isLoopback(hs.raw.RemoteAddr()) {
 				s.metrics.authFailures.WithLabelValues("insecure_transport").Inc()
 				log.Warn("authentication failed", "reason", "insecure_transport")
-				event(SessionAuthFailed, "insecure_transport", nil, nil, errors.New("password sent without TLS from a non-loopback address"))
+				_ = event(SessionAuthFailed, "insecure_transport", nil, nil, errors.New("password sent without TLS from a non-loopback address"))
 				return nil, fatalHint("28000", "custos requires TLS before a token may be sent from a non-loopback address", "Connect with sslmode=require (or stronger).")
 			}
 		}
@@ -304,7 +304,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 	if err != nil {
 		s.metrics.authFailures.WithLabelValues("protocol").Inc()
 		log.Warn("authentication failed", "reason", "protocol", "error", err)
-		event(SessionAuthFailed, "protocol", nil, nil, err)
+		_ = event(SessionAuthFailed, "protocol", nil, nil, err)
 		return nil, err
 	}
 	principal, err := s.opts.Verifier.Verify(ctx, token)
@@ -312,7 +312,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		reason := authn.Reason(err)
 		s.metrics.authFailures.WithLabelValues(reason).Inc()
 		log.Warn("authentication failed", "reason", reason, "error", err)
-		event(SessionAuthFailed, reason, nil, nil, err)
+		_ = event(SessionAuthFailed, reason, nil, nil, err)
 		if s.opts.Listener.OAuthBearer {
 			hs.oauthFailure()
 		}
@@ -322,14 +322,14 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		s.metrics.authFailures.WithLabelValues("user_mismatch").Inc()
 		log.Warn("authentication failed", "reason", "user_mismatch", "principal", principal.Subject)
 		msg := fmt.Sprintf("startup user %q does not match the token's identity %q", user, principal.User)
-		event(SessionAuthFailed, "user_mismatch", principal, nil, errors.New(msg))
+		_ = event(SessionAuthFailed, "user_mismatch", principal, nil, errors.New(msg))
 		return nil, fatalHint("28000", msg, "Connect with the user name your token was issued for.")
 	}
 	up := s.upstreamFor(database)
 	if up == nil {
 		s.metrics.connections.WithLabelValues("unknown_database").Inc()
 		log.Warn("connection refused", "reason", "unknown_database", "principal", principal.Subject)
-		event(SessionRefused, "unknown_database", principal, nil, fmt.Errorf("database %q is not served by custos", database))
+		_ = event(SessionRefused, "unknown_database", principal, nil, fmt.Errorf("database %q is not served by custos", database))
 		return nil, fatal("3D000", fmt.Sprintf("database %q is not served by custos", database))
 	}
 
@@ -349,7 +349,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 	if err := s.admitSession(ss); err != nil {
 		s.metrics.connections.WithLabelValues("refused_limit").Inc()
 		ss.log.Warn("connection refused", "reason", "session_limit")
-		event(SessionRefused, "session_limit", principal, ss, err)
+		_ = event(SessionRefused, "session_limit", principal, ss, err)
 		return nil, err
 	}
 	hj, err := s.connectUpstream(ctx, up, params)
@@ -357,7 +357,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		s.releaseSession(ss)
 		s.metrics.connections.WithLabelValues("upstream_failed").Inc()
 		ss.log.Error("upstream login failed", "error", err)
-		event(SessionRefused, "upstream_failed", principal, ss, err)
+		_ = event(SessionRefused, "upstream_failed", principal, ss, err)
 		return nil, upstreamError(up.res.Name, err)
 	}
 	ss.attachUpstream(hj)
@@ -367,7 +367,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		return nil, err
 	}
 	ss.log.Info("authentication succeeded", "tls", hs.tls, "issuer", principal.Issuer, "groups", principal.Groups)
-	event(SessionAuthSucceeded, "", principal, ss, nil)
+	_ = event(SessionAuthSucceeded, "", principal, ss, nil)
 
 	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
 	names := make([]string, 0, len(hj.ParameterStatuses))
@@ -384,7 +384,15 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		&pgproto3.BackendKeyData{ProcessID: ss.keyPID, SecretKey: secret[:]},
 		&pgproto3.ReadyForQuery{TxStatus: hj.TxStatus},
 	)
-	event(SessionOpened, "", principal, ss, nil)
+	if err := event(SessionOpened, "", principal, ss, nil); err != nil {
+		ss.closeUpstream()
+		s.releaseSession(ss)
+		s.metrics.connections.WithLabelValues("refused_audit").Inc()
+		ss.log.Error("connection refused", "reason", "audit_unavailable", "error", err)
+		_ = event(SessionRefused, "audit_unavailable", principal, ss, err)
+		return nil, fatalHint("58030", "custos cannot record this session in its audit journal; sessions on cardholder data are refused until it can",
+			"The incident is logged; retry later.")
+	}
 	if err := hs.send(msgs...); err != nil {
 		ss.closeUpstream()
 		s.releaseSession(ss)

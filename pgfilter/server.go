@@ -70,8 +70,11 @@ type Options struct {
 	// OnSessionEvent, when set, is told of each authentication, session
 	// start and session end, for the audit record: synchronously, on the
 	// connection's goroutine, before the client hears the outcome. It is
-	// never called per message. It must not keep ev.Session.
-	OnSessionEvent func(SessionEvent)
+	// never called per message. It must not keep ev.Session. An error for
+	// a SessionOpened event refuses the session (the audit record of a
+	// session on cardholder data could not be written: fail closed); for
+	// other kinds it is ignored.
+	OnSessionEvent func(SessionEvent) error
 }
 
 // SessionEventKind says what happened to a connection.
@@ -125,15 +128,15 @@ type SessionEvent struct {
 	Duration               time.Duration
 }
 
-// sessionEvent passes ev to Options.OnSessionEvent.
-func (s *Server) sessionEvent(ev SessionEvent) {
+// sessionEvent passes ev to Options.OnSessionEvent and returns its answer.
+func (s *Server) sessionEvent(ev SessionEvent) error {
 	if s.opts.OnSessionEvent == nil {
-		return
+		return nil
 	}
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	s.opts.OnSessionEvent(ev)
+	return s.opts.OnSessionEvent(ev)
 }
 
 // sessionClosed reports the end of a session that ran.
@@ -151,7 +154,7 @@ func (s *Server) sessionClosed(ss *session) {
 	if ss.masker != nil {
 		ev.MaskedPANs, ev.RemovedSAD = int64(ss.masker.counts.PANs), int64(ss.masker.counts.SAD)
 	}
-	s.sessionEvent(ev)
+	_ = s.sessionEvent(ev) // the session is over either way
 }
 
 // Server accepts Postgres clients and relays them to their upstream.

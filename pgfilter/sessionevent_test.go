@@ -2,6 +2,7 @@ package pgfilter_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -18,7 +19,7 @@ type sessionEvents struct {
 	events []pgfilter.SessionEvent
 }
 
-func (se *sessionEvents) add(ev pgfilter.SessionEvent) {
+func (se *sessionEvents) add(ev pgfilter.SessionEvent) error {
 	se.mu.Lock()
 	defer se.mu.Unlock()
 	if ev.Session != nil {
@@ -26,6 +27,7 @@ func (se *sessionEvents) add(ev pgfilter.SessionEvent) {
 		ev.Session = &cp
 	}
 	se.events = append(se.events, ev)
+	return nil
 }
 
 func (se *sessionEvents) list() []pgfilter.SessionEvent {
@@ -102,5 +104,37 @@ func TestSessionEvents(t *testing.T) {
 	}
 	if got[4].Duration <= 0 {
 		t.Errorf("closed: duration %v", got[4].Duration)
+	}
+}
+
+// TestSessionRefusedWhenNotRecorded: a session whose start the callback
+// refuses (its audit record could not be written) gets a FATAL error and
+// never reaches ReadyForQuery; the refusal is reported too.
+func TestSessionRefusedWhenNotRecorded(t *testing.T) {
+	t.Parallel()
+	var se sessionEvents
+	env := pgfiltertest.Start(t, pgfiltertest.Options{OnSessionEvent: func(ev pgfilter.SessionEvent) error {
+		_ = se.add(ev)
+		if ev.Kind == pgfilter.SessionOpened {
+			return errors.New("journal unavailable")
+		}
+		return nil
+	}})
+	tok := env.Mint(t, devissuer.MintRequest{Subject: "alice", Groups: []string{"agents"}})
+	e := connectErr(t, env.ConnString("alice", tok))
+	if e.Code != "58030" || e.Severity != "FATAL" || !strings.Contains(e.Message, "audit journal") {
+		t.Fatalf("refused session: %s %s %s", e.Severity, e.Code, e.Message)
+	}
+	var refused bool
+	for _, ev := range se.list() {
+		if ev.Kind == pgfilter.SessionRefused && ev.Reason == "audit_unavailable" {
+			refused = true
+		}
+		if ev.Kind == pgfilter.SessionClosed {
+			t.Errorf("a refused session was reported closed: %+v", ev)
+		}
+	}
+	if !refused {
+		t.Errorf("no refusal reported: %+v", se.list())
 	}
 }

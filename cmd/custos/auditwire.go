@@ -137,11 +137,11 @@ func (a *auditor) startExport(ctx context.Context, getenv func(string) string) e
 // enabled reports whether events are recorded.
 func (a *auditor) enabled() bool { return a != nil && a.j != nil }
 
-// record appends ev and waits until it is durable. A failure is logged
-// and counted.
-func (a *auditor) record(ev audit.Event) {
+// record appends ev and waits until it is durable. A failure is logged,
+// counted and returned.
+func (a *auditor) record(ev audit.Event) error {
 	if !a.enabled() {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), auditAppendTimeout)
 	defer cancel()
@@ -149,7 +149,9 @@ func (a *auditor) record(ev audit.Event) {
 		a.failures.WithLabelValues(ev.Name).Inc()
 		a.log.Error("audit event not recorded", "event", ev.Name, "error", err.Error(),
 			"unavailable", errors.Is(err, audit.ErrUnavailable))
+		return err
 	}
+	return nil
 }
 
 // recordAsync appends ev without making the caller wait (callers that
@@ -169,7 +171,7 @@ func (a *auditor) recordAsync(ev audit.Event) {
 	a.mu.Unlock()
 	go func() {
 		defer a.async.Done()
-		a.record(ev)
+		_ = a.record(ev) // logged and counted
 	}()
 }
 
@@ -221,9 +223,12 @@ func (a *auditor) closeJournal() {
 
 // sessionEvent records a pgfilter connection's authentication, session
 // start or end, before the client hears of it.
-func (a *auditor) sessionEvent(ev pgfilter.SessionEvent) {
+//
+// A session on a resource marked cardholder data whose start cannot be
+// recorded is refused (the error) unless audit.fail_closed is false.
+func (a *auditor) sessionEvent(ev pgfilter.SessionEvent) error {
 	if !a.enabled() {
-		return
+		return nil
 	}
 	e := audit.Event{
 		Time:         ev.Time,
@@ -269,9 +274,13 @@ func (a *auditor) sessionEvent(ev pgfilter.SessionEvent) {
 		e.Duration, e.Masked, e.SADDropped = ev.Duration, ev.MaskedPANs, ev.RemovedSAD
 		e.Attrs = append(e.Attrs, audit.String("custos.connection.close_reason", ev.Reason))
 	default:
-		return
+		return nil
 	}
-	a.record(e)
+	err := a.record(e)
+	if err != nil && ev.Kind == pgfilter.SessionOpened && a.failClosed && ev.Resource != nil && ev.Resource.CardholderData() {
+		return fmt.Errorf("audit journal: %w", err)
+	}
+	return nil
 }
 
 // splitAddr splits host:port; an address without a port is all host.
@@ -363,7 +372,7 @@ func (a *auditor) approvalEvent(ev approval.Event) {
 	default:
 		e.Name, e.Outcome = "custos.approval."+ev.Type, audit.OutcomeSuccess
 	}
-	a.record(e)
+	_ = a.record(e) // logged and counted
 }
 
 // policyReload records a load of the policy, the first included.
@@ -384,7 +393,7 @@ func (a *auditor) policyReload(ev policy.ReloadEvent) {
 	} else {
 		e.Attrs = append(e.Attrs, audit.Int("custos.policy.files", int64(ev.Files)))
 	}
-	a.record(e)
+	_ = a.record(e) // logged and counted
 }
 
 // xdsEvent records a change or refusal of the configuration served to

@@ -28,6 +28,7 @@ import (
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/devissuer"
 	"github.com/custos-dev/custos/internal/policy"
+	"github.com/custos-dev/custos/pgfilter"
 	"github.com/custos-dev/custos/pgfilter/pgfiltertest"
 	"github.com/custos-dev/custos/xds"
 )
@@ -513,5 +514,45 @@ func TestAuditorEvents(t *testing.T) {
 	b.close()
 	if _, err := os.Stat(filepath.Join(off.DataDir, "audit")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("audit off wrote %s: %v", filepath.Join(off.DataDir, "audit"), err)
+	}
+}
+
+// TestSessionRefusedWhenAuditFails: a session on cardholder data whose
+// start cannot be recorded is refused, unless fail_closed is off; other
+// resources and other events go on.
+func TestSessionRefusedWhenAuditFails(t *testing.T) {
+	t.Parallel()
+	cde := &config.Resource{Name: "payments", Type: "postgres", Labels: map[string]string{config.LabelPCI: config.LabelCDE}}
+	plain := &config.Resource{Name: "analytics", Type: "postgres"}
+	for _, tc := range []struct {
+		name       string
+		failClosed bool
+		res        *config.Resource
+		kind       pgfilter.SessionEventKind
+		refused    bool
+	}{
+		{"cardholder data, fail closed", true, cde, pgfilter.SessionOpened, true},
+		{"cardholder data, fail open", false, cde, pgfilter.SessionOpened, false},
+		{"other resource", true, plain, pgfilter.SessionOpened, false},
+		{"not a session start", true, cde, pgfilter.SessionClosed, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := &config.Config{DataDir: t.TempDir()}
+			cfg.ApplyDefaults()
+			cfg.Audit.FailClosed = &tc.failClosed
+			a, err := openAuditor(context.Background(), cfg, slog.New(slog.DiscardHandler), prometheus.NewRegistry(), func(string) string { return "" })
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A closed journal stands for one that cannot be written.
+			if err := a.j.Close(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			err = a.sessionEvent(pgfilter.SessionEvent{Kind: tc.kind, User: "alice", Database: "payments", Resource: tc.res, ClientAddr: "127.0.0.1:5000"})
+			if (err != nil) != tc.refused {
+				t.Fatalf("sessionEvent = %v, want refused %v", err, tc.refused)
+			}
+		})
 	}
 }

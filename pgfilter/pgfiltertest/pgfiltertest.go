@@ -112,7 +112,7 @@ type Options struct {
 	// Logger for the proxy; nil discards.
 	Logger *slog.Logger
 	// OnSessionEvent is told of authentications and session starts and ends.
-	OnSessionEvent func(pgfilter.SessionEvent)
+	OnSessionEvent func(pgfilter.SessionEvent) error
 }
 
 // Env is a running proxy in front of the shared cluster.
