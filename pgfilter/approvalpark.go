@@ -73,15 +73,12 @@ func (h *policyHook) park(ctx context.Context, m *Message, dec *policy.Decision,
 	h.srv.metrics.parked.WithLabelValues("requested").Inc()
 	h.srv.log.Info("statement parked for approval", "session_id", h.ses.ID, "approval_id", req.ID,
 		"decision_id", dec.ID, "principal", p.Subject, "approver_groups", strings.Join(req.ApproverGroups, ","))
-	if err := h.relay.SendToClient(h.parkedNotice(req)); err != nil {
-		h.withdraw(ctx, req.ID, "the client could not be told of the request")
-		return nil, err
-	}
-
 	held := bytes.Clone(m.Body) // the reader's buffer is reused while waiting
 	h.mu.Unlock()
 	var got *approval.Request
-	werr := h.relay.hold(ctx, func(ctx context.Context) error {
+	werr := h.relay.hold(ctx, func() error {
+		return h.relay.SendToClient(h.parkedNotice(req))
+	}, func(ctx context.Context) error {
 		r, err := svc.Wait(ctx, req.ID)
 		got = r
 		return err
@@ -91,6 +88,9 @@ func (h *policyHook) park(ctx context.Context, m *Message, dec *policy.Decision,
 
 	switch {
 	case werr == nil:
+	case errors.Is(werr, errAnnounce):
+		h.withdraw(ctx, req.ID, "the client could not be told of the request")
+		return nil, werr
 	case errors.Is(werr, errParkCancelled):
 		h.withdraw(ctx, req.ID, "the client cancelled the statement")
 		h.srv.metrics.parked.WithLabelValues("cancelled").Inc()

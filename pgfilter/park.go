@@ -18,19 +18,24 @@ var (
 	errClientGone = errors.New("client disconnected while its statement was parked")
 	// errParkCancelled: the client sent a CancelRequest for the session.
 	errParkCancelled = errors.New("client cancelled its parked statement")
+	// errAnnounce: the client could not be told that its statement waits.
+	errAnnounce = errors.New("the client could not be told of the approval request")
 )
 
-// hold runs wait while the client's current message is parked. Meanwhile
-// it reads the client connection so that a disconnect or a Terminate ends
-// the wait (the context's cause is errClientGone), lets a CancelRequest
-// end it (errParkCancelled), and keeps the idle timer from ending a
-// session that is only waiting for a human. Whatever the client sends
-// meanwhile is kept and relayed, in order, once the wait is over.
+// hold runs wait while the client's current message is parked. It first
+// makes the session parked, so that a CancelRequest from then on ends the
+// wait (errParkCancelled), and then calls announce (which tells the
+// client it waits: a cancel sent after that notice is never lost). While
+// waiting it reads the client connection so that a disconnect or a
+// Terminate ends the wait (the context's cause is errClientGone), and
+// keeps the idle timer from ending a session that is only waiting for a
+// human. Whatever the client sends meanwhile is kept and relayed, in
+// order, once the wait is over. An announce error is returned at once.
 //
 // hold is called from the client-to-server pump (inside a hook), the only
 // reader of the client connection. Anything the hook keeps of the current
 // message must be copied first: the reader's buffer is reused.
-func (ss *session) hold(ctx context.Context, wait func(context.Context) error) error {
+func (ss *session) hold(ctx context.Context, announce func() error, wait func(context.Context) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	ss.parkMu.Lock()
@@ -44,6 +49,9 @@ func (ss *session) hold(ctx context.Context, wait func(context.Context) error) e
 		ss.parked.Store(false)
 		ss.touch()
 	}()
+	if err := announce(); err != nil {
+		return fmt.Errorf("%w: %w", errAnnounce, err)
+	}
 
 	w := ss.watchClient(cancel)
 	err := wait(ctx)
