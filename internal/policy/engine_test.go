@@ -73,24 +73,44 @@ func newEngine(t testing.TB, opts Options) *Engine {
 // writePolicy replaces dir's files with files.
 func writePolicy(t testing.TB, dir string, files map[string]string) {
 	t.Helper()
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// Replace the directory's contents as an editor or a ConfigMap update
+	// does, file by file atomically (a hidden temporary file renamed into
+	// place), so that a watcher never sees a half-written or empty policy.
 	for name, body := range files {
 		p := filepath.Join(dir, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		tmp := filepath.Join(filepath.Dir(p), ".writing-"+filepath.Base(p))
+		if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, p); err != nil {
 			t.Fatal(err)
 		}
 	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if _, keep := files[e.Name()]; keep || e.IsDir() && keepsDir(files, e.Name()) {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// keepsDir reports whether one of files lies under the directory dir.
+func keepsDir(files map[string]string, dir string) bool {
+	for name := range files {
+		if strings.HasPrefix(name, dir+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 func policyDir(t testing.TB, files map[string]string) string {
