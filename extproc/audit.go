@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/custos-dev/custos/internal/audit"
 	"github.com/custos-dev/custos/internal/policy"
 )
@@ -25,6 +27,9 @@ const auditTimeout = 5 * time.Second
 func (s *Server) record(ctx context.Context, ev audit.Event) bool {
 	if s.opts.Audit == nil {
 		return true
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() && !ev.TraceID.IsValid() {
+		ev.TraceID, ev.SpanID = sc.TraceID(), sc.SpanID()
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 	defer cancel()

@@ -40,6 +40,12 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	defer func() { s.metrics.checkSeconds.Observe(time.Since(start).Seconds()) }()
 	attrs := req.GetAttributes()
 	if h := attrs.GetRequest().GetHttp(); h != nil {
+		if s.opts.Tracer != nil {
+			ctx, span := s.checkSpan(ctx, h)
+			resp := s.checkHTTP(ctx, attrs, h)
+			endCheckSpan(span, resp)
+			return resp, nil
+		}
 		return s.checkHTTP(ctx, attrs, h), nil
 	}
 	return s.checkConnection(ctx, attrs), nil

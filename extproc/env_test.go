@@ -19,6 +19,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 
 	"github.com/custos-dev/custos/extproc"
@@ -53,6 +54,8 @@ type envOptions struct {
 	noApprovals bool
 	// audit records events (nil: no audit).
 	audit extproc.Recorder
+	// tracer records spans (nil: none).
+	tracer trace.Tracer
 }
 
 func newEnv(t testing.TB, opts envOptions) *env {
@@ -117,6 +120,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		Logger:            slog.New(slog.DiscardHandler),
 		Registerer:        e.reg,
 		Audit:             opts.audit,
+		Tracer:            opts.tracer,
 	}
 	if e.approvals != nil {
 		o.Approvals = e.approvals

@@ -15,6 +15,7 @@ import (
 	filterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -37,6 +38,7 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 		// A request that never reached its response (the client or
 		// the upstream went away, Envoy gave up) is recorded too.
 		st.recordRefusal(audit.OutcomeFailure, 0, "the request ended before its response was complete")
+		st.endSpan()
 	}()
 	for {
 		req, err := srv.Recv()
@@ -102,6 +104,9 @@ type procStream struct {
 	masked     mask.Counts
 	approvalID string
 	recorded   bool
+
+	// span covers the stream; nil without a tracer.
+	span trace.Span
 }
 
 // responseInfo is what the body phase needs of the response headers.
@@ -161,6 +166,7 @@ func (st *procStream) requestHeaders(h *extprocv3.HttpHeaders) (*extprocv3.Proce
 	st.method = headerGet(hs, ":method")
 	st.path = headerGet(hs, ":path")
 	st.requestID = headerGet(hs, "x-request-id")
+	st.startSpan(hs)
 	st.log = st.log.With(slog.String("request_id", st.requestID), slog.String("method", st.method),
 		slog.String("path", st.s.maskText(pathOnly(st.path))))
 	if st.grant == nil {

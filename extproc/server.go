@@ -9,6 +9,8 @@ import (
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -77,6 +79,12 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics; nil registers nowhere.
 	Registerer prometheus.Registerer
+	// Tracer, when set, records a span per HTTP request Check decides and
+	// per ext_proc stream, continuing the trace Envoy forwards in its
+	// traceparent header; nil records none.
+	Tracer trace.Tracer
+	// Propagator reads that header (default: W3C trace context).
+	Propagator propagation.TextMapPropagator
 }
 
 // Server implements Envoy's external authorization (HTTP and network) and

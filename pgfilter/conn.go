@@ -85,6 +85,7 @@ func (s *Server) handle(raw net.Conn) {
 	_ = raw.SetDeadline(time.Time{})
 	ss.run()
 	s.sessionClosed(ss)
+	ss.endSpan(ss.endErr)
 }
 
 // send writes backend messages to the client during the handshake.
@@ -368,6 +369,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 	}
 	ss.log.Info("authentication succeeded", "tls", hs.tls, "issuer", principal.Issuer, "groups", principal.Groups)
 	_ = event(SessionAuthSucceeded, "", principal, ss, nil)
+	ss.startSpan()
 
 	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
 	names := make([]string, 0, len(hj.ParameterStatuses))
@@ -390,6 +392,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		s.metrics.connections.WithLabelValues("refused_audit").Inc()
 		ss.log.Error("connection refused", "reason", "audit_unavailable", "error", err)
 		_ = event(SessionRefused, "audit_unavailable", principal, ss, err)
+		ss.endSpan(err)
 		return nil, fatalHint("58030", "custos cannot record this session in its audit journal; sessions on cardholder data are refused until it can",
 			"The incident is logged; retry later.")
 	}
@@ -397,6 +400,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		ss.closeUpstream()
 		s.releaseSession(ss)
 		s.sessionClosed(ss)
+		ss.endSpan(err)
 		return nil, nil
 	}
 	s.metrics.connections.WithLabelValues("established").Inc()

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/custos-dev/custos/internal/mask"
 )
@@ -74,6 +75,9 @@ type session struct {
 	parkCancel context.CancelCauseFunc
 
 	msgs, bytes [2]uint64
+
+	// span is the session's pg.session span; nil without a tracer.
+	span trace.Span
 }
 
 func newSession(s *Server, pub Session, client net.Conn, clientBuf *bufio.Reader, upstreamAddr string) *session {

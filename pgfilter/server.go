@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/custos-dev/custos/internal/approval"
 	"github.com/custos-dev/custos/internal/authn"
@@ -75,6 +76,10 @@ type Options struct {
 	// session on cardholder data could not be written: fail closed); for
 	// other kinds it is ignored.
 	OnSessionEvent func(SessionEvent) error
+	// Tracer, when set, records one pg.session span per client session,
+	// from its authentication to its end (never per message); nil records
+	// none.
+	Tracer trace.Tracer
 }
 
 // SessionEventKind says what happened to a connection.

@@ -30,6 +30,7 @@ type extprocDeps struct {
 	approvals *approval.Service // nil: writes that need approval are refused
 	audit     extproc.Recorder  // nil: no audit journal
 	health    *health.Server
+	tracing   *tracing // nil: no spans
 }
 
 // serveExtproc registers Envoy's external authorization (HTTP and network
@@ -51,6 +52,8 @@ func serveExtproc(g *grpc.Server, cfg *config.Config, d extprocDeps, log *slog.L
 		Health:            d.health,
 		Logger:            log.With("component", "extproc"),
 		Registerer:        reg,
+		Tracer:            d.tracing.tracer(),
+		Propagator:        d.tracing.propagator(),
 	})
 	return err
 }

@@ -114,6 +114,7 @@ type gateway struct {
 	// without policy).
 	approvals *approvals
 	audit     *auditor
+	tracing   *tracing
 	ready     atomic.Bool
 }
 
@@ -141,6 +142,15 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 	defer func() {
 		if !built {
 			aud.close()
+		}
+	}()
+	tr, err := openTracing(ctx, log.With("component", "telemetry"), os.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if !built {
+			tr.shutdown()
 		}
 	}()
 
@@ -207,6 +217,7 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		Registerer:  reg,
 
 		OnSessionEvent: aud.sessionEvent,
+		Tracer:         tr.tracer(),
 	})
 	if err != nil {
 		if apr != nil {
@@ -214,7 +225,7 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		}
 		return nil, err
 	}
-	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng, approvals: apr, audit: aud}
+	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng, approvals: apr, audit: aud, tracing: tr}
 	if lns.grpc != nil {
 		gw.grpc = grpc.NewServer(gatewayGRPCOptions()...)
 		gw.health = health.NewServer()
@@ -225,7 +236,7 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 			}
 			return nil, err
 		}
-		deps := extprocDeps{verifier: verifier, policy: eng, masker: masker, approvals: aprSvc, health: gw.health}
+		deps := extprocDeps{verifier: verifier, policy: eng, masker: masker, approvals: aprSvc, health: gw.health, tracing: tr}
 		if aud.enabled() {
 			deps.audit = aud.j
 		}
@@ -365,7 +376,8 @@ func (g *gateway) serve(ctx context.Context) error {
 		_ = g.admin.Shutdown(sctx)
 	}
 	wg.Wait()
-	g.audit.close() // last: it records the end of everything above
+	g.audit.close()      // last: it records the end of everything above
+	g.tracing.shutdown() // the spans of the sessions and requests above
 	g.log.Info("custos stopped")
 	return runErr
 }

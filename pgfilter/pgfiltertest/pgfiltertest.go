@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/custos-dev/custos/internal/approval"
 	"github.com/custos-dev/custos/internal/authn"
@@ -113,6 +114,8 @@ type Options struct {
 	Logger *slog.Logger
 	// OnSessionEvent is told of authentications and session starts and ends.
 	OnSessionEvent func(pgfilter.SessionEvent) error
+	// Tracer records a span per session (nil: none).
+	Tracer trace.Tracer
 }
 
 // Env is a running proxy in front of the shared cluster.
@@ -191,6 +194,7 @@ func Start(t testing.TB, opts Options) *Env {
 		Registerer: e.Registry,
 
 		OnSessionEvent: opts.OnSessionEvent,
+		Tracer:         opts.Tracer,
 	})
 	if err != nil {
 		t.Fatal(err)
