@@ -82,12 +82,14 @@ type devProcess struct {
 	err  error // cmd.Wait's result, valid once done is closed
 }
 
-func startDev(t *testing.T, bin, dataDir string) *devProcess {
+// startDev starts `custos dev` on free loopback ports with the client
+// environment plus env (KEY=value); it is stopped in t.Cleanup.
+func startDev(t *testing.T, bin, dataDir string, env ...string) *devProcess {
 	t.Helper()
 	p := &devProcess{out: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, "dev", "--data-dir", dataDir,
 		"--pg-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
-	p.cmd.Env = clientEnviron()
+	p.cmd.Env = clientEnviron(env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = devProcAttr()
 	if err := p.cmd.Start(); err != nil {

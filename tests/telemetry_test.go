@@ -1,0 +1,161 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custos-dev/custos/internal/pgcluster"
+)
+
+// jaegerTrace is the part of the query API's /api/traces answer the test
+// reads.
+type jaegerTrace struct {
+	TraceID string `json:"traceID"`
+	Spans   []struct {
+		OperationName string `json:"operationName"`
+		Tags          []struct {
+			Key   string `json:"key"`
+			Value any    `json:"value"`
+		} `json:"tags"`
+	} `json:"spans"`
+}
+
+// TestTelemetryToJaeger runs `custos dev` against a real Jaeger v2: the
+// session's pg.session span must arrive over OTLP/gRPC with its
+// attributes, and the audit journal's records as OTLP/HTTP logs.
+func TestTelemetryToJaeger(t *testing.T) {
+	t.Parallel()
+	j := startJaeger(t)
+	bin := buildCustos(t, t.TempDir())
+	binDir, _ := pgcluster.FindBinDir()
+	psqlBin := findPgProgram(t, binDir, "psql")
+
+	// The demo PostgreSQL runs as the postgres user when the test runs as
+	// root: every directory above the data dir must be traversable by it.
+	base, err := os.MkdirTemp("", "custos-e2e-telemetry-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	dataDir := filepath.Join(base, "data")
+
+	// Traces over gRPC, logs over HTTP: both receivers, both exporters.
+	p := startDev(t, bin, dataDir,
+		"OTEL_EXPORTER_OTLP_ENDPOINT=http://"+j.otlpGRPC,
+		"OTEL_EXPORTER_OTLP_PROTOCOL=grpc",
+		"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT=http://"+j.otlpHTTP+"/v1/logs",
+		"OTEL_EXPORTER_OTLP_LOGS_PROTOCOL=http/protobuf",
+		"OTEL_TRACES_EXPORTER=otlp",
+		"OTEL_SERVICE_NAME=",
+		"OTEL_RESOURCE_ATTRIBUTES=",
+	)
+	vars := p.waitEnv(t, dataDir)
+
+	r := run(t, clientEnviron(), nil, bin, "token", "--data-dir", dataDir, "--sub", "alice", "--groups", "agents")
+	token := strings.TrimSpace(r.stdout)
+	if r.code != 0 || strings.Count(token, ".") != 2 {
+		t.Fatalf("custos token: %s", r)
+	}
+	conn := fmt.Sprintf("host=%s port=%s dbname=%s user=alice sslmode=verify-full sslrootcert=%s application_name=telemetry-test",
+		vars["CUSTOS_PG_HOST"], vars["CUSTOS_PG_PORT"], vars["CUSTOS_DATABASE"], vars["CUSTOS_CA_FILE"])
+	r = run(t, clientEnviron("PGPASSWORD="+token), nil, psqlBin,
+		"-X", "--no-password", "-v", "ON_ERROR_STOP=1", "-A", "-t", "-d", conn, "-c", "SELECT count(*) FROM cards")
+	if r.code != 0 {
+		t.Fatalf("psql through custos: %s", r)
+	}
+	// Stopping custos flushes its spans and drains the audit export.
+	p.stop(t)
+
+	t.Run("pg.session span", func(t *testing.T) {
+		var services struct {
+			Data []string `json:"data"`
+		}
+		waitFor(t, "service custos in Jaeger's /api/services", j, func() bool {
+			code, body, err := j.get("/api/services")
+			if err != nil || code != http.StatusOK || json.Unmarshal(body, &services) != nil {
+				return false
+			}
+			for _, s := range services.Data {
+				if s == "custos" {
+					return true
+				}
+			}
+			return false
+		})
+		var traces struct {
+			Data []jaegerTrace `json:"data"`
+		}
+		q := url.Values{"service": {"custos"}, "operation": {"pg.session"}, "lookback": {"1h"}, "limit": {"20"}}
+		waitFor(t, "a pg.session trace in Jaeger's /api/traces", j, func() bool {
+			code, body, err := j.get("/api/traces?" + q.Encode())
+			return err == nil && code == http.StatusOK && json.Unmarshal(body, &traces) == nil && len(traces.Data) > 0
+		})
+		var tags map[string]string
+		for _, tr := range traces.Data {
+			for _, s := range tr.Spans {
+				if s.OperationName != "pg.session" {
+					continue
+				}
+				tags = map[string]string{}
+				for _, tag := range s.Tags {
+					tags[tag.Key] = fmt.Sprint(tag.Value)
+				}
+			}
+		}
+		if tags == nil {
+			t.Fatalf("no pg.session span in %+v", traces.Data)
+		}
+		want := map[string]string{
+			"user.id":                        "alice",
+			"client.address":                 "127.0.0.1",
+			"db.namespace":                   vars["CUSTOS_DATABASE"],
+			"db.system.name":                 "postgresql",
+			"custos.pg.application_name":     "telemetry-test",
+			"custos.connection.close_reason": "client_closed",
+			"span.kind":                      "server",
+		}
+		for k, v := range want {
+			if tags[k] != v {
+				t.Errorf("pg.session tag %s = %q, want %q (tags: %v)", k, tags[k], v, tags)
+			}
+		}
+		if tags["custos.session_id"] == "" || tags["custos.resource"] == "" {
+			t.Errorf("pg.session lacks custos.session_id or custos.resource: %v", tags)
+		}
+	})
+
+	t.Run("audit records as OTLP logs", func(t *testing.T) {
+		// The debug exporter prints each record through Jaeger's log.
+		for _, want := range []string{"custos.auth.succeeded", "custos.connection.opened", "custos.connection.closed", "custos.audit.stopped"} {
+			waitFor(t, want+" in Jaeger's log output", j, func() bool { return strings.Contains(j.out.String(), want) })
+		}
+		out := j.out.String()
+		for _, want := range []string{"user.id: Str(alice)", "service.name: Str(custos)", "custos.session_id: Str("} {
+			if !strings.Contains(out, want) {
+				t.Errorf("Jaeger's log output lacks %q; it ends with:\n%s", want, j.out.tail(60))
+			}
+		}
+	})
+}
+
+// waitFor polls cond for up to 30 seconds.
+func waitFor(t *testing.T, what string, j *jaeger, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within 30s; Jaeger's output ends with:\n%s", what, j.out.tail(60))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
