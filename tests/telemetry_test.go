@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,6 +11,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/custos-dev/custos/internal/pgcluster"
 )
@@ -73,6 +78,26 @@ func TestTelemetryToJaeger(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("psql through custos: %s", r)
 	}
+	// An HTTP Check as Envoy sends it, inside a trace Envoy started.
+	const envoyTraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	cc, err := grpc.NewClient(vars["CUSTOS_GRPC_ADDR"], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	resp, err := authv3.NewAuthorizationClient(cc).Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Address: sockAddr("127.0.0.1", 40000)},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: "GET", Path: "/v1/customers", Host: "api.example.com", Scheme: "https",
+			Headers: map[string]string{":method": "GET", ":path": "/v1/customers", ":authority": "api.example.com",
+				"authorization": "Bearer " + token, "traceparent": "00-" + envoyTraceID + "-00f067aa0ba902b7-01"},
+		}},
+	}})
+	cancel()
+	_ = cc.Close()
+	if err != nil || resp.GetStatus().GetCode() != 0 {
+		t.Fatalf("Check: %v %v", resp, err)
+	}
 	// Stopping custos flushes its spans and drains the audit export.
 	p.stop(t)
 
@@ -132,6 +157,43 @@ func TestTelemetryToJaeger(t *testing.T) {
 		if tags["custos.session_id"] == "" || tags["custos.resource"] == "" {
 			t.Errorf("pg.session lacks custos.session_id or custos.resource: %v", tags)
 		}
+	})
+
+	t.Run("Envoy's Check in Envoy's trace", func(t *testing.T) {
+		var tr struct {
+			Data []jaegerTrace `json:"data"`
+		}
+		waitFor(t, "Envoy's trace in Jaeger's /api/traces/"+envoyTraceID, j, func() bool {
+			code, body, err := j.get("/api/traces/" + envoyTraceID)
+			return err == nil && code == http.StatusOK && json.Unmarshal(body, &tr) == nil && len(tr.Data) > 0
+		})
+		ops := map[string]bool{}
+		for _, d := range tr.Data {
+			for _, s := range d.Spans {
+				ops[s.OperationName] = true
+			}
+		}
+		if !ops["ext_authz.check"] {
+			t.Errorf("no ext_authz.check span in Envoy's trace: %v", ops)
+		}
+	})
+
+	t.Run("gRPC server spans", func(t *testing.T) {
+		var ops struct {
+			Data []string `json:"data"`
+		}
+		waitFor(t, "the Check RPC among custos' operations", j, func() bool {
+			code, body, err := j.get("/api/services/custos/operations")
+			if err != nil || code != http.StatusOK || json.Unmarshal(body, &ops) != nil {
+				return false
+			}
+			for _, o := range ops.Data {
+				if o == "envoy.service.auth.v3.Authorization/Check" {
+					return true
+				}
+			}
+			return false
+		})
 	})
 
 	t.Run("audit records as OTLP logs", func(t *testing.T) {

@@ -2,10 +2,13 @@ package main
 
 import (
 	"log/slog"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
+	"google.golang.org/grpc/stats"
 
 	"github.com/custos-dev/custos/extproc"
 	"github.com/custos-dev/custos/internal/approval"
@@ -17,9 +20,20 @@ import (
 )
 
 // gatewayGRPCOptions are the gRPC server's options: xDS' keepalive and
-// stream limits, and message sizes that fit the bodies ext_proc masks.
-func gatewayGRPCOptions() []grpc.ServerOption {
-	return append(grpcServerOptions(), extproc.ServerOptions(0)...)
+// stream limits, message sizes that fit the bodies ext_proc masks, and,
+// when tracing is on, a span per RPC (health checks left out).
+func gatewayGRPCOptions(tr *tracing) []grpc.ServerOption {
+	opts := append(grpcServerOptions(), extproc.ServerOptions(0)...)
+	if tr != nil && tr.t.Enabled() {
+		opts = append(opts, grpc.StatsHandler(otelgrpc.NewServerHandler(
+			otelgrpc.WithTracerProvider(tr.t.TracerProvider()),
+			otelgrpc.WithPropagators(tr.t.Propagator()),
+			otelgrpc.WithFilter(func(info *stats.RPCTagInfo) bool {
+				return !strings.HasPrefix(info.FullMethodName, "/grpc.health.v1.Health/")
+			}),
+		)))
+	}
+	return opts
 }
 
 // extprocDeps is what Envoy's callouts need from the gateway.

@@ -227,7 +227,7 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 	}
 	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng, approvals: apr, audit: aud, tracing: tr}
 	if lns.grpc != nil {
-		gw.grpc = grpc.NewServer(gatewayGRPCOptions()...)
+		gw.grpc = grpc.NewServer(gatewayGRPCOptions(tr)...)
 		gw.health = health.NewServer()
 		healthpb.RegisterHealthServer(gw.grpc, gw.health)
 		if err := serveXDS(ctx, gw.grpc, cfg, gopts.configPath, log, reg, aud.xdsEvent); err != nil {
