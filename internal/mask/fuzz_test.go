@@ -95,6 +95,9 @@ func FuzzText(f *testing.F) {
 			if !bytes.Equal(in, orig) {
 				t.Fatalf("%s: src modified", s)
 			}
+			if want, wc := m.scanText(nil, in, s); !bytes.Equal(out, want) || c != wc {
+				t.Fatalf("%s: fast path %q %+v, scanner %q %+v", s, out, c, want, wc)
+			}
 			if c.IsZero() == contains {
 				t.Fatalf("%s: Contains %v but counts %+v", s, contains, c)
 			}

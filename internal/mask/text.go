@@ -13,11 +13,12 @@ package mask
 // length and layout; Redact, Null and Drop write [Redacted]; HMAC writes 64
 // hex digits. Track data is always replaced by [TrackDataRemoved].
 func (m *Masker) Text(dst, src []byte, s Strategy) ([]byte, Counts) {
+	// Fast paths for a value that is a card number as columns hold one.
+	// Each gives exactly what the scanner below finds; Last4 and BINLast4
+	// leave no PAN behind, so such a value needs no second pass.
 	if n := len(src); n >= minPAN && n <= maxPAN && allDigits(src) {
-		// A value that is one run of digits (a card-number column) is a
-		// single candidate with nothing glued to it: it is a PAN exactly
-		// when validPAN says so. Last4 and BINLast4 leave no PAN behind,
-		// so the value needs no second pass.
+		// One run of digits: a single candidate with nothing glued to
+		// it, a PAN exactly when validPAN says so.
 		if !validPAN(src) {
 			return src, Counts{}
 		}
@@ -27,6 +28,25 @@ func (m *Masker) Text(dst, src []byte, s Strategy) ([]byte, Counts) {
 			return out, Counts{PANs: 1}
 		}
 	}
+	var d [16]byte
+	if grouped16(src, &d) && !validPAN(d[:12]) && !validPAN(d[4:]) {
+		// 4-4-4-4 with one separator: the candidates are the whole and
+		// the two runs of three groups (no dash-joined hex token is all
+		// digits). When the shorter ones are not PANs, the whole decides.
+		if !validPAN(d[:]) {
+			return src, Counts{}
+		}
+		if r := m.resolve(s); r == Last4 || r == BINLast4 {
+			out := append(dst, src...)
+			hide(out[len(dst):], len(d), r == BINLast4)
+			return out, Counts{PANs: 1}
+		}
+	}
+	return m.scanText(dst, src, s)
+}
+
+// scanText is Text without its fast paths.
+func (m *Masker) scanText(dst, src []byte, s Strategy) ([]byte, Counts) {
 	var sc scanner
 	sc.init(src)
 	if !sc.next() {
@@ -137,6 +157,29 @@ func allDigits(b []byte) bool {
 		if !isDigit(c) {
 			return false
 		}
+	}
+	return true
+}
+
+// grouped16 reports whether src is four groups of four digits joined by
+// one separator (' ' or '-'), the usual way a 16-digit card number is
+// written, and leaves its digits in d.
+func grouped16(src []byte, d *[16]byte) bool {
+	if len(src) != 19 || (src[4] != ' ' && src[4] != '-') {
+		return false
+	}
+	sep := src[4]
+	for i, c := range src {
+		if i%5 == 4 {
+			if c != sep {
+				return false
+			}
+			continue
+		}
+		if !isDigit(c) {
+			return false
+		}
+		d[i-i/5] = c
 	}
 	return true
 }

@@ -2,6 +2,8 @@ package mask
 
 import (
 	"bytes"
+	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 )
@@ -301,6 +303,71 @@ func TestContainsLongInputs(t *testing.T) {
 			in = strings.Repeat("1", pad%5) + " " + pan
 			if !Contains([]byte(in)) {
 				t.Errorf("Contains(%q) = false", in)
+			}
+		}
+	}
+}
+
+// TestTextFastPathsMatchScanner: for values shaped like a card-number
+// column (a run of 12-19 digits, or 4-4-4-4 with a space or dash), Text's
+// fast paths give byte for byte what the scanner gives, for every
+// strategy: valid PANs of each brand, Luhn-invalid numbers, and numbers
+// holding a 12-digit PAN inside.
+func TestTextFastPathsMatchScanner(t *testing.T) {
+	t.Parallel()
+	m := newTestMasker(t)
+	rng := rand.New(rand.NewPCG(7, 11))
+	var values []string
+	for _, prefix := range []string{"4", "51", "2221", "34", "37", "6011", "35", "36", "62", "50", "56", "30", "0", "9"} {
+		for _, n := range []int{12, 13, 14, 15, 16, 17, 18, 19} {
+			for range 20 {
+				d := []byte(prefix)
+				for len(d) < n {
+					d = append(d, byte('0'+rng.IntN(10)))
+				}
+				values = append(values, string(d))
+				// The same with its last digit made Luhn-valid.
+				for last := byte('0'); last <= '9'; last++ {
+					d[n-1] = last
+					if luhn(d) {
+						values = append(values, string(d))
+						break
+					}
+				}
+			}
+		}
+	}
+	var grouped []string
+	for _, v := range values {
+		if len(v) == 16 {
+			for _, sep := range []string{" ", "-"} {
+				grouped = append(grouped, v[0:4]+sep+v[4:8]+sep+v[8:12]+sep+v[12:16])
+			}
+		}
+	}
+	// 16 digits holding a valid 12-digit Maestro number in their first or
+	// last three groups: the fast path must leave them to the scanner.
+	for range 200 {
+		d := []byte("50")
+		for len(d) < 12 {
+			d = append(d, byte('0'+rng.IntN(10)))
+		}
+		for last := byte('0'); last <= '9'; last++ {
+			d[11] = last
+			if luhn(d) {
+				break
+			}
+		}
+		tail := fmt.Sprintf("%04d", rng.IntN(10000))
+		grouped = append(grouped, string(d[0:4])+" "+string(d[4:8])+" "+string(d[8:12])+" "+tail,
+			tail+"-"+string(d[0:4])+"-"+string(d[4:8])+"-"+string(d[8:12]))
+	}
+	for _, v := range append(values, grouped...) {
+		for _, s := range []Strategy{"", Last4, BINLast4, Redact, HMAC, Null} {
+			got, gc := m.Text(nil, []byte(v), s)
+			want, wc := m.scanText(nil, []byte(v), s)
+			if string(got) != string(want) || gc != wc {
+				t.Fatalf("Text(%q, %q) = %q %+v, scanner %q %+v", v, s, got, gc, want, wc)
 			}
 		}
 	}
