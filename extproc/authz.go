@@ -66,7 +66,7 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 	log := s.log.With(slog.String("request_id", requestID(h, headers)), slog.String("method", method),
 		slog.String("path", s.maskText(path)))
 
-	token, ok := bearerToken(headers["authorization"])
+	token, ok := authn.BearerToken(headers["authorization"])
 	if !ok {
 		s.metrics.checks.WithLabelValues(policy.KindHTTP, "unauthenticated").Inc()
 		log.Info("http request refused: no bearer token")
@@ -259,17 +259,6 @@ func checkHeaders(h *authv3.AttributeContext_HttpRequest) map[string]string {
 		return hs
 	}
 	return map[string]string{}
-}
-
-// bearerToken takes the token out of an Authorization header value
-// ("Bearer" is case-insensitive, RFC 9110 §11.1).
-func bearerToken(v string) (string, bool) {
-	scheme, tok, ok := strings.Cut(strings.TrimSpace(v), " ")
-	if !ok || !strings.EqualFold(scheme, "bearer") {
-		return "", false
-	}
-	tok = strings.TrimSpace(tok)
-	return tok, tok != ""
 }
 
 // requestID is the request's x-request-id, else Envoy's stream id.

@@ -35,12 +35,18 @@ type approvalEnv struct {
 
 func newApprovalEnv(t *testing.T, sessions config.Sessions) *approvalEnv {
 	t.Helper()
+	return newApprovalEnvWith(t, sessions, sqliteStore(t), pgfiltertest.DefaultPolicy(t))
+}
+
+// sqliteStore is an approval store of t's own, closed in t.Cleanup.
+func sqliteStore(t *testing.T) approval.Store {
+	t.Helper()
 	st, err := approval.OpenSQLite(filepath.Join(t.TempDir(), "approvals.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.Close() })
-	return newApprovalEnvWith(t, sessions, st, pgfiltertest.DefaultPolicy(t))
+	return st
 }
 
 func newApprovalEnvWith(t *testing.T, sessions config.Sessions, st approval.Store, eng *policy.Engine) *approvalEnv {
@@ -511,12 +517,7 @@ func quorumPolicy(t *testing.T) *policy.Engine {
 
 func TestQuorumOfTwoDistinctApprovers(t *testing.T) {
 	t.Parallel()
-	st, err := approval.OpenSQLite(filepath.Join(t.TempDir(), "approvals.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = st.Close() })
-	ae := newApprovalEnvWith(t, config.Sessions{}, st, quorumPolicy(t))
+	ae := newApprovalEnvWith(t, config.Sessions{}, sqliteStore(t), quorumPolicy(t))
 	ctx := context.Background()
 	c, ids := ae.agent(t, "nina")
 	done := goExec(c, "DELETE FROM "+ae.table+" WHERE id = 1")

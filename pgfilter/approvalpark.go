@@ -40,10 +40,7 @@ func (h *policyHook) park(ctx context.Context, m *Message, dec *policy.Decision,
 	svc := h.srv.opts.Approvals
 	ra := dec.RequireApproval
 	p := h.ses.Principal
-	requester := approval.Principal{Sub: p.Subject, Iss: p.Issuer, Groups: p.Groups}
-	if p.Act != nil {
-		requester.Act = p.Act.Subject
-	}
+	requester := approval.PrincipalOf(p)
 	params, err := bindParams(bind)
 	if err != nil {
 		return denyResponse("approval required, but custos could not read the statement's parameters to pin them: "+err.Error(), dec.ID), nil

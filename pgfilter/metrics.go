@@ -1,6 +1,10 @@
 package pgfilter
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/custos-dev/custos/internal/policy"
+)
 
 type metrics struct {
 	connections  *prometheus.CounterVec
@@ -10,10 +14,10 @@ type metrics struct {
 	bytes        *prometheus.CounterVec
 	cancels      *prometheus.CounterVec
 	decisions    *prometheus.CounterVec
-	// byOutcome holds the decisions counter of each outcome, looked up
-	// once: statements are counted on the hot path.
-	byOutcome map[string]prometheus.Counter
-	parked    *prometheus.CounterVec
+	// The decisions counter of each outcome, looked up once: statements
+	// are counted on the hot path.
+	decAllow, decDeny, decApproval prometheus.Counter
+	parked                         *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -51,20 +55,23 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Statements parked for approval (requested) and how their wait ended.",
 		}, []string{"outcome"}),
 	}
-	m.byOutcome = map[string]prometheus.Counter{}
-	for _, o := range []string{"allow", "deny", "approval_required"} {
-		m.byOutcome[o] = m.decisions.WithLabelValues(o)
-	}
+	m.decAllow = m.decisions.WithLabelValues("allow")
+	m.decDeny = m.decisions.WithLabelValues("deny")
+	m.decApproval = m.decisions.WithLabelValues("approval_required")
 	if reg != nil {
 		reg.MustRegister(m.connections, m.authFailures, m.active, m.messages, m.bytes, m.cancels, m.decisions, m.parked)
 	}
 	return m
 }
 
-// decision is the decisions counter of outcome.
-func (m *metrics) decision(outcome string) prometheus.Counter {
-	if c, ok := m.byOutcome[outcome]; ok {
-		return c
+// decided counts a statement decision under its outcome (decisionLabel).
+func (m *metrics) decided(d *policy.Decision) {
+	switch d.Outcome() {
+	case policy.OutcomeDeny:
+		m.decDeny.Inc()
+	case policy.OutcomeApprove:
+		m.decApproval.Inc()
+	default:
+		m.decAllow.Inc()
 	}
-	return m.decisions.WithLabelValues(outcome)
 }

@@ -344,7 +344,7 @@ func (h *policyHook) track(stmts []sqlclass.Statement) {
 
 func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []sqlclass.Statement) *policy.Decision {
 	if dec := h.recall(res, stmts); dec != nil {
-		h.srv.metrics.decision(decisionLabel(dec)).Inc()
+		h.srv.metrics.decided(dec)
 		return dec
 	}
 	p := h.ses.Principal
@@ -366,7 +366,7 @@ func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []s
 	}
 	dec := h.eng.Decide(ctx, in)
 	h.remember(res, stmts, dec)
-	h.srv.metrics.decision(decisionLabel(dec)).Inc()
+	h.srv.metrics.decided(dec)
 	if !dec.Allow || dec.RequireApproval != nil {
 		h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", p.Subject,
 			"decision_id", dec.ID, "outcome", decisionLabel(dec), "reasons", dec.Reasons, "query", res.Normalized)
@@ -434,10 +434,10 @@ func (h *policyHook) statementsJSON(res *sqlclass.Result, stmts []sqlclass.State
 }
 
 func decisionLabel(d *policy.Decision) string {
-	switch {
-	case !d.Allow:
+	switch d.Outcome() {
+	case policy.OutcomeDeny:
 		return "deny"
-	case d.RequireApproval != nil:
+	case policy.OutcomeApprove:
 		return "approval_required"
 	}
 	return "allow"

@@ -208,10 +208,7 @@ func (ss *session) finish() {
 		m.messages.WithLabelValues(dir).Add(float64(ss.msgs[d]))
 		m.bytes.WithLabelValues(dir).Add(float64(ss.bytes[d]))
 	}
-	reason := "client_closed"
-	if ss.endErr != nil && !errors.Is(ss.endErr, errClientTerminate) && !isClosedErr(ss.endErr) {
-		reason = ss.endErr.Error()
-	}
+	reason := closeReason(ss.endErr)
 	for _, h := range ss.hooks {
 		h.Close(ss.endErr)
 	}
@@ -230,6 +227,15 @@ var (
 	errClientTerminate = errors.New("client sent Terminate")
 	errServerClosed    = errors.New("upstream closed the connection")
 )
+
+// closeReason says how a session ended: client_closed for a normal end (no
+// error, the client's Terminate, a closed connection), else the error.
+func closeReason(err error) string {
+	if err == nil || errors.Is(err, errClientTerminate) || isClosedErr(err) {
+		return "client_closed"
+	}
+	return err.Error()
+}
 
 func isClosedErr(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, errServerClosed)

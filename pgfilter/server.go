@@ -149,13 +149,9 @@ func (s *Server) sessionClosed(ss *session) {
 	if s.opts.OnSessionEvent == nil {
 		return
 	}
-	reason := "client_closed"
-	if ss.endErr != nil && !errors.Is(ss.endErr, errClientTerminate) && !isClosedErr(ss.endErr) {
-		reason = ss.endErr.Error()
-	}
 	ev := SessionEvent{Kind: SessionClosed, ClientAddr: ss.ClientAddr, User: ss.Principal.User,
 		Database: ss.Resource.Database, TLS: ss.TLS, Principal: ss.Principal, Session: &ss.Session,
-		Resource: ss.Resource, Reason: reason, Duration: time.Since(ss.Started)}
+		Resource: ss.Resource, Reason: closeReason(ss.endErr), Duration: time.Since(ss.Started)}
 	if ss.masker != nil {
 		ev.MaskedPANs, ev.RemovedSAD = int64(ss.masker.counts.PANs), int64(ss.masker.counts.SAD)
 	}

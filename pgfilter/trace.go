@@ -2,7 +2,6 @@ package pgfilter
 
 import (
 	"context"
-	"errors"
 	"net"
 	"strconv"
 
@@ -54,9 +53,8 @@ func (ss *session) endSpan(err error) {
 	if ss.span == nil {
 		return
 	}
-	reason := "client_closed"
-	if err != nil && !errors.Is(err, errClientTerminate) && !isClosedErr(err) {
-		reason = err.Error()
+	reason := closeReason(err)
+	if reason != "client_closed" {
 		ss.span.SetStatus(codes.Error, reason)
 	}
 	attrs := []attribute.KeyValue{

@@ -316,24 +316,9 @@ resources:
 		if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		out := &lockedBuffer{}
 		cmd := exec.Command(bin, "serve", "--config", cfgFile)
 		cmd.Env = clientEnviron("CUSTOS_APPROVALS_DSN=" + cl.DSN("custos_approvals_e2e"))
-		cmd.Stdout, cmd.Stderr = out, out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		t.Cleanup(func() {
-			_ = cmd.Process.Signal(os.Interrupt)
-			select {
-			case <-done:
-			case <-time.After(devStopTimeout):
-				_ = cmd.Process.Kill()
-				<-done
-			}
-		})
+		proc := startProcess(t, "custos serve "+name, cmd, devStopTimeout)
 		deadline := time.Now().Add(devStartTimeout)
 		for {
 			if resp, err := http.Get("http://" + adminAddr + "/readyz"); err == nil {
@@ -343,12 +328,12 @@ resources:
 				}
 			}
 			select {
-			case <-done:
-				t.Fatalf("custos serve %s exited:\n%s", name, out.tail(20))
+			case <-proc.done:
+				t.Fatalf("custos serve %s exited:\n%s", name, proc.out.tail(20))
 			default:
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("custos serve %s not ready:\n%s", name, out.tail(20))
+				t.Fatalf("custos serve %s not ready:\n%s", name, proc.out.tail(20))
 			}
 			time.Sleep(100 * time.Millisecond)
 		}

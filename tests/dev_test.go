@@ -74,7 +74,7 @@ func (b *lockedBuffer) tail(n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-// devProcess is a running `custos dev`.
+// devProcess is a running `custos dev` (or another process of the tests).
 type devProcess struct {
 	cmd  *exec.Cmd
 	out  *lockedBuffer
@@ -86,17 +86,24 @@ type devProcess struct {
 // environment plus env (KEY=value); it is stopped in t.Cleanup.
 func startDev(t *testing.T, bin, dataDir string, env ...string) *devProcess {
 	t.Helper()
-	p := &devProcess{out: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "dev", "--data-dir", dataDir,
+	cmd := exec.Command(bin, "dev", "--data-dir", dataDir,
 		"--pg-listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
-	p.cmd.Env = clientEnviron(env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = devProcAttr()
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start custos dev: %v", err)
+	cmd.Env = clientEnviron(env...)
+	return startProcess(t, "custos dev", cmd, devStopTimeout)
+}
+
+// startProcess starts cmd with its output collected, and in t.Cleanup
+// interrupts it (killing it after stopTimeout) unless it has exited.
+func startProcess(t *testing.T, what string, cmd *exec.Cmd, stopTimeout time.Duration) *devProcess {
+	t.Helper()
+	p := &devProcess{cmd: cmd, out: &lockedBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out, p.out
+	cmd.SysProcAttr = devProcAttr()
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", what, err)
 	}
 	go func() {
-		p.err = p.cmd.Wait()
+		p.err = cmd.Wait()
 		close(p.done)
 	}()
 	t.Cleanup(func() {
@@ -105,11 +112,11 @@ func startDev(t *testing.T, bin, dataDir string, env ...string) *devProcess {
 			return
 		default:
 		}
-		_ = p.cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Process.Signal(os.Interrupt)
 		select {
 		case <-p.done:
-		case <-time.After(devStopTimeout):
-			_ = p.cmd.Process.Kill()
+		case <-time.After(stopTimeout):
+			_ = cmd.Process.Kill()
 			<-p.done
 		}
 	})

@@ -182,10 +182,7 @@ func buildJaeger(t *testing.T, goBin, bin, version string) {
 type jaeger struct {
 	// OTLP receivers (host:port) and the query API's base URL.
 	otlpGRPC, otlpHTTP, queryURL string
-	out                          *lockedBuffer
-	cmd                          *exec.Cmd
-	done                         chan struct{}
-	err                          error
+	*devProcess
 }
 
 // startJaeger builds (when needed) and starts Jaeger with
@@ -197,37 +194,15 @@ func startJaeger(t *testing.T) *jaeger {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j := &jaeger{out: &lockedBuffer{}, done: make(chan struct{})}
+	j := &jaeger{}
 	j.otlpGRPC, j.otlpHTTP = freeLoopbackAddr(t), freeLoopbackAddr(t)
 	query := freeLoopbackAddr(t)
 	j.queryURL = "http://" + query
-	j.cmd = exec.Command(bin, "--config", "file:"+cfg)
-	j.cmd.Env = append(os.Environ(),
+	cmd := exec.Command(bin, "--config", "file:"+cfg)
+	cmd.Env = append(os.Environ(),
 		"JAEGER_OTLP_GRPC="+j.otlpGRPC, "JAEGER_OTLP_HTTP="+j.otlpHTTP,
 		"JAEGER_QUERY_HTTP="+query, "JAEGER_QUERY_GRPC="+freeLoopbackAddr(t))
-	j.cmd.Stdout, j.cmd.Stderr = j.out, j.out
-	j.cmd.SysProcAttr = devProcAttr()
-	if err := j.cmd.Start(); err != nil {
-		t.Fatalf("start Jaeger: %v", err)
-	}
-	go func() {
-		j.err = j.cmd.Wait()
-		close(j.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-j.done:
-			return
-		default:
-		}
-		_ = j.cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-j.done:
-		case <-time.After(15 * time.Second):
-			_ = j.cmd.Process.Kill()
-			<-j.done
-		}
-	})
+	j.devProcess = startProcess(t, "Jaeger", cmd, 15*time.Second)
 	deadline := time.Now().Add(jaegerStartTimeout)
 	for {
 		select {

@@ -3,10 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -68,57 +66,8 @@ func TestTokenNeedsDevIssuer(t *testing.T) {
 // and a real issuer, connects through it, then stops it with the context.
 func TestServe(t *testing.T) {
 	t.Parallel()
-	_, res := pgfiltertest.Upstream(t)
-	dir := t.TempDir()
-	iss, err := devissuer.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/oidc/", http.StripPrefix("/oidc", iss.Handler()))
-	ts := httptest.NewServer(mux)
-	defer ts.Close()
-	if err := iss.SetURL(ts.URL + "/oidc"); err != nil {
-		t.Fatal(err)
-	}
-	pgAddr, adminAddr := freeAddr(t), freeAddr(t)
-	cfg := fmt.Sprintf(`
-data_dir: %q
-listeners:
-  postgres: {address: %q}
-  admin: {address: %q}
-oidc:
-  issuers:
-    - url: %q
-      audiences: [custos]
-      algorithms: [ES256]
-sessions:
-  shutdown_grace: 2s
-resources:
-  - name: %s
-    address: %q
-    database: %s
-    user: %s
-    password: {file: %q}
-    tls: {mode: verify-full, ca_file: %q}
-`, filepath.Join(dir, "data"), pgAddr, adminAddr, iss.URL(), res.Name, res.Address, res.Database, res.User, res.Password.File, res.TLS.CAFile)
-	cfgFile := filepath.Join(dir, "custos.yaml")
-	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var out, errOut bytes.Buffer
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"serve", "--config", cfgFile}, &out, &errOut) }()
-
-	waitHTTP(t, "http://"+adminAddr+"/readyz")
-	tok, err := iss.Mint(devissuer.MintRequest{Subject: "alice", Groups: []string{"agents"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, port, _ := net.SplitHostPort(pgAddr)
-	c, err := pgx.Connect(context.Background(), fmt.Sprintf("host=%s port=%s user=alice password=%s dbname=payments sslmode=disable", host, port, tok))
+	e := startServe(t, "")
+	c, err := pgx.Connect(context.Background(), e.connString("alice", e.token(t, devissuer.MintRequest{Subject: "alice", Groups: []string{"agents"}})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +76,7 @@ resources:
 		t.Fatalf("holder = %q, %v", holder, err)
 	}
 	_ = c.Close(context.Background())
-	resp, err := http.Get("http://" + adminAddr + "/metrics")
+	resp, err := http.Get(e.adminURL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,17 +86,9 @@ resources:
 	if !strings.Contains(body.String(), `custos_pg_connections_total{outcome="established"} 1`) {
 		t.Errorf("metrics lack the connection:\n%s", body.String())
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve: %v\n%s", err, errOut.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not stop")
-	}
-	if !strings.Contains(errOut.String(), "authentication succeeded") {
-		t.Errorf("log lacks the authentication event:\n%s", errOut.String())
+	e.stop(t)
+	if !strings.Contains(e.errOut.String(), "authentication succeeded") {
+		t.Errorf("log lacks the authentication event:\n%s", e.errOut.String())
 	}
 }
 

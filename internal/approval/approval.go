@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/custos-dev/custos/internal/authn"
 )
 
 // State is where a request is in its life. See the package documentation
@@ -103,6 +105,16 @@ type Principal struct {
 	// Act names the human an agent acts for (the token's act claim,
 	// RFC 8693), "" when the principal acts for itself.
 	Act string `json:"act,omitempty"`
+}
+
+// PrincipalOf is the principal of a verified token: its issuer, subject
+// and groups, and the human it acts for.
+func PrincipalOf(p *authn.Principal) Principal {
+	ap := Principal{Sub: p.Subject, Iss: p.Issuer, Groups: slices.Clone(p.Groups)}
+	if p.Act != nil {
+		ap.Act = p.Act.Subject
+	}
+	return ap
 }
 
 // Vote is one approver's approval or denial.

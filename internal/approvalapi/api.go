@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/custos-dev/custos/internal/approval"
 	"github.com/custos-dev/custos/internal/authn"
@@ -35,7 +34,7 @@ const StateAll = "all"
 // apiAuth returns the caller's identity, or writes the 401 (or 503 when
 // the issuer is unreachable) and returns false.
 func (h *handler) apiAuth(w http.ResponseWriter, r *http.Request) (approval.Principal, bool) {
-	raw, ok := bearer(r.Header.Get("Authorization"))
+	raw, ok := authn.BearerToken(r.Header.Get("Authorization"))
 	if !ok {
 		h.log.Info("approvals api: no bearer token", slog.String("client_address", r.RemoteAddr))
 		writeUnauthorized(w, "a bearer token is required (Authorization: Bearer <token>)")
@@ -52,17 +51,7 @@ func (h *handler) apiAuth(w http.ResponseWriter, r *http.Request) (approval.Prin
 		writeUnauthorized(w, authMessage(err))
 		return approval.Principal{}, false
 	}
-	return principal(p), true
-}
-
-// bearer extracts the token of an Authorization header.
-func bearer(header string) (string, bool) {
-	scheme, tok, ok := strings.Cut(strings.TrimSpace(header), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
-		return "", false
-	}
-	tok = strings.TrimSpace(tok)
-	return tok, tok != ""
+	return approval.PrincipalOf(p), true
 }
 
 func writeUnauthorized(w http.ResponseWriter, msg string) {

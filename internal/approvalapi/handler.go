@@ -149,16 +149,6 @@ func baseOrigin(raw string) (string, error) {
 	return u.Scheme + "://" + u.Host, nil
 }
 
-// principal converts a verified token's identity into the approver the
-// approval rules check.
-func principal(p *authn.Principal) approval.Principal {
-	ap := approval.Principal{Sub: p.Subject, Iss: p.Issuer, Groups: slices.Clone(p.Groups)}
-	if p.Act != nil {
-		ap.Act = p.Act.Subject
-	}
-	return ap
-}
-
 // visible reports whether p may see r: p requested it or may decide it.
 func visible(r *approval.Request, p approval.Principal) bool {
 	if r.Requester.Iss == p.Iss && r.Requester.Sub == p.Sub {

@@ -130,7 +130,7 @@ func (h *handler) webSession(w http.ResponseWriter, r *http.Request) *session {
 			Message: "Your session has ended: " + authMessage(err) + ". Sign in again with a fresh token."})
 		return nil
 	}
-	return &session{token: c.Value, principal: principal(p), expiry: p.Expiry}
+	return &session{token: c.Value, principal: approval.PrincipalOf(p), expiry: p.Expiry}
 }
 
 func (h *handler) setCookie(w http.ResponseWriter, r *http.Request, token string, expiry time.Time) {
