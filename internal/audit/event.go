@@ -214,8 +214,8 @@ type Event struct {
 }
 
 // attrs returns the event's attributes, sorted by key and unique.
-func (ev *Event) attrs() ([]Attr, error) {
-	a := make([]Attr, 0, 24+len(ev.Attrs))
+func (ev *Event) attrs(a []Attr) ([]Attr, error) {
+	a = a[:0]
 	str := func(k, v string) {
 		if v != "" {
 			a = append(a, String(k, v))
@@ -270,20 +270,18 @@ func (ev *Event) attrs() ([]Attr, error) {
 	}
 	str(AttrURLPath, ev.URLPath)
 	str(AttrUserID, ev.UserID)
-	a = append(a, ev.Attrs...)
-	for i := range a {
-		if a[i].Key == "" {
+	// The fields above are in key order: the extra attributes are
+	// inserted at their places (the caller's slice is left as it is).
+	byKey := func(x Attr, k string) int { return strings.Compare(x.Key, k) }
+	for _, x := range ev.Attrs {
+		if x.Key == "" {
 			return nil, fmt.Errorf("%w: an attribute has no key", ErrEvent)
 		}
-	}
-	byKey := func(x, y Attr) int { return strings.Compare(x.Key, y.Key) }
-	if !slices.IsSortedFunc(a, byKey) {
-		slices.SortFunc(a, byKey)
-	}
-	for i := 1; i < len(a); i++ {
-		if a[i].Key == a[i-1].Key {
-			return nil, fmt.Errorf("%w: attribute %q set twice", ErrEvent, a[i].Key)
+		i, found := slices.BinarySearchFunc(a, x.Key, byKey)
+		if found {
+			return nil, fmt.Errorf("%w: attribute %q set twice", ErrEvent, x.Key)
 		}
+		a = slices.Insert(a, i, x)
 	}
 	return a, nil
 }

@@ -81,6 +81,16 @@ type Options struct {
 	// MaxBatch bounds the records written with one fsync. Zero:
 	// DefaultMaxBatch.
 	MaxBatch int
+	// SyncInterval sets how durable a record is when Append (or a
+	// Pending's Wait) returns. Zero, the default: every group commit is
+	// fsynced before any append in it returns, so a returned record
+	// survives the machine losing power. Above zero: an append returns once
+	// its record is written to the segment file, which survives custos
+	// being killed or crashing but not a power loss, and the file is
+	// fsynced at most SyncInterval later (and before every checkpoint,
+	// segment change and Close). DurableSeq, and what is exported, count
+	// only fsynced records either way.
+	SyncInterval time.Duration
 	// Logger receives the journal's own log; nil discards it.
 	Logger *slog.Logger
 	// Registerer receives the journal's metrics; nil registers none.
@@ -130,7 +140,12 @@ type Journal struct {
 	stop   chan struct{}
 	done   chan struct{}
 
-	// Owned by the writer goroutine after Open.
+	// Guarded by wmu after Open: written by the writer goroutine, and by
+	// appenders themselves when SyncInterval > 0.
+	wmu       sync.Mutex
+	synced    *sync.Cond // signalled when a fsync outside wmu ends
+	syncing   int        // fsyncs running outside wmu
+	kick      chan struct{}
 	f         segmentFile
 	segFirst  uint64
 	segSize   int64 // durable size of the current segment
@@ -143,8 +158,10 @@ type Journal struct {
 	failCount int64     // appends refused in the current outage
 	ckptErr   error
 	ckptSince time.Time
+	dirty     bool // written records not yet fsynced (SyncInterval > 0)
 
 	durable atomic.Uint64
+	failing atomic.Bool
 	records atomic.Int64
 	fsyncs  atomic.Int64
 	refused atomic.Int64
@@ -203,9 +220,11 @@ func Open(opts Options) (*Journal, error) {
 		log:  opts.Logger,
 		root: AuditDir(opts.DataDir),
 		reqs: make(chan *request, 2*opts.MaxBatch),
+		kick: make(chan struct{}, 1),
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}
+	j.synced = sync.NewCond(&j.wmu)
 	if err := j.open(); err != nil {
 		j.release()
 		return nil, err
@@ -570,33 +589,79 @@ func (j *Journal) Subscribe() <-chan struct{} {
 // as given, ErrClosed after Close. If ctx ends first Append returns its
 // error; the record may still become durable.
 func (j *Journal) Append(ctx context.Context, ev Event) (uint64, error) {
+	return j.Enqueue(ctx, ev).Wait(ctx)
+}
+
+// Pending is a record on its way into the journal: [Journal.Enqueue]
+// returns it at once, Wait tells when it is durable.
+type Pending struct {
+	r    *request
+	err  error
+	done bool
+}
+
+// Enqueue encodes ev and queues it for the next group commit without
+// waiting for it to be durable: the caller does other work (a statement's
+// completion is held back meanwhile) and calls Wait before it acts on the
+// record being kept. It blocks only while the queue is full, until ctx
+// ends. Errors are those of Append, reported by Wait.
+func (j *Journal) Enqueue(ctx context.Context, ev Event) *Pending {
 	tail, err := j.encode(&ev)
 	if err != nil {
-		return 0, err
+		return &Pending{err: err, done: true}
 	}
 	r := &request{tail: tail, done: make(chan error, 1)}
 	j.mu.RLock()
 	if j.closed {
 		j.mu.RUnlock()
-		return 0, ErrClosed
+		return &Pending{err: ErrClosed, done: true}
+	}
+	if j.opts.SyncInterval > 0 {
+		// Written by the appender itself: no hand-off to the writer
+		// goroutine, which only fsyncs shortly after.
+		j.wmu.Lock()
+		j.commit([]*request{r})
+		j.wmu.Unlock()
+		j.mu.RUnlock()
+		select {
+		case j.kick <- struct{}{}:
+		default:
+		}
+		return &Pending{r: r, err: <-r.done, done: true}
 	}
 	select {
 	case j.reqs <- r:
 		j.mu.RUnlock()
 	case <-ctx.Done():
 		j.mu.RUnlock()
-		return 0, fmt.Errorf("audit append: %w", ctx.Err())
+		return &Pending{err: fmt.Errorf("audit append: %w", ctx.Err()), done: true}
 	}
-	select {
-	case err := <-r.done:
-		if err != nil {
-			return 0, err
-		}
-		return r.seq, nil
-	case <-ctx.Done():
-		return 0, fmt.Errorf("audit append: %w", ctx.Err())
-	}
+	return &Pending{r: r}
 }
+
+// Wait returns the record's seq once it is durable, or why it is not
+// recorded. If ctx ends first Wait returns its error and may be called
+// again; the record may still become durable. Wait is not safe for
+// concurrent use.
+func (p *Pending) Wait(ctx context.Context) (uint64, error) {
+	if !p.done {
+		select {
+		case p.err = <-p.r.done:
+			p.done = true
+		case <-ctx.Done():
+			return 0, fmt.Errorf("audit append: %w", ctx.Err())
+		}
+	}
+	if p.err != nil {
+		return 0, p.err
+	}
+	return p.r.seq, nil
+}
+
+// Failing reports whether the journal's last write failed: until a write
+// succeeds again, appends are likely to fail with ErrUnavailable. Callers
+// that must not act unrecorded check it before acting.
+func (j *Journal) Failing() bool { return j.failing.Load() }
 
 // Close records custos.audit.stopped, writes a last checkpoint and closes
 // the journal. Appends waiting in the queue are written first.
@@ -626,6 +691,9 @@ func (j *Journal) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// attrPool holds the attribute lists events are encoded from.
+var attrPool = sync.Pool{New: func() any { b := make([]Attr, 0, 48); return &b }}
+
 // truncatedMark ends a string value cut at MaxValueBytes.
 const truncatedMark = "…[truncated]"
 
@@ -635,7 +703,15 @@ func (j *Journal) encode(ev *Event) ([]byte, error) {
 	if ev.Name == "" {
 		return nil, fmt.Errorf("%w: no event name", ErrEvent)
 	}
-	attrs, err := ev.attrs()
+	buf := attrPool.Get().(*[]Attr)
+	defer func() {
+		clear((*buf)[:cap(*buf)])
+		attrPool.Put(buf)
+	}()
+	attrs, err := ev.attrs(*buf)
+	if cap(attrs) <= 256 {
+		*buf = attrs[:0]
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -657,12 +733,20 @@ func (j *Journal) encode(ev *Event) ([]byte, error) {
 			a.Value.s, n = j.cleanString(a.Value.s, true)
 			scrubbed += n
 		case KindStrings:
-			l := make([]string, len(a.Value.l))
+			var l []string // a copy once one changes: the caller's list is left as it is
 			for k, s := range a.Value.l {
-				l[k], n = j.cleanString(s, true)
+				c, n := j.cleanString(s, true)
 				scrubbed += n
+				if l == nil && c != s {
+					l = slices.Clone(a.Value.l)
+				}
+				if l != nil {
+					l[k] = c
+				}
 			}
-			a.Value.l = l
+			if l != nil {
+				a.Value.l = l
+			}
 		}
 	}
 	name, n := j.cleanString(ev.Name, false)
@@ -686,7 +770,7 @@ func (j *Journal) encode(ev *Event) ([]byte, error) {
 	if ev.SpanID.IsValid() {
 		spanID = ev.SpanID.String()
 	}
-	tail := appendTail(make([]byte, 0, 512), t, name, ev.severity(), traceID, spanID, attrs)
+	tail := appendTail(make([]byte, 0, tailSize(attrs)), t, name, ev.severity(), traceID, spanID, attrs)
 	if len(tail) > MaxRecordBytes {
 		return nil, fmt.Errorf("%w: %d bytes encoded, more than %d", ErrEvent, len(tail), MaxRecordBytes)
 	}
@@ -694,6 +778,19 @@ func (j *Journal) encode(ev *Event) ([]byte, error) {
 		return nil, fmt.Errorf("%w: event %s", ErrClearPAN, name)
 	}
 	return tail, nil
+}
+
+// tailSize estimates the encoded size of a record's tail, so that it is
+// allocated once.
+func tailSize(attrs []Attr) int {
+	n := 256
+	for _, a := range attrs {
+		n += len(a.Key) + 8 + len(a.Value.s)
+		for _, s := range a.Value.l {
+			n += len(s) + 4
+		}
+	}
+	return n + n/8
 }
 
 // cleanString makes s valid UTF-8, replaces its PANs and cuts it at
@@ -726,17 +823,35 @@ func addAttr(attrs []Attr, a Attr) ([]Attr, error) {
 }
 
 // run is the writer goroutine: it writes batches of queued records with
-// one write and one fsync each, and checkpoints on a ticker.
+// one write and one fsync each, fsyncs what appenders wrote themselves
+// (SyncInterval > 0) and checkpoints on a ticker.
 func (j *Journal) run() {
 	defer close(j.done)
 	tick := time.NewTicker(j.opts.CheckpointInterval)
 	defer tick.Stop()
 	batch := make([]*request, 0, j.opts.MaxBatch)
+	var syncC <-chan time.Time // armed while written records wait for their fsync
+	commit := func(b []*request) {
+		j.wmu.Lock()
+		j.commit(b)
+		dirty := j.dirty
+		j.wmu.Unlock()
+		if dirty && syncC == nil {
+			syncC = time.After(j.opts.SyncInterval)
+		}
+	}
 	for {
 		select {
 		case r := <-j.reqs:
 			batch = j.drain(append(batch[:0], r))
-			j.commit(batch)
+			commit(batch)
+		case <-j.kick:
+			if syncC == nil {
+				syncC = time.After(j.opts.SyncInterval)
+			}
+		case <-syncC:
+			syncC = nil
+			j.syncNow()
 		case <-tick.C:
 			j.checkpoint()
 		case <-j.stop:
@@ -745,11 +860,11 @@ func (j *Journal) run() {
 				if len(batch) == 0 {
 					break
 				}
-				j.commit(batch)
+				commit(batch)
 			}
 			if r, err := j.ownRequest(Event{Name: EventAuditStopped, Outcome: OutcomeSuccess,
 				Attrs: []Attr{String(AttrJournalID, j.id)}}); err == nil {
-				j.commit([]*request{r})
+				commit([]*request{r})
 			}
 			j.checkpoint()
 			return
@@ -822,28 +937,87 @@ func (j *Journal) commit(batch []*request) {
 		j.fail(batch, err)
 		return
 	}
-	if err := j.f.Sync(); err != nil {
-		j.fail(batch, err)
-		return
+	if j.opts.SyncInterval <= 0 {
+		if err := j.f.Sync(); err != nil {
+			j.fail(batch, err)
+			return
+		}
+		j.fsyncs.Add(1)
+		j.durable.Store(seq)
+	} else {
+		j.dirty = true
 	}
-	j.fsyncs.Add(1)
 	j.records.Add(int64(len(batch)))
 	j.seq, j.hash = seq, h
 	j.segSize += int64(len(buf))
-	j.durable.Store(seq)
 	if cap(j.buf) > 4<<20 {
 		j.buf = nil
 	}
 	if recovering {
 		j.log.Info("audit journal writing again", "refused", j.failCount, "since", j.failSince)
 		j.failErr, j.failCount = nil, 0
+		j.failing.Store(false)
 	}
 	for _, r := range batch {
 		if r.done != nil {
 			r.done <- nil
 		}
 	}
-	j.notify()
+	if !j.dirty {
+		j.notify()
+	}
+}
+
+// syncNow fsyncs records written since the last fsync (SyncInterval > 0),
+// outside wmu so that appenders go on writing meanwhile. A failure puts
+// the journal in the failed state: those records may be lost, and the
+// recovery is recorded as a control failure.
+func (j *Journal) syncNow() {
+	j.wmu.Lock()
+	if !j.dirty || j.f == nil {
+		j.wmu.Unlock()
+		return
+	}
+	f, seq := j.f, j.seq
+	j.dirty = false
+	j.syncing++
+	j.wmu.Unlock()
+	err := f.Sync()
+	j.wmu.Lock()
+	j.syncing--
+	j.synced.Broadcast()
+	j.synced1(seq, err)
+	j.wmu.Unlock()
+	if err == nil {
+		j.notify()
+	}
+}
+
+// synced1 notes the end of a fsync covering records up to seq; wmu held.
+func (j *Journal) synced1(seq uint64, err error) {
+	if err != nil {
+		j.log.Error("audit records written but not fsynced", "error", err.Error(), "seq", seq)
+		j.fail(nil, err)
+		return
+	}
+	j.fsyncs.Add(1)
+	if seq > j.durable.Load() {
+		j.durable.Store(seq)
+	}
+}
+
+// syncLocked fsyncs what was written, with wmu held (segment changes).
+func (j *Journal) syncLocked() error {
+	for j.syncing > 0 {
+		j.synced.Wait()
+	}
+	if !j.dirty {
+		return nil
+	}
+	j.dirty = false
+	err := j.f.Sync()
+	j.synced1(j.seq, err)
+	return err
 }
 
 // fail answers batch with ErrUnavailable and enters (or stays in) the
@@ -851,6 +1025,7 @@ func (j *Journal) commit(batch []*request) {
 // been written and records the outage.
 func (j *Journal) fail(batch []*request, err error) {
 	if j.failErr == nil {
+		j.failing.Store(true)
 		j.failErr, j.failSince = err, j.opts.now()
 		j.log.Error("audit journal cannot write", "error", err.Error())
 	}
@@ -892,6 +1067,9 @@ func (j *Journal) rotate() error {
 	if j.f == nil {
 		return errors.New("no open segment")
 	}
+	if err := j.syncLocked(); err != nil {
+		return err
+	}
 	first := j.seq + 1
 	path := filepath.Join(j.root, segmentsDirName, segmentName(first))
 	f, err := j.opts.openFile(path)
@@ -915,8 +1093,13 @@ func (j *Journal) rotate() error {
 // checkpoint signs the durable head and appends it to checkpoints.jsonl; a
 // journal that failed to write gets a chance to recover first.
 func (j *Journal) checkpoint() {
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
 	if j.failErr != nil {
 		j.commit(nil)
+	}
+	if err := j.syncLocked(); err != nil {
+		return // the records it covers may be lost: no checkpoint over them
 	}
 	c := Checkpoint{Origin: j.origin, Seq: j.seq, Hash: j.hash, Time: j.opts.now()}
 	line, err := signCheckpoint(c, j.signer)
@@ -941,6 +1124,7 @@ func (j *Journal) checkpoint() {
 		j.ckptErr = nil
 		if r, err := j.ownRequest(ev); err == nil {
 			j.commit([]*request{r})
+			_ = j.syncLocked()
 		}
 	}
 }

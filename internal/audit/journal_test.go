@@ -653,3 +653,64 @@ func TestGroupCommitSharesFsyncs(t *testing.T) {
 	}
 	t.Logf("%d records, %d fsyncs (%.1f records per fsync)", st.Records, st.Fsyncs, float64(st.Records)/float64(st.Fsyncs))
 }
+
+// TestSyncIntervalWritesBeforeReturning: with SyncInterval an append
+// returns once its record is in the segment file (what survives the
+// process being killed), and the fsync follows within the interval.
+func TestSyncIntervalWritesBeforeReturning(t *testing.T) {
+	t.Parallel()
+	j := openTest(t, Options{SyncInterval: 20 * time.Millisecond})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for i := range 50 {
+				seq, err := j.Append(ctx, statement(i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if i%10 != 0 {
+					continue
+				}
+				// Read back from the file system, as another process would.
+				segs, err := listSegments(AuditDir(j.opts.DataDir))
+				if err != nil || len(segs) == 0 {
+					t.Error(err)
+					return
+				}
+				b, err := os.ReadFile(segs[len(segs)-1].path)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !bytes.Contains(b, []byte(fmt.Sprintf(`"seq":%d,`, seq))) {
+					t.Errorf("record %d not in the segment file when Append returned", seq)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	st := j.Stats()
+	if st.Records != 401 {
+		t.Fatalf("%d records", st.Records)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for j.DurableSeq() < 401 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := j.DurableSeq(); got != 401 {
+		t.Fatalf("durable seq %d after the sync interval, want 401", got)
+	}
+	if st := j.Stats(); st.Fsyncs >= st.Records/2 {
+		t.Errorf("%d fsyncs for %d records: the interval does not batch them", st.Fsyncs, st.Records)
+	}
+	dir, v := j.opts.DataDir, verifierOf(t, j)
+	if err := j.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rep := mustVerify(t, dir, v); !rep.OK() {
+		t.Fatal(rep.Problems)
+	}
+}
