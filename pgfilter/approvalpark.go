@@ -23,7 +23,7 @@ const withdrawTimeout = 5 * time.Second
 // parks reports whether dec sends the statement to approvers rather than
 // refusing it outright.
 func (h *policyHook) parks(dec *policy.Decision) bool {
-	return dec.Allow && dec.RequireApproval != nil && h.srv.opts.Approvals != nil && h.relay != nil
+	return dec != nil && dec.Allow && dec.RequireApproval != nil && h.srv.opts.Approvals != nil && h.relay != nil
 }
 
 // park holds the message m (a Query, or the Execute of a portal bound by
@@ -68,6 +68,7 @@ func (h *policyHook) park(ctx context.Context, m *Message, dec *policy.Decision,
 		return resp, nil
 	}
 	h.srv.metrics.parked.WithLabelValues("requested").Inc()
+	h.approvalID = req.ID
 	h.srv.log.Info("statement parked for approval", "session_id", h.ses.ID, "approval_id", req.ID,
 		"decision_id", dec.ID, "principal", p.Subject, "approver_groups", strings.Join(req.ApproverGroups, ","))
 	held := bytes.Clone(m.Body) // the reader's buffer is reused while waiting

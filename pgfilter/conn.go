@@ -274,6 +274,9 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		}
 		if ss != nil {
 			ev.Session = &ss.Session
+			if ss.span != nil {
+				ev.SpanContext = ss.span.SpanContext()
+			}
 		}
 		return s.sessionEvent(ev)
 	}
@@ -368,8 +371,8 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		return nil, err
 	}
 	ss.log.Info("authentication succeeded", "tls", hs.tls, "issuer", principal.Issuer, "groups", principal.Groups)
-	_ = event(SessionAuthSucceeded, "", principal, ss, nil)
 	ss.startSpan()
+	_ = event(SessionAuthSucceeded, "", principal, ss, nil)
 
 	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
 	names := make([]string, 0, len(hj.ParameterStatuses))

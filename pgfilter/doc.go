@@ -56,6 +56,34 @@
 // is seen at once; the bytes read are relayed after the parked message,
 // in order. A parked session is busy, never idle.
 //
+// Statement records (statements.go, with Options.Statements): each Query,
+// Execute and FunctionCall is queued in the session's ledger as it goes
+// upstream, with its decision, approval and the PANs of its literals and
+// parameters (fingerprints only, later). The server's answers complete
+// them in order (CommandComplete, ErrorResponse, EmptyQueryResponse,
+// PortalSuspended for an Execute; ReadyForQuery for a Query or a
+// FunctionCall, and for Executes the server skipped after an error). A
+// hook after the masker counts rows and masked values and keeps the first
+// Options.ResultRows masked rows, then hands the record to the recorder,
+// which writes it without waiting:
+//
+//	client                         custos                          upstream
+//	  | Bind, Execute, Sync ------> |  ledger: Execute (decision) --> |
+//	  |                             |  <- DataRow, CommandComplete    |
+//	  |                             |  record queued (group commit)   |
+//	  |                             |  <- ReadyForQuery               |
+//	  |                             |  flush: wait for the record     |
+//	  | <- DataRow, CommandComplete, ReadyForQuery                    |
+//
+// The client writer's barrier waits for the records of the completions it
+// holds before any byte can leave (a flush, or a write that overflows the
+// buffer), so a statement the client saw complete has its record. A record
+// that cannot be kept on a resource that fails closed ends the session
+// (FATAL 58030) with the buffered results dropped; while the recorder
+// cannot write, statements there are refused before they run (58030).
+// With a tracer each statement gets a pg.statement span with its parts
+// (decision, approval wait, upstream, masking), built when it completes.
+//
 // A session ends when either side closes, on Terminate, when its token
 // expires (plus a grace), after the idle timeout, or on shutdown; custos
 // tells the client why with a FATAL ErrorResponse.

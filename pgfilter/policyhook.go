@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
@@ -42,9 +43,13 @@ type policyHook struct {
 	cls *sqlclass.Classifier
 	eng *policy.Engine
 
-	relay  *session      // parks statements that wait for approval
-	token  string        // names the objects denied messages refer to
-	masker *resultMasker // receives an allowed statement's mask rules
+	relay *session // parks statements that wait for approval
+	led   *ledger  // receives each statement for its record; nil without one
+	rec   StatementRecorder
+	// approvalID is the approval request of the statement being decided.
+	approvalID string
+	token      string        // names the objects denied messages refer to
+	masker     *resultMasker // receives an allowed statement's mask rules
 
 	mu       sync.Mutex
 	stmts    map[string]*stmtInfo // extended-protocol statements
@@ -61,6 +66,7 @@ type stmtInfo struct {
 	text string
 	res  *sqlclass.Result
 	err  error
+	pan  bool // the text holds something like a card number
 }
 
 // portalInfo is what custos knows of a bound portal: its statement and,
@@ -93,7 +99,7 @@ func (h *policyHook) Wants(d Direction, typ byte) bool {
 		case 'Q', 'P', 'B', 'E', 'F', 'C':
 			return true
 		}
-		return false
+		return typ == 'S' && h.led != nil
 	}
 	return typ == 'E' || typ == 'Z'
 }
@@ -126,7 +132,7 @@ func (h *policyHook) Handle(ctx context.Context, d Direction, m *Message, _ Conn
 					h.portals[name] = p
 				}
 				p.stmt = stmt
-				if h.srv.opts.Approvals != nil {
+				if h.srv.opts.Approvals != nil || h.led != nil {
 					p.bind = append(p.bind[:0], m.Body...)
 				}
 			}
@@ -137,6 +143,8 @@ func (h *policyHook) Handle(ctx context.Context, d Direction, m *Message, _ Conn
 		}
 	case 'F':
 		h.functionCall(ctx, m)
+	case 'S':
+		h.led.push(&stmtEntry{kind: kindSync})
 	case 'C':
 		if len(m.Body) > 1 {
 			name, _, _ := cstring(m.Body[1:])
@@ -156,38 +164,107 @@ func (h *policyHook) query(ctx context.Context, m *Message) error {
 	if !ok {
 		return nil // the server will reject the malformed message
 	}
+	e := h.entry(kindQuery)
+	defer h.enqueue(e)
+	if e != nil && mask.Contains(m.Body) {
+		e.panSources = []string{q}
+	}
 	res, err := h.cls.Classify(q)
 	if err != nil {
-		h.refuseQuery(m, syntaxRefusal(err))
+		h.refuseQuery(m, h.refused(e, syntaxRefusal(err)))
 		return nil
 	}
 	if len(res.Statements) == 0 {
+		if e != nil {
+			e.silent = true
+		}
 		return nil
 	}
 	stmts := h.resolve(res.Statements)
+	if e != nil {
+		e.describe(res, stmts)
+		if h.rec.Admit(h.ses) != nil {
+			h.refuseQuery(m, h.failed(e, auditRefusal()))
+			return nil
+		}
+	}
 	dec := h.decide(ctx, res, stmts)
+	h.noteDecision(e, dec)
 	if h.parks(dec) {
 		resp, err := h.park(ctx, m, dec, res, stmts, q, nil)
 		if err != nil {
 			return err
 		}
 		if resp != nil {
-			h.refuseQuery(m, resp)
+			h.refuseQuery(m, h.refused(e, resp))
 			return nil
 		}
 	} else if resp := refusal(dec); resp != nil {
-		h.refuseQuery(m, resp)
+		h.refuseQuery(m, h.refused(e, resp))
 		return nil
 	}
 	h.track(res.Statements)
 	h.handMask(dec)
+	h.sent(e)
 	return nil
+}
+
+// entry starts the record of a statement that just arrived; nil when
+// statements are not recorded.
+func (h *policyHook) entry(kind stmtKind) *stmtEntry {
+	h.approvalID = ""
+	if h.led == nil {
+		return nil
+	}
+	return &stmtEntry{kind: kind, start: time.Now()}
+}
+
+// enqueue hands the statement's entry to the ledger before the message
+// goes upstream.
+func (h *policyHook) enqueue(e *stmtEntry) {
+	if e != nil {
+		e.approvalID = h.approvalID
+		h.led.push(e)
+	}
+}
+
+func (h *policyHook) noteDecision(e *stmtEntry, dec *policy.Decision) {
+	if e != nil {
+		e.dec, e.decided = dec, time.Now()
+	}
+}
+
+func (h *policyHook) sent(e *stmtEntry) {
+	if e != nil {
+		e.sent = time.Now()
+	}
+}
+
+// refused notes that custos refused the statement with resp; it returns
+// resp.
+func (h *policyHook) refused(e *stmtEntry, resp *pgproto3.ErrorResponse) *pgproto3.ErrorResponse {
+	if e != nil {
+		e.refused = true
+		if e.text == "" && resp.Code == "42601" {
+			e.text = "(a statement that does not parse)"
+		}
+	}
+	return resp
+}
+
+// failed notes that custos could not let the statement run; it returns
+// resp.
+func (h *policyHook) failed(e *stmtEntry, resp *pgproto3.ErrorResponse) *pgproto3.ErrorResponse {
+	if e != nil {
+		e.refused, e.failed = true, true
+	}
+	return resp
 }
 
 // handMask gives the masking hook, which sees the same message next, the
 // decision's mask rules.
 func (h *policyHook) handMask(dec *policy.Decision) {
-	if h.masker == nil || dec.Mask == nil {
+	if h.masker == nil || dec == nil || dec.Mask == nil {
 		return
 	}
 	r := &maskRules{noDetect: !dec.Mask.DetectPAN}
@@ -219,7 +296,7 @@ func (h *policyHook) parse(m *Message) {
 		return
 	}
 	res, err := h.cls.Classify(q)
-	h.stmts[name] = &stmtInfo{text: q, res: res, err: err}
+	h.stmts[name] = &stmtInfo{text: q, res: res, err: err, pan: h.led != nil && mask.Contains(rest)}
 	if err != nil {
 		n := h.addDenial(syntaxRefusal(err))
 		body := append([]byte(name), 0)
@@ -235,24 +312,49 @@ func (h *policyHook) execute(ctx context.Context, m *Message) error {
 	if !ok {
 		return nil
 	}
+	e := h.entry(kindExec)
+	defer h.enqueue(e)
 	var resp *pgproto3.ErrorResponse
 	p := h.portals[portal]
 	var info *stmtInfo
 	if p != nil {
 		info = h.stmts[p.stmt]
 	}
+	if e != nil && info != nil {
+		if info.pan {
+			e.panSources = append(e.panSources, info.text)
+		}
+		if mask.Contains(p.bind) {
+			e.panSources = append(e.panSources, string(p.bind))
+		}
+	}
 	switch {
 	case info == nil:
 		// custos saw no Bind or Parse for it: the server will refuse it
 		// too, but nothing unknown runs.
-		resp = denyResponse("custos has no record of what this portal runs", "")
+		resp = h.refused(e, denyResponse("custos has no record of what this portal runs", ""))
+		if e != nil {
+			e.text = "(unknown portal)"
+		}
 	case info.err != nil:
+		h.refused(e, syntaxRefusal(info.err))
 		return nil // its Parse already failed at the server
 	case len(info.res.Statements) == 0:
+		if e != nil {
+			e.silent = true
+		}
 		return nil
 	default:
 		stmts := h.resolve(info.res.Statements)
+		if e != nil {
+			e.describe(info.res, stmts)
+			if h.rec.Admit(h.ses) != nil {
+				resp = h.failed(e, auditRefusal())
+				break
+			}
+		}
 		dec := h.decide(ctx, info.res, stmts)
+		h.noteDecision(e, dec)
 		if h.parks(dec) {
 			var err error
 			resp, err = h.park(ctx, m, dec, info.res, stmts, info.text, p.bind)
@@ -265,8 +367,10 @@ func (h *policyHook) execute(ctx context.Context, m *Message) error {
 		if resp == nil {
 			h.track(info.res.Statements)
 			h.handMask(dec)
+			h.sent(e)
 			return nil
 		}
+		h.refused(e, resp)
 	}
 	h.refuseExecute(m, resp)
 	return nil
@@ -286,6 +390,8 @@ func (h *policyHook) functionCall(ctx context.Context, m *Message) {
 	if len(m.Body) < 4 {
 		return
 	}
+	e := h.entry(kindFunc)
+	defer h.enqueue(e)
 	oid := binary.BigEndian.Uint32(m.Body)
 	name := "oid " + strconv.FormatUint(uint64(oid), 10)
 	if up := h.srv.upstreams[h.ses.Resource.Name]; up != nil && up.catalog != nil {
@@ -298,11 +404,25 @@ func (h *policyHook) functionCall(ctx context.Context, m *Message) {
 		Flags: []string{"side_effect_function"}, Normalized: "FUNCTION CALL " + name,
 	}
 	res := &sqlclass.Result{Normalized: stmt.Normalized, Fingerprint: "function-call:" + name, Statements: []sqlclass.Statement{stmt}}
-	dec := h.decide(ctx, res, res.Statements)
-	if resp := refusal(dec); resp != nil {
-		h.fcall = resp
-		binary.BigEndian.PutUint32(m.Body, 0)
+	if e != nil {
+		e.describe(res, res.Statements)
+		if mask.Contains(m.Body) {
+			e.panSources = []string{string(m.Body)}
+		}
+		if h.rec.Admit(h.ses) != nil {
+			h.fcall = h.failed(e, auditRefusal())
+			binary.BigEndian.PutUint32(m.Body, 0)
+			return
+		}
 	}
+	dec := h.decide(ctx, res, res.Statements)
+	h.noteDecision(e, dec)
+	if resp := refusal(dec); resp != nil {
+		h.fcall = h.refused(e, resp)
+		binary.BigEndian.PutUint32(m.Body, 0)
+		return
+	}
+	h.sent(e)
 }
 
 // resolve substitutes, for SQL-level EXECUTE, the statement it runs.
@@ -342,7 +462,12 @@ func (h *policyHook) track(stmts []sqlclass.Statement) {
 	}
 }
 
+// decide asks the policy about the statements; nil without a policy
+// (statements are then only recorded).
 func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []sqlclass.Statement) *policy.Decision {
+	if h.eng == nil {
+		return nil
+	}
 	if dec := h.recall(res, stmts); dec != nil {
 		h.srv.metrics.decided(dec)
 		return dec
@@ -446,6 +571,9 @@ func decisionLabel(d *policy.Decision) string {
 // refusal is the client's answer to a decision that does not let the
 // statement run now, or nil.
 func refusal(d *policy.Decision) *pgproto3.ErrorResponse {
+	if d == nil {
+		return nil
+	}
 	reason := strings.Join(d.Reasons, "; ")
 	switch {
 	case !d.Allow:

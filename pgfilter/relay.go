@@ -78,6 +78,15 @@ type session struct {
 
 	// span is the session's pg.session span; nil without a tracer.
 	span trace.Span
+
+	// ledger holds the statements on their way (nil without a
+	// StatementRecorder); durable lists the records the client writer
+	// waits for before bytes after their completions leave.
+	ledger   *ledger
+	durMu    sync.Mutex
+	durable  []Durable
+	durSpare []Durable
+	durN     atomic.Int32
 }
 
 func newSession(s *Server, pub Session, client net.Conn, clientBuf *bufio.Reader, upstreamAddr string) *session {
@@ -122,10 +131,15 @@ func (ss *session) run() {
 	ss.clientR = newFrameReader(ss.clientBuf, s.opts.Listener.MaxMessageBytes)
 
 	factories := s.opts.Hooks
-	if s.opts.Policy != nil {
+	if s.opts.Statements != nil {
+		ss.ledger = &ledger{}
+		ss.clientW.barrier = ss.awaitRecords
+	}
+	if s.opts.Policy != nil || ss.ledger != nil {
 		factories = append([]HookFactory{func(sess *Session) (Hook, error) {
 			ph := newPolicyHook(s, sess)
 			ph.relay = ss
+			ph.led, ph.rec = ss.ledger, s.opts.Statements
 			ss.policy = ph
 			return ph, nil
 		}}, factories...)
@@ -139,6 +153,11 @@ func (ss *session) run() {
 				ss.policy.masker = rm
 			}
 			return rm, nil
+		})
+	}
+	if ss.ledger != nil {
+		factories = append(factories[:len(factories):len(factories)], func(*Session) (Hook, error) {
+			return &auditHook{ss: ss, led: ss.ledger, rec: s.opts.Statements, cap: s.opts.ResultRows}, nil
 		})
 	}
 	for _, f := range factories {
@@ -252,6 +271,11 @@ func (ss *session) terminate(err error) {
 		if resp := clientFacing(err); resp != nil {
 			_ = ss.client.SetWriteDeadline(time.Now().Add(2 * time.Second))
 			ss.clientMu.Lock()
+			if errors.Is(err, errUnrecorded) {
+				// The buffer holds completions whose records were not
+				// kept: the client must not see them.
+				ss.clientW.discard(ss.client)
+			}
 			if buf, encErr := resp.Encode(nil); encErr == nil {
 				_ = ss.clientW.writeEncoded(buf)
 				_ = ss.clientW.flush()
@@ -362,7 +386,7 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 			dstMu.Lock()
 			err := dst.writeHeader(typ, n)
 			if err == nil {
-				err = src.stream(dst.w, n)
+				err = dst.stream(src, n)
 			}
 			if err == nil && !src.buffered() {
 				err = dst.flush()

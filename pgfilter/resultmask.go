@@ -62,6 +62,7 @@ type field struct {
 	oid    uint32
 	format int16
 	sad    bool
+	name   string // the column's name as the client sees it
 	col    string // the real column name, when it is a table column
 	// attrs are a composite (row) type's attributes; attrSAD marks those
 	// that hold sensitive authentication data.
@@ -438,6 +439,9 @@ func (rm *resultMasker) rowDescription(ctx context.Context, m *Message) ([]field
 			renamed = true
 		}
 	}
+	for i := range fields {
+		fields[i].name = string(rd.Fields[i].Name)
+	}
 	if renamed {
 		enc, err := rd.Encode(nil)
 		if err != nil {
@@ -446,6 +450,15 @@ func (rm *resultMasker) rowDescription(ctx context.Context, m *Message) ([]field
 		m.Body = enc[5:]
 	}
 	return fields, nil
+}
+
+// currentShape returns the fields and format codes of the rows being
+// relayed now, for a statement's record.
+func (rm *resultMasker) currentShape() ([]field, []int16) {
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	op, _ := rm.front()
+	return rm.rowShape(op)
 }
 
 // rowShape returns the fields and format codes that apply to a DataRow

@@ -76,6 +76,12 @@ type Options struct {
 	// session on cardholder data could not be written: fail closed); for
 	// other kinds it is ignored.
 	OnSessionEvent func(SessionEvent) error
+	// Statements, when set, records every statement as it completes and
+	// holds the completion back from the client until its record is
+	// durable; statements it does not admit are refused. ResultRows is how
+	// many (masked) result rows of each statement its record keeps.
+	Statements StatementRecorder
+	ResultRows int
 	// Tracer, when set, records one pg.session span per client session,
 	// from its authentication to its end (never per message); nil records
 	// none.
@@ -127,6 +133,8 @@ type SessionEvent struct {
 	Reason string
 	// Err is the failure, for a failed or refused connection.
 	Err error
+	// SpanContext is the session's pg.session span, when traced.
+	SpanContext trace.SpanContext
 	// Closed sessions: PAN values masked and SAD values removed in the
 	// session's responses, and how long it lasted.
 	MaskedPANs, RemovedSAD int64
@@ -152,6 +160,9 @@ func (s *Server) sessionClosed(ss *session) {
 	ev := SessionEvent{Kind: SessionClosed, ClientAddr: ss.ClientAddr, User: ss.Principal.User,
 		Database: ss.Resource.Database, TLS: ss.TLS, Principal: ss.Principal, Session: &ss.Session,
 		Resource: ss.Resource, Reason: closeReason(ss.endErr), Duration: time.Since(ss.Started)}
+	if ss.span != nil {
+		ev.SpanContext = ss.span.SpanContext()
+	}
 	if ss.masker != nil {
 		ev.MaskedPANs, ev.RemovedSAD = int64(ss.masker.counts.PANs), int64(ss.masker.counts.SAD)
 	}
@@ -232,8 +243,8 @@ func New(opts Options) (*Server, error) {
 		}
 		s.upstreams[res.Name] = up
 	}
-	if opts.Policy != nil && opts.Classifier == nil {
-		return nil, errors.New("pgfilter: a policy needs a classifier")
+	if (opts.Policy != nil || opts.Statements != nil) && opts.Classifier == nil {
+		return nil, errors.New("pgfilter: a policy or a statement recorder needs a classifier")
 	}
 	if len(s.upstreams) == 0 {
 		return nil, errors.New("pgfilter: no resources")

@@ -111,12 +111,31 @@ func unexpectedEOF(err error) error {
 }
 
 // frameWriter writes frames into a buffered writer.
+//
+// barrier, when set, runs before any buffered byte can reach the
+// connection: before a flush, and before a write that does not fit in what
+// is left of the buffer (bufio would flush, or write through). The client
+// writer's barrier waits for the audit records of the statements whose
+// completions are in the buffer (see session.awaitRecords); an error
+// stops the bytes.
 type frameWriter struct {
-	w   *bufio.Writer
-	hdr [5]byte
+	w       *bufio.Writer
+	hdr     [5]byte
+	barrier func() error
+}
+
+// fits runs the barrier unless n more bytes fit in the buffer.
+func (fw *frameWriter) fits(n int) error {
+	if fw.barrier == nil || n <= fw.w.Available() {
+		return nil
+	}
+	return fw.barrier()
 }
 
 func (fw *frameWriter) writeHeader(typ byte, n int) error {
+	if err := fw.fits(5); err != nil {
+		return err
+	}
 	fw.hdr[0] = typ
 	binary.BigEndian.PutUint32(fw.hdr[1:], uint32(n+4))
 	_, err := fw.w.Write(fw.hdr[:])
@@ -124,7 +143,12 @@ func (fw *frameWriter) writeHeader(typ byte, n int) error {
 }
 
 func (fw *frameWriter) write(typ byte, body []byte) error {
-	if err := fw.writeHeader(typ, len(body)); err != nil {
+	if err := fw.fits(5 + len(body)); err != nil {
+		return err
+	}
+	fw.hdr[0] = typ
+	binary.BigEndian.PutUint32(fw.hdr[1:], uint32(len(body)+4))
+	if _, err := fw.w.Write(fw.hdr[:]); err != nil {
 		return err
 	}
 	_, err := fw.w.Write(body)
@@ -134,11 +158,35 @@ func (fw *frameWriter) write(typ byte, body []byte) error {
 // writeEncoded writes an already encoded message (as pgproto3's Encode
 // produces it: type byte, length, body).
 func (fw *frameWriter) writeEncoded(b []byte) error {
+	if err := fw.fits(len(b)); err != nil {
+		return err
+	}
 	_, err := fw.w.Write(b)
 	return err
 }
 
-func (fw *frameWriter) flush() error { return fw.w.Flush() }
+// stream copies n bytes of a frame body from fr straight through: the
+// barrier runs first, since the body may not fit in the buffer.
+func (fw *frameWriter) stream(fr *frameReader, n int) error {
+	if fw.barrier != nil {
+		if err := fw.barrier(); err != nil {
+			return err
+		}
+	}
+	return fr.stream(fw.w, n)
+}
+
+func (fw *frameWriter) flush() error {
+	if fw.barrier != nil {
+		if err := fw.barrier(); err != nil {
+			return err
+		}
+	}
+	return fw.w.Flush()
+}
+
+// discard drops what is buffered and not yet sent.
+func (fw *frameWriter) discard(w io.Writer) { fw.w.Reset(w) }
 
 // readStartupPacket reads one untyped startup-phase packet (length-prefixed)
 // and returns its payload after the length: the 4-byte code and the rest.

@@ -116,6 +116,10 @@ type Options struct {
 	OnSessionEvent func(pgfilter.SessionEvent) error
 	// Tracer records a span per session (nil: none).
 	Tracer trace.Tracer
+	// Statements records every statement (nil: none); ResultRows is how
+	// many result rows each record keeps.
+	Statements pgfilter.StatementRecorder
+	ResultRows int
 }
 
 // Env is a running proxy in front of the shared cluster.
@@ -189,12 +193,14 @@ func Start(t testing.TB, opts Options) *Env {
 		Masker:     opts.Masker,
 		Policy:     opts.Policy,
 		Approvals:  opts.Approvals,
-		Classifier: classifier(opts.Policy),
+		Classifier: classifier(opts.Policy != nil || opts.Statements != nil),
 		Logger:     logger,
 		Registerer: e.Registry,
 
 		OnSessionEvent: opts.OnSessionEvent,
 		Tracer:         opts.Tracer,
+		Statements:     opts.Statements,
+		ResultRows:     opts.ResultRows,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -219,8 +225,8 @@ func Start(t testing.TB, opts Options) *Env {
 	return e
 }
 
-func classifier(p *policy.Engine) *sqlclass.Classifier {
-	if p == nil {
+func classifier(needed bool) *sqlclass.Classifier {
+	if !needed {
 		return nil
 	}
 	return sqlclass.New(0)
