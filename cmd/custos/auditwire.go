@@ -76,6 +76,7 @@ func openAuditor(ctx context.Context, cfg *config.Config, log *slog.Logger, reg 
 		SigningKeyFile:     ac.SigningKeyFile,
 		CheckpointInterval: ac.CheckpointInterval,
 		SegmentBytes:       ac.SegmentBytes,
+		SyncInterval:       ac.SyncInterval,
 		Logger:             log,
 		Registerer:         reg,
 	}
@@ -239,6 +240,7 @@ func (a *auditor) sessionEvent(ev pgfilter.SessionEvent) error {
 		Attrs:        []audit.Attr{audit.String("custos.pg.user", ev.User), audit.Bool("custos.tls", ev.TLS)},
 	}
 	e.ClientAddress, e.ClientPort = splitAddr(ev.ClientAddr)
+	e.TraceID, e.SpanID = ev.SpanContext.TraceID(), ev.SpanContext.SpanID()
 	if r := ev.Resource; r != nil {
 		e.Resource, e.ResourceType, e.DBNamespace = r.Name, r.Type, r.Database
 	}
@@ -435,4 +437,128 @@ func (a *auditor) xdsEvent(ev xds.Event) {
 	}
 	e.Attrs = attrs
 	a.recordAsync(e)
+}
+
+// statements returns the recorder of pgfilter's statements, or nil when
+// audit is off.
+func (a *auditor) statements() pgfilter.StatementRecorder {
+	if !a.enabled() {
+		return nil
+	}
+	return a
+}
+
+// errStatementUnrecorded refuses a statement on cardholder data while the
+// journal cannot be written.
+var errStatementUnrecorded = errors.New("audit journal unavailable")
+
+// Admit implements pgfilter.StatementRecorder: while the journal cannot
+// write, statements on cardholder data are refused before they run.
+func (a *auditor) Admit(s *pgfilter.Session) error {
+	if a.failClosed && s.Resource.CardholderData() && a.j.Failing() {
+		return errStatementUnrecorded
+	}
+	return nil
+}
+
+// Record implements pgfilter.StatementRecorder: it queues the statement's
+// record for the next group commit and returns at once.
+func (a *auditor) Record(ev *pgfilter.StatementEvent) pgfilter.Durable {
+	s := ev.Session
+	p := s.Principal
+	e := audit.Event{
+		Name:               audit.EventStatement,
+		Time:               ev.Start,
+		UserID:             p.Subject,
+		Issuer:             p.Issuer,
+		Groups:             p.Groups,
+		SessionID:          s.ID,
+		Resource:           s.Resource.Name,
+		ResourceType:       "postgres",
+		DBSystem:           audit.DBSystemPostgreSQL,
+		DBNamespace:        s.Resource.Database,
+		DBOperation:        ev.Operation,
+		DBQueryText:        ev.Text,
+		DBQueryFingerprint: ev.Fingerprint,
+		DBCollections:      ev.Collections,
+		DBStatusCode:       ev.SQLState,
+		ApprovalID:         ev.ApprovalID,
+		Rows:               ev.Rows,
+		Masked:             ev.Masked,
+		SADDropped:         ev.SAD,
+		Duration:           ev.Duration,
+		Error:              ev.Error,
+		PANSources:         ev.PANSources,
+		TraceID:            ev.SpanContext.TraceID(),
+		SpanID:             ev.SpanContext.SpanID(),
+	}
+	if p.Act != nil {
+		e.EndUserID = p.Act.Subject
+	}
+	e.ClientAddress, e.ClientPort = splitAddr(s.ClientAddr)
+	switch ev.Outcome {
+	case pgfilter.StatementSucceeded:
+		e.Outcome = audit.OutcomeSuccess
+	case pgfilter.StatementDenied:
+		e.Outcome = audit.OutcomeDenied
+	default:
+		e.Outcome = audit.OutcomeFailure
+	}
+	if ev.SQLState != "" {
+		e.ErrorType = ev.SQLState
+	}
+	attrs := make([]audit.Attr, 0, 8)
+	attrs = append(attrs,
+		audit.Int("custos.statement.seq", ev.Seq),
+		audit.String("custos.pg.protocol", ev.Protocol),
+		audit.Int("custos.duration_us", ev.Duration.Microseconds()))
+	if d := ev.Decision; d != nil {
+		e.Decision, e.DecisionID, e.Reasons = decisionName(d), d.ID, d.Reasons
+		if d.PolicyVersion != "" {
+			attrs = append(attrs, audit.String(audit.AttrPolicyVersion, d.PolicyVersion))
+		}
+	}
+	if ev.ApprovalWait > 0 {
+		attrs = append(attrs, audit.Int("custos.approval.wait_ms", ev.ApprovalWait.Milliseconds()))
+	}
+	if len(ev.Columns) > 0 || len(ev.ResultRows) > 0 {
+		attrs = append(attrs, audit.Strings("custos.result.columns", ev.Columns),
+			audit.Strings("custos.result.rows", ev.ResultRows), audit.Bool("custos.result.truncated", ev.Truncated))
+	}
+	e.Attrs = attrs
+	return &statementRecord{a: a, p: a.j.Enqueue(context.Background(), e),
+		failClosed: a.failClosed && s.Resource.CardholderData()}
+}
+
+// decisionName is the custos.decision value of a policy decision.
+func decisionName(d *policy.Decision) string {
+	switch d.Outcome() {
+	case policy.OutcomeDeny:
+		return "deny"
+	case policy.OutcomeApprove:
+		return "approval_required"
+	}
+	return "allow"
+}
+
+// statementRecord is a statement's record on its way to the journal.
+type statementRecord struct {
+	a          *auditor
+	p          *audit.Pending
+	failClosed bool
+}
+
+// Wait implements pgfilter.Durable: a record that cannot be kept is logged
+// and counted, and fails the statement only on cardholder data with
+// audit.fail_closed.
+func (r *statementRecord) Wait(ctx context.Context) error {
+	if _, err := r.p.Wait(ctx); err != nil {
+		r.a.failures.WithLabelValues(audit.EventStatement).Inc()
+		r.a.log.Error("audit event not recorded", "event", audit.EventStatement, "error", err.Error(),
+			"unavailable", errors.Is(err, audit.ErrUnavailable))
+		if r.failClosed {
+			return fmt.Errorf("audit journal: %w", err)
+		}
+	}
+	return nil
 }

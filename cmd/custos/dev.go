@@ -39,6 +39,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	upstreamPort := fs.Int("upstream-port", 0, "port of the demo PostgreSQL (0 picks a free one)")
 	policyDir := fs.String("policy-dir", "", "Rego policy directory (default: the embedded PCI policy)")
 	noPolicy := fs.Bool("no-policy", false, "relay statements without policy (benchmark baseline only)")
+	noAudit := fs.Bool("no-audit", false, "keep no audit journal (benchmark baseline only)")
+	auditSync := fs.Duration("audit-sync-interval", 0, "audit.sync_interval: 0 fsyncs each statement's record before the client sees it complete; above 0 writes it and fsyncs at most this much later")
 	var lf logFlags
 	lf.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -115,6 +117,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	adminURL := "http://" + lns.admin.Addr().String()
 	cfg.Approvals.PublicURL = adminURL
 	devXDS(cfg, lns)
+	cfg.Audit.SyncInterval = *auditSync
+	if *noAudit {
+		cfg.Audit.Enabled, cfg.Audit.FailClosed = new(false), new(false)
+	}
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		return err

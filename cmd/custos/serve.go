@@ -191,6 +191,9 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		if err != nil {
 			return nil, fmt.Errorf("policy: %w", err)
 		}
+	}
+	if eng != nil || aud.enabled() {
+		// Statement records carry the normalized text even without policy.
 		cls = sqlclass.New(cfg.Policy.ClassifierCacheEntries)
 	}
 	var apr *approvals
@@ -217,6 +220,8 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		Registerer:  reg,
 
 		OnSessionEvent: aud.sessionEvent,
+		Statements:     aud.statements(),
+		ResultRows:     max(cfg.Audit.ReplayRows, 0),
 		Tracer:         tr.tracer(),
 	})
 	if err != nil {
