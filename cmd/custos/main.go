@@ -40,7 +40,8 @@ commands:
   dev      run the gateway on embedded defaults: local OIDC issuer, throwaway PostgreSQL
   token    mint a token from the dev issuer (--data-dir, --sub, --groups, --act, --ttl)
   approvals  list, show, approve or deny parked requests (CUSTOS_ADMIN_URL, CUSTOS_TOKEN)
-  audit    verify, export or print the verifier key of the audit journal (--data-dir)
+  audit    verify, export, evidence bundle, or print the verifier key of the audit journal (--data-dir)
+  replay   play a Postgres session back from the audit journal (SESSION_ID, --speed, --rows, --format)
   xds      dump: print the Envoy configuration a config file serves (--config)
   version  print the version
 `
@@ -66,6 +67,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runApprovals(ctx, rest, stdout, stderr)
 	case "audit":
 		return runAudit(ctx, rest, stdout, stderr)
+	case "replay":
+		return runReplay(ctx, rest, stdout, stderr)
 	case "xds":
 		return runXDS(ctx, rest, stdout, stderr)
 	case "version":
