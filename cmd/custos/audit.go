@@ -23,6 +23,11 @@ commands:
                                                      names the first bad record; exit status 1 on any problem
   export [--from T] [--to T] [--format csv|json] [--out FILE]
                                                      records in [from, to) (RFC 3339), default the whole journal
+  evidence --out DIR [--from T] [--to T] [--key PUBKEYFILE]
+                                                     the auditor bundle for records in [from, to): access, writes with
+                                                     their approvals, masking, sessions (CSV), verification, PCI DSS
+                                                     10.2.2 field map, summary and a SHA-256 manifest; DIR must be new
+                                                     or empty; exit status 1 when the journal does not verify
   key                                                print the checkpoint verifier key (keep a copy away from the data dir)
 
 Every command takes --data-dir (default ./.custos); the journal is in DATA_DIR/audit.
@@ -32,7 +37,7 @@ Every command takes --data-dir (default ./.custos); the journal is in DATA_DIR/a
 func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, auditUsage)
-		return errors.New("audit: a command is required (verify, export, key)")
+		return errors.New("audit: a command is required (verify, export, evidence, key)")
 	}
 	cmd, rest := args[0], args[1:]
 	fs := flag.NewFlagSet("custos audit "+cmd, flag.ContinueOnError)
@@ -54,6 +59,15 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		return auditExport(ctx, *dataDir, *from, *to, *format, *out, stdout, stderr)
+	case "evidence":
+		from := fs.String("from", "", "first time included (RFC 3339); default the start")
+		to := fs.String("to", "", "first time excluded (RFC 3339); default the end")
+		out := fs.String("out", "", "bundle directory, created (an existing one must be empty); required")
+		keyFile := fs.String("key", "", "verifier key file (output of `custos audit key`); default: derived from the data dir's signing key")
+		if err := parseNoArgs(fs, rest); err != nil {
+			return err
+		}
+		return auditEvidence(ctx, *dataDir, *from, *to, *out, *keyFile, stdout, stderr)
 	case "key":
 		keyFile := fs.String("signing-key", "", "signing key file (default DATA_DIR/audit/signing.key)")
 		if err := parseNoArgs(fs, rest); err != nil {
@@ -160,5 +174,54 @@ func auditExport(ctx context.Context, dataDir, from, to, format, out string, std
 	if out != "" {
 		fmt.Fprintf(stderr, "%d records written to %s\n", n, out)
 	}
+	return nil
+}
+
+func auditEvidence(ctx context.Context, dataDir, from, to, out, keyFile string, stdout, stderr io.Writer) error {
+	if out == "" {
+		return errors.New("audit evidence: --out DIR is required")
+	}
+	var opts audit.EvidenceOptions
+	var err error
+	if from != "" {
+		if opts.From, err = time.Parse(time.RFC3339Nano, from); err != nil {
+			return fmt.Errorf("audit evidence: --from: %w", err)
+		}
+	}
+	if to != "" {
+		if opts.To, err = time.Parse(time.RFC3339Nano, to); err != nil {
+			return fmt.Errorf("audit evidence: --to: %w", err)
+		}
+	}
+	if keyFile != "" {
+		b, err := os.ReadFile(keyFile)
+		if err != nil {
+			return fmt.Errorf("audit evidence: --key: %w", err)
+		}
+		opts.VerifierKey = strings.TrimSpace(string(b))
+	} else {
+		fmt.Fprintln(stderr, "note: verifier key taken from the data dir; pass --key with a copy kept elsewhere to rule out a replaced key")
+	}
+	sum, err := audit.WriteEvidence(ctx, dataDir, out, opts)
+	if err != nil {
+		if errors.Is(err, audit.ErrKey) && keyFile != "" {
+			return fmt.Errorf("%w (--key %s)", err, keyFile)
+		}
+		return err
+	}
+	w := sum.Writes
+	fmt.Fprintf(stdout, "evidence bundle written to %s\n", out)
+	fmt.Fprintf(stdout, "records   %d in range (seq %d..%d), %d sessions\n", sum.Records, sum.FirstSeq, sum.LastSeq, sum.Sessions)
+	fmt.Fprintf(stdout, "writes    %d: %d ran with an approval, %d ran without one, %d did not run\n",
+		w.Total, w.RanWithApproval, w.RanWithoutApproval, w.NotRun)
+	if w.ApprovalUnconfirmed > 0 {
+		fmt.Fprintf(stdout, "WARNING   %d writes ran with an approval id the journal holds no approval for\n", w.ApprovalUnconfirmed)
+	}
+	fmt.Fprintf(stdout, "masking   %d PANs masked, %d SAD values dropped\n", sum.Masking.Masked, sum.Masking.SADDropped)
+	if !sum.Verification.OK {
+		fmt.Fprintf(stdout, "FAIL      the journal does not verify: %s (see %s)\n", sum.Verification.FirstProblem, audit.EvidenceVerificationFile)
+		return fmt.Errorf("%w: %s; the bundle in %s says so", audit.ErrVerify, sum.Verification.FirstProblem, out)
+	}
+	fmt.Fprintf(stdout, "verify    OK: %d records, chain and checkpoint signatures verify\n", sum.Verification.RecordsVerified)
 	return nil
 }

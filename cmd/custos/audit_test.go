@@ -126,3 +126,118 @@ func TestAuditUsage(t *testing.T) {
 		}
 	}
 }
+
+func TestAuditEvidence(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	j, err := audit.Open(audit.Options{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range []audit.Event{
+		{Name: audit.EventConnectionOpened, Outcome: audit.OutcomeSuccess, UserID: "alice", ClientAddress: "10.0.0.7",
+			SessionID: "ses_1", Resource: "payments-db"},
+		{Name: audit.EventStatement, Outcome: audit.OutcomeSuccess, UserID: "alice", ClientAddress: "10.0.0.7", SessionID: "ses_1",
+			Resource: "payments-db", DBOperation: "SELECT", DBQueryText: "SELECT pan FROM cards", Rows: 2, Masked: 2},
+		{Name: audit.EventStatement, Outcome: audit.OutcomeSuccess, UserID: "alice", ClientAddress: "10.0.0.7", SessionID: "ses_1",
+			Resource: "payments-db", DBOperation: "INSERT", DBQueryText: "INSERT INTO cards (pan) VALUES ($1)", Rows: 1,
+			PANSources: []string{"4242424242424242"}},
+		{Name: audit.EventConnectionClosed, Outcome: audit.OutcomeSuccess, UserID: "alice", SessionID: "ses_1", Resource: "payments-db",
+			Attrs: []audit.Attr{audit.String("custos.connection.close_reason", "client_closed")}},
+	} {
+		if _, err := j.Append(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if err := run(ctx, []string{"audit", "key", "--data-dir", dir}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "audit.pub")
+	if err := os.WriteFile(keyFile, out.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	bundle := filepath.Join(t.TempDir(), "evidence")
+	from := time.Now().Add(-time.Hour).Format(time.RFC3339)
+	out.Reset()
+	args := []string{"audit", "evidence", "--data-dir", dir, "--key", keyFile, "--from", from, "--out", bundle}
+	if err := run(ctx, args, &out, &errOut); err != nil {
+		t.Fatalf("evidence: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"evidence bundle written to " + bundle, "1 ran without one", "2 PANs masked", "verify    OK: 6 records"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	var man struct {
+		JournalID   string `json:"journal_id"`
+		VerifierKey string `json:"verifier_key"`
+		Files       []struct {
+			Name string `json:"name"`
+		} `json:"files"`
+	}
+	b, err := os.ReadFile(filepath.Join(bundle, audit.EvidenceManifestFile))
+	if err != nil || json.Unmarshal(b, &man) != nil || len(man.Files) != 7 || man.VerifierKey != strings.TrimSpace(readEvidenceFile(t, keyFile)) {
+		t.Fatalf("manifest: %v\n%s", err, b)
+	}
+	rows, err := csv.NewReader(strings.NewReader(readEvidenceFile(t, filepath.Join(bundle, audit.EvidenceWritesFile)))).ReadAll()
+	if err != nil || len(rows) != 2 || rows[1][6] != "INSERT" || rows[1][9] != "none" {
+		t.Fatalf("writes.csv: %v %q", err, rows)
+	}
+	for _, f := range man.Files {
+		if strings.Contains(readEvidenceFile(t, filepath.Join(bundle, f.Name)), "4242424242424242") {
+			t.Errorf("%s holds the PAN", f.Name)
+		}
+	}
+
+	// The same directory again is refused; --out is required.
+	if err := run(ctx, args, &out, &errOut); !errors.Is(err, audit.ErrEvidenceDir) {
+		t.Errorf("existing bundle dir: %v", err)
+	}
+	if err := run(ctx, []string{"audit", "evidence", "--data-dir", dir}, &out, &errOut); err == nil || !strings.Contains(err.Error(), "--out") {
+		t.Errorf("no --out: %v", err)
+	}
+	if err := run(ctx, []string{"audit", "evidence", "--data-dir", dir, "--out", t.TempDir(), "--to", "yesterday"}, &out, &errOut); err == nil {
+		t.Error("bad --to accepted")
+	}
+
+	// A deleted record: the bundle is still written, says so, and the
+	// command fails.
+	segs, _ := filepath.Glob(filepath.Join(dir, "audit", "segments", "*.jsonl"))
+	data, _ := os.ReadFile(segs[0])
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	if err := os.WriteFile(segs[0], bytes.Join(append(lines[:2:2], lines[3:]...), nil), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tampered := filepath.Join(t.TempDir(), "evidence")
+	out.Reset()
+	err = run(ctx, []string{"audit", "evidence", "--data-dir", dir, "--key", keyFile, "--out", tampered}, &out, &errOut)
+	if !errors.Is(err, audit.ErrVerify) || !strings.Contains(out.String(), "FAIL      the journal does not verify: deleted: record seq 3") {
+		t.Fatalf("tampered journal: %v\n%s", err, out.String())
+	}
+	var ver struct {
+		OK           bool `json:"ok"`
+		FirstProblem struct {
+			Kind string `json:"kind"`
+			Seq  uint64 `json:"seq"`
+		} `json:"first_problem"`
+	}
+	if err := json.Unmarshal([]byte(readEvidenceFile(t, filepath.Join(tampered, audit.EvidenceVerificationFile))), &ver); err != nil ||
+		ver.OK || ver.FirstProblem.Kind != "deleted" || ver.FirstProblem.Seq != 3 {
+		t.Errorf("verification.json: %v %+v", err, ver)
+	}
+}
+
+func readEvidenceFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
