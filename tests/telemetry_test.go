@@ -159,6 +159,59 @@ func TestTelemetryToJaeger(t *testing.T) {
 		}
 	})
 
+	t.Run("pg.statement span and its record", func(t *testing.T) {
+		var traces struct {
+			Data []jaegerTrace `json:"data"`
+		}
+		q := url.Values{"service": {"custos"}, "operation": {"pg.statement"}, "lookback": {"1h"}, "limit": {"20"}}
+		waitFor(t, "a pg.statement trace in Jaeger's /api/traces", j, func() bool {
+			code, body, err := j.get("/api/traces?" + q.Encode())
+			return err == nil && code == http.StatusOK && json.Unmarshal(body, &traces) == nil && len(traces.Data) > 0
+		})
+		var traceID string
+		var tags map[string]string
+		ops := map[string]bool{}
+		for _, tr := range traces.Data {
+			for _, s := range tr.Spans {
+				ops[s.OperationName] = true
+				if s.OperationName != "pg.statement" {
+					continue
+				}
+				traceID = tr.TraceID
+				tags = map[string]string{}
+				for _, tag := range s.Tags {
+					tags[tag.Key] = fmt.Sprint(tag.Value)
+				}
+			}
+		}
+		// The statement, its parts and the session are one trace.
+		for _, op := range []string{"pg.session", "custos.policy.decide", "pg.upstream", "custos.mask"} {
+			if !ops[op] {
+				t.Errorf("no %s span in the statement's trace: %v", op, ops)
+			}
+		}
+		want := map[string]string{
+			"db.query.text":     "SELECT count(*) FROM cards",
+			"db.operation.name": "SELECT",
+			"custos.decision":   "allow",
+			"custos.outcome":    "success",
+			"custos.rows":       "1",
+		}
+		for k, v := range want {
+			if tags[k] != v {
+				t.Errorf("pg.statement tag %s = %q, want %q (tags: %v)", k, tags[k], v, tags)
+			}
+		}
+		// The journal's statement record, exported as a log, carries the
+		// same trace id.
+		waitFor(t, "custos.db.statement in Jaeger's log output", j, func() bool {
+			return strings.Contains(j.out.String(), "custos.db.statement")
+		})
+		if out := j.out.String(); traceID == "" || !strings.Contains(out, "Trace ID: "+traceID) {
+			t.Errorf("no log record with trace id %s in Jaeger's log output; it ends with:\n%s", traceID, j.out.tail(60))
+		}
+	})
+
 	t.Run("Envoy's Check in Envoy's trace", func(t *testing.T) {
 		var tr struct {
 			Data []jaegerTrace `json:"data"`
