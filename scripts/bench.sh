@@ -23,9 +23,13 @@
 # through custos deciding every statement with the default policy versus custos dev --no-policy,
 # restarted in turn on the same data dir, BENCH_POLICY_ROUNDS (2) runs each; target on/off >= 0.9.
 #
+# Then the audit journal: the same run with audit on (fsync before each completion, the default;
+# and written, fsynced within 10ms) versus custos dev --no-audit, BENCH_AUDIT_ROUNDS (2) runs each;
+# target on/off >= 0.85.
+#
 # Called by `make bench` after `make build`, with the PostgreSQL bin dir and /usr/sbin in PATH.
 # Settings: BENCH_SECONDS (15), BENCH_WARMUP_SECONDS (3), BENCH_SCALE (10), BENCH_MASK_ROWS (1000000),
-# BENCH_POLICY_ROUNDS (2).
+# BENCH_POLICY_ROUNDS (2), BENCH_AUDIT_ROUNDS (2).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -36,6 +40,7 @@ SCALE=${BENCH_SCALE:-10}
 MASK_ROWS=${BENCH_MASK_ROWS:-1000000}
 MASK_RUNS=3
 POLICY_ROUNDS=${BENCH_POLICY_ROUNDS:-2}
+AUDIT_ROUNDS=${BENCH_AUDIT_ROUNDS:-2}
 CLIENTS=4
 JOBS=2
 CUSTOS=bin/custos
@@ -51,8 +56,8 @@ for prog in pgbench psql pgbouncer; do
 		die "$prog not in PATH; run \`make deps\`, and put the PostgreSQL bin dir and /usr/sbin in PATH (\`make bench\` does)"
 done
 [ -x "$CUSTOS" ] || die "$CUSTOS is missing: run \`make build\` first"
-for n in "$BENCH_SECONDS" "$WARMUP_SECONDS" "$SCALE" "$MASK_ROWS" "$POLICY_ROUNDS"; do
-	[[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS, BENCH_WARMUP_SECONDS, BENCH_SCALE, BENCH_MASK_ROWS and BENCH_POLICY_ROUNDS must be positive integers"
+for n in "$BENCH_SECONDS" "$WARMUP_SECONDS" "$SCALE" "$MASK_ROWS" "$POLICY_ROUNDS" "$AUDIT_ROUNDS"; do
+	[[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS, BENCH_WARMUP_SECONDS, BENCH_SCALE, BENCH_MASK_ROWS, BENCH_POLICY_ROUNDS and BENCH_AUDIT_ROUNDS must be positive integers"
 done
 ((MASK_ROWS >= 100000)) || die "BENCH_MASK_ROWS must be at least 100000 (the small RSS run streams 100,000 rows)"
 
@@ -356,26 +361,42 @@ restart_custos() {
 	# shellcheck source=/dev/null
 	. "$DATA_DIR/dev.env"
 }
-declare -A policy_runs
-for ((round = 1; round <= POLICY_ROUNDS; round++)); do
-	for mode in off on; do
-		if [ "$mode" = off ]; then restart_custos --no-policy; else restart_custos; fi
-		ptoken=$("$CUSTOS" token --data-dir "$DATA_DIR" --sub bench --groups agents --ttl 2h)
-		pconn="host=$CUSTOS_PG_HOST port=$CUSTOS_PG_PORT dbname=$CUSTOS_DATABASE user=bench sslmode=require"
-		plog="$OUT/pgbench-policy-$mode-$round.log"
-		log "policy $mode (round $round of $POLICY_ROUNDS): warm-up ${WARMUP_SECONDS}s, then ${BENCH_SECONDS}s"
-		PGPASSWORD=$ptoken pgbench "${PGBENCH_ARGS[@]}" -T "$WARMUP_SECONDS" "$pconn" >"$OUT/pgbench-policy-$mode-$round-warmup.log" 2>&1 ||
-			{ tail -n 20 "$OUT/pgbench-policy-$mode-$round-warmup.log" >&2; die "policy $mode: warm-up failed"; }
-		PGPASSWORD=$ptoken pgbench "${PGBENCH_ARGS[@]}" -T "$BENCH_SECONDS" "$pconn" >"$plog" 2>&1 ||
-			{ tail -n 20 "$plog" >&2; die "policy $mode: pgbench failed"; }
-		grep -q '^number of failed transactions: 0 ' "$plog" ||
-			{ cat "$plog" >&2; die "policy $mode: pgbench reported failed transactions"; }
-		t=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$plog")
-		[ -n "$t" ] || { cat "$plog" >&2; die "policy $mode: no tps in the pgbench output"; }
-		policy_runs[$mode]="${policy_runs[$mode]:+${policy_runs[$mode]} }$t"
-		log "policy $mode (round $round): $t TPS"
+# compare_modes NAME ROUNDS MODE=ARGS...: ROUNDS rounds, each running the modes in order, custos
+# dev restarted with the mode's ARGS (a space-separated list, may be empty) before the same pgbench
+# run as a principal in group agents; the TPS of each run is added to runs[NAME,MODE].
+declare -A runs
+compare_modes() {
+	local name=$1 rounds=$2
+	shift 2
+	local round spec mode margs ptoken pconn plog t
+	for ((round = 1; round <= rounds; round++)); do
+		for spec in "$@"; do
+			mode=${spec%%=*} margs=${spec#*=}
+			# shellcheck disable=SC2086 # the mode's arguments, split on purpose
+			restart_custos $margs
+			ptoken=$("$CUSTOS" token --data-dir "$DATA_DIR" --sub bench --groups agents --ttl 2h)
+			pconn="host=$CUSTOS_PG_HOST port=$CUSTOS_PG_PORT dbname=$CUSTOS_DATABASE user=bench sslmode=require"
+			plog="$OUT/pgbench-$name-$mode-$round.log"
+			log "$name $mode (round $round of $rounds): warm-up ${WARMUP_SECONDS}s, then ${BENCH_SECONDS}s"
+			PGPASSWORD=$ptoken pgbench "${PGBENCH_ARGS[@]}" -T "$WARMUP_SECONDS" "$pconn" >"$OUT/pgbench-$name-$mode-$round-warmup.log" 2>&1 ||
+				{ tail -n 20 "$OUT/pgbench-$name-$mode-$round-warmup.log" >&2; die "$name $mode: warm-up failed"; }
+			PGPASSWORD=$ptoken pgbench "${PGBENCH_ARGS[@]}" -T "$BENCH_SECONDS" "$pconn" >"$plog" 2>&1 ||
+				{ tail -n 20 "$plog" >&2; die "$name $mode: pgbench failed"; }
+			grep -q '^number of failed transactions: 0 ' "$plog" ||
+				{ cat "$plog" >&2; die "$name $mode: pgbench reported failed transactions"; }
+			t=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$plog")
+			[ -n "$t" ] || { cat "$plog" >&2; die "$name $mode: no tps in the pgbench output"; }
+			runs[$name,$mode]="${runs[$name,$mode]:+${runs[$name,$mode]} }$t"
+			log "$name $mode (round $round): $t TPS"
+		done
 	done
-done
+}
+compare_modes policy "$POLICY_ROUNDS" "off=--no-policy" "on="
+declare -A policy_runs
+policy_runs[off]=${runs[policy,off]}
+policy_runs[on]=${runs[policy,on]}
+ptoken=$("$CUSTOS" token --data-dir "$DATA_DIR" --sub bench --groups agents --ttl 2h)
+pconn="host=$CUSTOS_PG_HOST port=$CUSTOS_PG_PORT dbname=$CUSTOS_DATABASE user=bench sslmode=require"
 # The policy really was on in the "on" instance: DDL by an agent is refused with 42501 (a
 # write would wait for approval instead).
 refused=$(PGPASSWORD=$ptoken psql -X -q -A -t -d "$pconn" -c 'CREATE TABLE bench_policy_probe (x int)' 2>&1 || true)
@@ -388,7 +409,24 @@ for mode in off on; do
 	policy_tps[$mode]=$(mean ${policy_runs[$mode]})
 done
 
-# --- 7. report -----------------------------------------------------------------------------------
+# --- 7. audit on versus off ---------------------------------------------------------------------
+# The same pgbench run through custos dev keeping its audit journal (a record of every statement,
+# its completion held back from the client until the record is kept) with the default durability
+# (fsynced, group commit) and with audit.sync_interval 10ms (written to the journal file before the
+# completion, fsynced within 10ms), versus custos dev --no-audit; alternating, BENCH_AUDIT_ROUNDS
+# (2) runs each. Target on/off >= 0.85.
+compare_modes audit "$AUDIT_ROUNDS" "off=--no-audit" "fsync=" "written=--audit-sync-interval 10ms"
+# The audit really was on in the last instance ("written"): it recorded the run's statements.
+recorded=$(find "$DATA_DIR/audit/segments" -name '*.jsonl' | sort | tail -n 2 |
+	xargs cat | grep -c '"event":"custos.db.statement"' || true)
+((recorded >= 1000)) || die "audit written: only ${recorded:-0} statement records in the journal's last segments"
+declare -A audit_tps
+for mode in off fsync written; do
+	# shellcheck disable=SC2086 # a list of numbers
+	audit_tps[$mode]=$(mean ${runs[audit,$mode]})
+done
+
+# --- 8. report -----------------------------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }'; }
 custos_direct=$(ratio "${tps[custos]}" "${tps[direct]}")
 custos_pgbouncer=$(ratio "${tps[custos]}" "${tps[pgbouncer]}")
@@ -423,6 +461,16 @@ printf '%-28s %12.0f   %s\n' 'policy off (--no-policy)' "${policy_tps[off]}" "${
 printf '%-28s %12.0f   %s\n' 'policy on (default policy)' "${policy_tps[on]}" "${policy_runs[on]}"
 printf '\npolicy on/off     %s (target >= 0.9)\n' "$policy_ratio"
 
+audit_fsync_ratio=$(ratio "${audit_tps[fsync]}" "${audit_tps[off]}")
+audit_written_ratio=$(ratio "${audit_tps[written]}" "${audit_tps[off]}")
+printf '\naudit: pgbench %s -T %s through custos as an agent, mean of %s runs each\n\n' \
+	"${PGBENCH_ARGS[*]}" "$BENCH_SECONDS" "$AUDIT_ROUNDS"
+printf '%-44s %12s   %s\n' custos 'mean TPS' runs
+printf '%-44s %12.0f   %s\n' 'audit off (--no-audit)' "${audit_tps[off]}" "${runs[audit,off]}"
+printf '%-44s %12.0f   %s\n' 'audit on, fsync before completion (default)' "${audit_tps[fsync]}" "${runs[audit,fsync]}"
+printf '%-44s %12.0f   %s\n' 'audit on, written, fsync within 10ms' "${audit_tps[written]}" "${runs[audit,written]}"
+printf '\naudit fsync/off   %s (target >= 0.85)\naudit written/off %s (target >= 0.85)\n' "$audit_fsync_ratio" "$audit_written_ratio"
+
 json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
 {
 	printf '{\n'
@@ -444,6 +492,9 @@ json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'
 		"$custos_direct" "$custos_pgbouncer" "$pgbouncer_direct"
 	printf '  "policy": {"principal_groups": ["agents"], "rounds": %s, "tps_off": [%s], "tps_on": [%s], "tps_off_mean": %s, "tps_on_mean": %s, "on_off": %s, "target_on_off": 0.9},\n' \
 		"$POLICY_ROUNDS" "${policy_runs[off]// /, }" "${policy_runs[on]// /, }" "${policy_tps[off]}" "${policy_tps[on]}" "$policy_ratio"
+	printf '  "audit": {"principal_groups": ["agents"], "rounds": %s, "tps_off": [%s], "tps_fsync": [%s], "tps_written": [%s], "tps_off_mean": %s, "tps_fsync_mean": %s, "tps_written_mean": %s, "fsync_off": %s, "written_off": %s, "sync_interval_written": "10ms", "target_on_off": 0.85},\n' \
+		"$AUDIT_ROUNDS" "${runs[audit,off]// /, }" "${runs[audit,fsync]// /, }" "${runs[audit,written]// /, }" \
+		"${audit_tps[off]}" "${audit_tps[fsync]}" "${audit_tps[written]}" "$audit_fsync_ratio" "$audit_written_ratio"
 	printf '  "masking": {\n'
 	printf '    "rows": %s, "runs": %s, "client": "psql", "tls": true, "target_custos_direct": 1.5,\n' "$MASK_ROWS" "$MASK_RUNS"
 	for method in "${mask_methods[@]}"; do
