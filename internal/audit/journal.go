@@ -691,6 +691,23 @@ func (j *Journal) Close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// tailPool holds encoding buffers: a record's tail goes back once it is
+// copied into the batch written to the segment.
+var tailPool sync.Pool
+
+func getTail(n int) []byte {
+	if b, ok := tailPool.Get().(*[]byte); ok && cap(*b) >= n {
+		return (*b)[:0]
+	}
+	return make([]byte, 0, max(n, 2048))
+}
+
+func putTail(b []byte) {
+	if cap(b) <= 16<<10 {
+		tailPool.Put(&b)
+	}
+}
+
 // attrPool holds the attribute lists events are encoded from.
 var attrPool = sync.Pool{New: func() any { b := make([]Attr, 0, 48); return &b }}
 
@@ -770,7 +787,7 @@ func (j *Journal) encode(ev *Event) ([]byte, error) {
 	if ev.SpanID.IsValid() {
 		spanID = ev.SpanID.String()
 	}
-	tail := appendTail(make([]byte, 0, tailSize(attrs)), t, name, ev.severity(), traceID, spanID, attrs)
+	tail := appendTail(getTail(tailSize(attrs)), t, name, ev.severity(), traceID, spanID, attrs)
 	if len(tail) > MaxRecordBytes {
 		return nil, fmt.Errorf("%w: %d bytes encoded, more than %d", ErrEvent, len(tail), MaxRecordBytes)
 	}
@@ -927,6 +944,8 @@ func (j *Journal) commit(batch []*request) {
 		start := len(buf)
 		buf = appendHead(buf, seq, h)
 		buf = append(buf, r.tail...)
+		putTail(r.tail)
+		r.tail = nil
 		buf = append(buf, '}')
 		h = chainHash(h, buf[start:])
 		buf = appendLine(buf[:start], buf[start:], h)
