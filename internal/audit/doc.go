@@ -94,6 +94,20 @@
 // and writes a custos.control.failure record (what failed, since when, how
 // many appends were refused) before anything else.
 //
+// [Journal.Enqueue] is Append without the wait: it returns a [Pending] at
+// once and its Wait says when the record is kept. pgfilter queues each
+// statement's record as the statement completes and waits only before the
+// client could see that completion, so that the session goes on reading
+// meanwhile. [Journal.Failing] says whether the last write failed, so that
+// callers can refuse to act before they would act unrecorded.
+//
+// Options.SyncInterval trades power-loss durability for throughput: above
+// zero an appender writes its record into the segment itself (no hand-off
+// to the writer goroutine) and is answered once it is written, which is
+// what survives the process being killed or crashing; the writer goroutine
+// fsyncs within the interval, and before every checkpoint, segment change
+// and Close. DurableSeq and the OTLP export count only fsynced records.
+//
 // # Recovery
 //
 // Open scans the last segment. A bad last line (no newline, not a record,
@@ -114,5 +128,7 @@
 // deleted (a gap in seq), reordered, truncated (torn tail, or a checkpoint
 // covering records that are gone) and bad_signature. [Export] writes a time
 // range as CSV or JSON. The [Exporter] ships records as OTLP logs from a
-// persisted cursor.
+// persisted cursor. [WriteEvidence] writes the auditor bundle for a time
+// range; [FindSession] and [WriteReplay] play a Postgres session back from its
+// records (statements, decisions, approvals, masked results).
 package audit
