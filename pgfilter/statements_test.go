@@ -122,10 +122,7 @@ func TestStatementRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var got []pgfilter.StatementEvent
-	for _, ev := range l.list() {
-		got = append(got, ev)
-	}
+	got := l.list()
 	find := func(prefix string) pgfilter.StatementEvent {
 		t.Helper()
 		for _, ev := range got {
