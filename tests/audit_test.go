@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -177,7 +178,9 @@ func TestAuditKill9DuringPgbench(t *testing.T) {
 			if r := run(t, clientEnviron(), nil, bin, "audit", "verify", "--data-dir", dataDir); r.code != 0 {
 				t.Fatalf("audit verify after kill -9: %s", r)
 			}
-			// custos starts again on the journal it left, and says so.
+			// custos starts again on the journal it left, and says so, once
+			// its PostgreSQL (killed with it) is gone.
+			waitPostmasterGone(t, filepath.Join(dataDir, "postgres"))
 			if err := os.Remove(filepath.Join(dataDir, "dev.env")); err != nil {
 				t.Fatal(err)
 			}
@@ -200,6 +203,31 @@ func TestAuditKill9DuringPgbench(t *testing.T) {
 				t.Error("the restart did not record the unclean shutdown")
 			}
 		})
+	}
+}
+
+// waitPostmasterGone waits until the server of the cluster in pgData (if
+// its postmaster.pid names one) has exited.
+func waitPostmasterGone(t *testing.T, pgData string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(pgData, "postmaster.pid"))
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil || pid <= 0 {
+		return
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	alive := func() bool {
+		p, err := os.FindProcess(pid)
+		return err == nil && p.Signal(syscall.Signal(0)) == nil
+	}
+	for alive() {
+		if time.Now().After(deadline) {
+			t.Fatalf("PostgreSQL (pid %d) still runs a minute after custos was killed", pid)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
