@@ -59,6 +59,10 @@ type auditor struct {
 	mu     sync.Mutex // guards closed against new asynchronous appends
 	closed bool
 	async  sync.WaitGroup
+
+	// templates holds each open session's statement templates
+	// (*sessionTemplates by session id), dropped when the session closes.
+	templates sync.Map
 }
 
 // openAuditor opens the journal of the config's audit section in
@@ -272,6 +276,9 @@ func (a *auditor) sessionEvent(ev pgfilter.SessionEvent) error {
 			e.Outcome = audit.OutcomeDenied
 		}
 	case pgfilter.SessionClosed:
+		if ev.Session != nil {
+			a.templates.Delete(ev.Session.ID)
+		}
 		e.Name, e.Outcome = audit.EventConnectionClosed, audit.OutcomeSuccess
 		e.Duration, e.Masked, e.SADDropped = ev.Duration, ev.MaskedPANs, ev.RemovedSAD
 		e.Attrs = append(e.Attrs, audit.String("custos.connection.close_reason", ev.Reason))
@@ -462,40 +469,25 @@ func (a *auditor) Admit(s *pgfilter.Session) error {
 }
 
 // Record implements pgfilter.StatementRecorder: it queues the statement's
-// record for the next group commit and returns at once.
+// record for the next group commit and returns at once. What a session's
+// statements share (who, from where, on what; the statement's text) is
+// encoded once per session and text, in a template.
 func (a *auditor) Record(ev *pgfilter.StatementEvent) pgfilter.Durable {
 	s := ev.Session
-	p := s.Principal
 	e := audit.Event{
-		Name:               audit.EventStatement,
-		Time:               ev.Start,
-		UserID:             p.Subject,
-		Issuer:             p.Issuer,
-		Groups:             p.Groups,
-		SessionID:          s.ID,
-		Resource:           s.Resource.Name,
-		ResourceType:       "postgres",
-		DBSystem:           audit.DBSystemPostgreSQL,
-		DBNamespace:        s.Resource.Database,
-		DBOperation:        ev.Operation,
-		DBQueryText:        ev.Text,
-		DBQueryFingerprint: ev.Fingerprint,
-		DBCollections:      ev.Collections,
-		DBStatusCode:       ev.SQLState,
-		ApprovalID:         ev.ApprovalID,
-		Rows:               ev.Rows,
-		Masked:             ev.Masked,
-		SADDropped:         ev.SAD,
-		Duration:           ev.Duration,
-		Error:              ev.Error,
-		PANSources:         ev.PANSources,
-		TraceID:            ev.SpanContext.TraceID(),
-		SpanID:             ev.SpanContext.SpanID(),
+		Time:          ev.Start,
+		DBCollections: ev.Collections,
+		DBStatusCode:  ev.SQLState,
+		ApprovalID:    ev.ApprovalID,
+		Rows:          ev.Rows,
+		Masked:        ev.Masked,
+		SADDropped:    ev.SAD,
+		Duration:      ev.Duration,
+		Error:         ev.Error,
+		PANSources:    ev.PANSources,
+		TraceID:       ev.SpanContext.TraceID(),
+		SpanID:        ev.SpanContext.SpanID(),
 	}
-	if p.Act != nil {
-		e.EndUserID = p.Act.Subject
-	}
-	e.ClientAddress, e.ClientPort = splitAddr(s.ClientAddr)
 	switch ev.Outcome {
 	case pgfilter.StatementSucceeded:
 		e.Outcome = audit.OutcomeSuccess
@@ -507,27 +499,87 @@ func (a *auditor) Record(ev *pgfilter.StatementEvent) pgfilter.Durable {
 	if ev.SQLState != "" {
 		e.ErrorType = ev.SQLState
 	}
-	attrs := make([]audit.Attr, 0, 8)
-	attrs = append(attrs,
+	var attrs [8]audit.Attr
+	e.Attrs = append(attrs[:0],
 		audit.Int("custos.statement.seq", ev.Seq),
 		audit.String("custos.pg.protocol", ev.Protocol),
 		audit.Int("custos.duration_us", ev.Duration.Microseconds()))
 	if d := ev.Decision; d != nil {
 		e.Decision, e.DecisionID, e.Reasons = decisionName(d), d.ID, d.Reasons
 		if d.PolicyVersion != "" {
-			attrs = append(attrs, audit.String(audit.AttrPolicyVersion, d.PolicyVersion))
+			e.Attrs = append(e.Attrs, audit.String(audit.AttrPolicyVersion, d.PolicyVersion))
 		}
 	}
 	if ev.ApprovalWait > 0 {
-		attrs = append(attrs, audit.Int("custos.approval.wait_ms", ev.ApprovalWait.Milliseconds()))
+		e.Attrs = append(e.Attrs, audit.Int("custos.approval.wait_ms", ev.ApprovalWait.Milliseconds()))
 	}
 	if len(ev.Columns) > 0 || len(ev.ResultRows) > 0 {
-		attrs = append(attrs, audit.Strings("custos.result.columns", ev.Columns),
+		e.Attrs = append(e.Attrs, audit.Strings("custos.result.columns", ev.Columns),
 			audit.Strings("custos.result.rows", ev.ResultRows), audit.Bool("custos.result.truncated", ev.Truncated))
 	}
-	e.Attrs = attrs
-	return &statementRecord{a: a, p: a.j.Enqueue(context.Background(), e),
-		failClosed: a.failClosed && s.Resource.CardholderData()}
+	var p *audit.Pending
+	if t := a.statementTemplate(ev); t != nil {
+		p = a.j.EnqueueWith(context.Background(), t, e)
+	} else {
+		e.Name = audit.EventStatement
+		a.statementStatic(&e, ev)
+		p = a.j.Enqueue(context.Background(), e)
+	}
+	return &statementRecord{a: a, p: p, failClosed: a.failClosed && s.Resource.CardholderData()}
+}
+
+// statementStatic sets what a session's statements with ev's text share.
+func (a *auditor) statementStatic(e *audit.Event, ev *pgfilter.StatementEvent) {
+	s := ev.Session
+	p := s.Principal
+	e.UserID, e.Issuer, e.Groups = p.Subject, p.Issuer, p.Groups
+	if p.Act != nil {
+		e.EndUserID = p.Act.Subject
+	}
+	e.ClientAddress, e.ClientPort = splitAddr(s.ClientAddr)
+	e.SessionID, e.Resource, e.ResourceType = s.ID, s.Resource.Name, "postgres"
+	e.DBSystem, e.DBNamespace = audit.DBSystemPostgreSQL, s.Resource.Database
+	e.DBOperation, e.DBQueryText, e.DBQueryFingerprint = ev.Operation, ev.Text, ev.Fingerprint
+}
+
+// sessionTemplates are the statement templates of one session, by text.
+type sessionTemplates struct {
+	mu     sync.Mutex
+	byText map[templateKey]*audit.Template
+}
+
+type templateKey struct{ text, fingerprint, operation string }
+
+// maxTemplatesPerSession bounds a session's templates; past it they are
+// dropped and made again.
+const maxTemplatesPerSession = 256
+
+// statementTemplate returns the template of ev's session and text, made
+// on first use; nil when none can be made (the event is then recorded
+// whole).
+func (a *auditor) statementTemplate(ev *pgfilter.StatementEvent) *audit.Template {
+	v, ok := a.templates.Load(ev.Session.ID)
+	if !ok {
+		v, _ = a.templates.LoadOrStore(ev.Session.ID, &sessionTemplates{byText: map[templateKey]*audit.Template{}})
+	}
+	st := v.(*sessionTemplates)
+	k := templateKey{ev.Text, ev.Fingerprint, ev.Operation}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if t, ok := st.byText[k]; ok {
+		return t
+	}
+	var e audit.Event
+	a.statementStatic(&e, ev)
+	t, err := a.j.NewTemplate(audit.EventStatement, e)
+	if err != nil {
+		return nil
+	}
+	if len(st.byText) >= maxTemplatesPerSession {
+		clear(st.byText)
+	}
+	st.byText[k] = t
+	return t
 }
 
 // decisionName is the custos.decision value of a policy decision.

@@ -146,6 +146,7 @@ type Journal struct {
 	synced    *sync.Cond // signalled when a fsync outside wmu ends
 	syncing   int        // fsyncs running outside wmu
 	kick      chan struct{}
+	syncArmed atomic.Bool // an fsync is due: appenders need not kick
 	f         segmentFile
 	segFirst  uint64
 	segSize   int64 // durable size of the current segment
@@ -606,7 +607,19 @@ type Pending struct {
 // record being kept. It blocks only while the queue is full, until ctx
 // ends. Errors are those of Append, reported by Wait.
 func (j *Journal) Enqueue(ctx context.Context, ev Event) *Pending {
-	tail, err := j.encode(&ev)
+	tail, err := j.encode(nil, &ev)
+	return j.enqueue(ctx, tail, err)
+}
+
+// EnqueueWith is Enqueue for an event made of t's attributes and ev's
+// (ev.Name is t's or empty; no attribute may be in both): what repeats from
+// one event to the next is encoded once, in t.
+func (j *Journal) EnqueueWith(ctx context.Context, t *Template, ev Event) *Pending {
+	tail, err := j.encode(t, &ev)
+	return j.enqueue(ctx, tail, err)
+}
+
+func (j *Journal) enqueue(ctx context.Context, tail []byte, err error) *Pending {
 	if err != nil {
 		return &Pending{err: err, done: true}
 	}
@@ -623,9 +636,13 @@ func (j *Journal) Enqueue(ctx context.Context, ev Event) *Pending {
 		j.commit([]*request{r})
 		j.wmu.Unlock()
 		j.mu.RUnlock()
-		select {
-		case j.kick <- struct{}{}:
-		default:
+		// Wake the writer goroutine only to arm its fsync timer, not for
+		// every record.
+		if !j.syncArmed.Swap(true) {
+			select {
+			case j.kick <- struct{}{}:
+			default:
+			}
 		}
 		return &Pending{r: r, err: <-r.done, done: true}
 	}
@@ -714,10 +731,18 @@ var attrPool = sync.Pool{New: func() any { b := make([]Attr, 0, 48); return &b }
 // truncatedMark ends a string value cut at MaxValueBytes.
 const truncatedMark = "…[truncated]"
 
-// encode turns ev into the tail of its record body: scrubbed, checked, in
-// the canonical encoding.
-func (j *Journal) encode(ev *Event) ([]byte, error) {
-	if ev.Name == "" {
+// encode turns ev (with t's attributes, when t is set) into the tail of
+// its record body: scrubbed, checked, in the canonical encoding.
+func (j *Journal) encode(t *Template, ev *Event) ([]byte, error) {
+	name := ev.Name
+	if t != nil {
+		if name != "" && name != t.name {
+			return nil, fmt.Errorf("%w: event %s with a template of %s", ErrEvent, name, t.name)
+		}
+		name = t.name
+		ev.Name = name
+	}
+	if name == "" {
 		return nil, fmt.Errorf("%w: no event name", ErrEvent)
 	}
 	buf := attrPool.Get().(*[]Attr)
@@ -739,6 +764,52 @@ func (j *Journal) encode(ev *Event) ([]byte, error) {
 			}
 		}
 	}
+	scrubbed := j.cleanAttrs(attrs)
+	if t == nil {
+		var n int
+		name, n = j.cleanString(name, false)
+		scrubbed += n
+	}
+	if scrubbed > 0 {
+		// A caller passed a PAN where none belongs: record that it happened,
+		// never what it was.
+		j.log.Warn("audit event held a pan", "event", name, "scrubbed", scrubbed)
+		if attrs, err = addAttr(attrs, Int(AttrPANScrubbed, int64(scrubbed))); err != nil {
+			return nil, err
+		}
+	}
+	tm := ev.Time
+	if tm.IsZero() {
+		tm = j.opts.now()
+	}
+	var traceID, spanID string
+	if ev.TraceID.IsValid() {
+		traceID = ev.TraceID.String()
+	}
+	if ev.SpanID.IsValid() {
+		spanID = ev.SpanID.String()
+	}
+	var frags []frag
+	size := tailSize(attrs)
+	if t != nil {
+		frags, size = t.frags, size+t.size
+	}
+	tail, err := appendTail(getTail(size), tm, name, ev.severity(), traceID, spanID, frags, attrs)
+	if err != nil {
+		return nil, err
+	}
+	if len(tail) > MaxRecordBytes {
+		return nil, fmt.Errorf("%w: %d bytes encoded, more than %d", ErrEvent, len(tail), MaxRecordBytes)
+	}
+	if mask.Contains(tail) {
+		return nil, fmt.Errorf("%w: event %s", ErrClearPAN, name)
+	}
+	return tail, nil
+}
+
+// cleanAttrs scrubs attrs in place (lists are copied before they change)
+// and returns how many PANs it removed.
+func (j *Journal) cleanAttrs(attrs []Attr) int {
 	scrubbed := 0
 	for i := range attrs {
 		a := &attrs[i]
@@ -766,35 +837,55 @@ func (j *Journal) encode(ev *Event) ([]byte, error) {
 			}
 		}
 	}
-	name, n := j.cleanString(ev.Name, false)
-	scrubbed += n
-	if scrubbed > 0 {
-		// A caller passed a PAN where none belongs: record that it happened,
-		// never what it was.
-		j.log.Warn("audit event held a pan", "event", name, "scrubbed", scrubbed)
-		if attrs, err = addAttr(attrs, Int(AttrPANScrubbed, int64(scrubbed))); err != nil {
-			return nil, err
-		}
+	return scrubbed
+}
+
+// Template holds the encoded attributes that several events share (a
+// session's identity, a statement's text): [Journal.EnqueueWith] copies
+// them into each record instead of building, scrubbing and escaping them
+// again. Records are the same as those of Enqueue with every attribute in
+// the event. A Template is immutable and safe for concurrent use.
+type Template struct {
+	name  string
+	frags []frag // sorted by key
+	size  int
+}
+
+// frag is one attribute, encoded: `"key":value`.
+type frag struct {
+	key string
+	enc []byte
+}
+
+// ErrTemplate: a template's attributes held a PAN; the caller records the
+// event without one (the journal then records that it scrubbed the PAN).
+var ErrTemplate = errors.New("audit template not made")
+
+// NewTemplate encodes the attributes of ev for events named name. ev.Name,
+// Time, PANSources, TraceID and SpanID must be zero, and the numbers a
+// statement or HTTP request always records (rows, masked, SAD, duration)
+// are left out here.
+func (j *Journal) NewTemplate(name string, ev Event) (*Template, error) {
+	if name == "" || ev.Name != "" || !ev.Time.IsZero() || len(ev.PANSources) > 0 || ev.TraceID.IsValid() || ev.SpanID.IsValid() {
+		return nil, fmt.Errorf("%w: a template has a name and attributes only", ErrEvent)
 	}
-	t := ev.Time
-	if t.IsZero() {
-		t = j.opts.now()
+	cname, n := j.cleanString(name, false)
+	attrs, err := ev.attrs(nil)
+	if err != nil {
+		return nil, err
 	}
-	var traceID, spanID string
-	if ev.TraceID.IsValid() {
-		traceID = ev.TraceID.String()
+	if n+j.cleanAttrs(attrs) > 0 {
+		return nil, ErrTemplate
 	}
-	if ev.SpanID.IsValid() {
-		spanID = ev.SpanID.String()
+	t := &Template{name: cname, frags: make([]frag, len(attrs))}
+	for i, a := range attrs {
+		enc := appendString(nil, a.Key)
+		enc = append(enc, ':')
+		enc = appendValue(enc, a.Value)
+		t.frags[i] = frag{key: a.Key, enc: enc}
+		t.size += len(enc) + 1
 	}
-	tail := appendTail(getTail(tailSize(attrs)), t, name, ev.severity(), traceID, spanID, attrs)
-	if len(tail) > MaxRecordBytes {
-		return nil, fmt.Errorf("%w: %d bytes encoded, more than %d", ErrEvent, len(tail), MaxRecordBytes)
-	}
-	if mask.Contains(tail) {
-		return nil, fmt.Errorf("%w: event %s", ErrClearPAN, name)
-	}
-	return tail, nil
+	return t, nil
 }
 
 // tailSize estimates the encoded size of a record's tail, so that it is
@@ -868,6 +959,7 @@ func (j *Journal) run() {
 			}
 		case <-syncC:
 			syncC = nil
+			j.syncArmed.Store(false) // records written from now on arm it again
 			j.syncNow()
 		case <-tick.C:
 			j.checkpoint()
@@ -904,7 +996,7 @@ func (j *Journal) drain(batch []*request) []*request {
 
 // ownRequest encodes one of the journal's own events.
 func (j *Journal) ownRequest(ev Event) (*request, error) {
-	tail, err := j.encode(&ev)
+	tail, err := j.encode(nil, &ev)
 	if err != nil {
 		j.log.Error("audit event not encoded", "event", ev.Name, "error", err.Error())
 		return nil, err

@@ -714,3 +714,71 @@ func TestSyncIntervalWritesBeforeReturning(t *testing.T) {
 		t.Fatal(rep.Problems)
 	}
 }
+
+// TestTemplateSameRecords: an event split into a template and the rest is
+// recorded byte for byte as the whole event; a template does not take a
+// PAN, an attribute may not be in both, and the name must agree.
+func TestTemplateSameRecords(t *testing.T) {
+	t.Parallel()
+	j := openTest(t, Options{})
+	static := Event{
+		UserID: "alice", EndUserID: "alice@example.com", Issuer: "https://issuer.example", Groups: []string{"agents"},
+		ClientAddress: "10.0.0.7", ClientPort: 51234, SessionID: "ses_1", Resource: "payments-db", ResourceType: "postgres",
+		DBSystem: DBSystemPostgreSQL, DBNamespace: "payments", DBOperation: "SELECT",
+		DBQueryText: "SELECT id, holder FROM cards WHERE id = $1",
+	}
+	dynamic := Event{
+		Name: EventStatement, Time: time.Unix(1800000000, 5).UTC(), Outcome: OutcomeSuccess,
+		DBCollections: []string{"public.cards"}, Decision: "allow", DecisionID: "dec_1", Rows: 1, Masked: 1,
+		Duration: 3 * time.Millisecond, PANSources: []string{"4111 1111 1111 1111"},
+		Attrs: []Attr{Int("custos.statement.seq", 7), Strings("custos.result.rows", []string{`["************1111"]`})},
+	}
+	whole := dynamic
+	whole.UserID, whole.EndUserID, whole.Issuer, whole.Groups = static.UserID, static.EndUserID, static.Issuer, static.Groups
+	whole.ClientAddress, whole.ClientPort, whole.SessionID = static.ClientAddress, static.ClientPort, static.SessionID
+	whole.Resource, whole.ResourceType, whole.DBSystem, whole.DBNamespace = static.Resource, static.ResourceType, static.DBSystem, static.DBNamespace
+	whole.DBOperation, whole.DBQueryText = static.DBOperation, static.DBQueryText
+
+	tmpl, err := j.NewTemplate(EventStatement, static)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := j.encode(nil, &whole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := j.encode(tmpl, &dynamic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("with a template:\n%s\nwhole:\n%s", got, want)
+	}
+	ctx := context.Background()
+	if _, err := j.EnqueueWith(ctx, tmpl, dynamic).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	leak := static
+	leak.DBQueryText = "SELECT 4111111111111111"
+	if _, err := j.NewTemplate(EventStatement, leak); !errors.Is(err, ErrTemplate) {
+		t.Errorf("template with a PAN: %v", err)
+	}
+	twice := dynamic
+	twice.UserID = "bob"
+	if _, err := j.encode(tmpl, &twice); !errors.Is(err, ErrEvent) {
+		t.Errorf("attribute in the template and the event: %v", err)
+	}
+	other := dynamic
+	other.Name = EventHTTPRequest
+	if _, err := j.encode(tmpl, &other); !errors.Is(err, ErrEvent) {
+		t.Errorf("event name unlike the template's: %v", err)
+	}
+	dir, v := j.opts.DataDir, verifierOf(t, j)
+	if err := j.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rep := mustVerify(t, dir, v); !rep.OK() {
+		t.Fatal(rep.Problems)
+	}
+}

@@ -152,7 +152,7 @@ const hashSuffixLen = len(`,"hash":"`) + 2*HashSize + len(`"}`)
 // appendTail appends the part of a record's body that comes after prev_hash:
 // `"time":…,"event":…,"severity":…[,"trace_id":…][,"span_id":…],"attrs":{…}`.
 // attrs must be sorted with unique keys.
-func appendTail(dst []byte, t time.Time, name string, sev Severity, traceID, spanID string, attrs []Attr) []byte {
+func appendTail(dst []byte, t time.Time, name string, sev Severity, traceID, spanID string, frags []frag, attrs []Attr) ([]byte, error) {
 	dst = append(dst, `"time":"`...)
 	dst = t.UTC().AppendFormat(dst, timeLayout)
 	dst = append(dst, `","event":`...)
@@ -170,15 +170,26 @@ func appendTail(dst []byte, t time.Time, name string, sev Severity, traceID, spa
 		dst = append(dst, '"')
 	}
 	dst = append(dst, `,"attrs":{`...)
-	for i, a := range attrs {
-		if i > 0 {
+	// attrs and the template's encoded frags are each sorted by key: merge.
+	i, k := 0, 0
+	for n := 0; i < len(frags) || k < len(attrs); n++ {
+		if n > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendString(dst, a.Key)
-		dst = append(dst, ':')
-		dst = appendValue(dst, a.Value)
+		switch {
+		case k == len(attrs) || (i < len(frags) && frags[i].key < attrs[k].Key):
+			dst = append(dst, frags[i].enc...)
+			i++
+		case i < len(frags) && frags[i].key == attrs[k].Key:
+			return nil, fmt.Errorf("%w: attribute %q set twice", ErrEvent, attrs[k].Key)
+		default:
+			dst = appendString(dst, attrs[k].Key)
+			dst = append(dst, ':')
+			dst = appendValue(dst, attrs[k].Value)
+			k++
+		}
 	}
-	return append(dst, '}')
+	return append(dst, '}'), nil
 }
 
 // appendHead appends `{"v":1,"seq":N,"prev_hash":"<hex>",`.
@@ -214,7 +225,8 @@ func appendLine(dst, body []byte, h Hash) []byte {
 // Body returns the canonical body of r: the bytes its hash covers.
 func (r *Record) Body() []byte {
 	b := appendHead(nil, r.Seq, r.PrevHash)
-	b = appendTail(b, r.Time, r.Name, r.Severity, r.TraceID, r.SpanID, r.Attrs)
+	// The attributes of a decoded record are sorted and unique: no error.
+	b, _ = appendTail(b, r.Time, r.Name, r.Severity, r.TraceID, r.SpanID, nil, r.Attrs)
 	return append(b, '}')
 }
 

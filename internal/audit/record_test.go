@@ -164,7 +164,7 @@ func BenchmarkEncode(b *testing.B) {
 	ev := statement(1)
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := j.encode(&ev); err != nil {
+		if _, err := j.encode(nil, &ev); err != nil {
 			b.Fatal(err)
 		}
 	}
