@@ -64,7 +64,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// decided counts a statement decision under its outcome (decisionLabel).
+// decided counts a statement decision under its outcome (Decision.Label).
 func (m *metrics) decided(d *policy.Decision) {
 	switch d.Outcome() {
 	case policy.OutcomeDeny:

@@ -494,7 +494,7 @@ func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []s
 	h.srv.metrics.decided(dec)
 	if !dec.Allow || dec.RequireApproval != nil {
 		h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", p.Subject,
-			"decision_id", dec.ID, "outcome", decisionLabel(dec), "reasons", dec.Reasons, "query", res.Normalized)
+			"decision_id", dec.ID, "outcome", dec.Label(), "reasons", dec.Reasons, "query", res.Normalized)
 	}
 	return dec
 }
@@ -556,16 +556,6 @@ func (h *policyHook) statementsJSON(res *sqlclass.Result, stmts []sqlclass.State
 		h.encoded[res] = raw
 	}
 	return json.RawMessage(raw)
-}
-
-func decisionLabel(d *policy.Decision) string {
-	switch d.Outcome() {
-	case policy.OutcomeDeny:
-		return "deny"
-	case policy.OutcomeApprove:
-		return "approval_required"
-	}
-	return "allow"
 }
 
 // refusal is the client's answer to a decision that does not let the

@@ -624,7 +624,7 @@ func (a *auditHook) spans(e *stmtEntry, ev *StatementEvent, end time.Time) trace
 		attrs = append(attrs, attribute.String("db.response.status_code", ev.SQLState))
 	}
 	if ev.Decision != nil {
-		attrs = append(attrs, attribute.String("custos.decision", decisionLabel(ev.Decision)),
+		attrs = append(attrs, attribute.String("custos.decision", ev.Decision.Label()),
 			attribute.String("custos.decision_id", ev.Decision.ID))
 	}
 	if ev.ApprovalID != "" {

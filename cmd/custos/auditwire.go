@@ -505,7 +505,7 @@ func (a *auditor) Record(ev *pgfilter.StatementEvent) pgfilter.Durable {
 		audit.String("custos.pg.protocol", ev.Protocol),
 		audit.Int("custos.duration_us", ev.Duration.Microseconds()))
 	if d := ev.Decision; d != nil {
-		e.Decision, e.DecisionID, e.Reasons = decisionName(d), d.ID, d.Reasons
+		e.Decision, e.DecisionID, e.Reasons = d.Label(), d.ID, d.Reasons
 		if d.PolicyVersion != "" {
 			e.Attrs = append(e.Attrs, audit.String(audit.AttrPolicyVersion, d.PolicyVersion))
 		}
@@ -580,17 +580,6 @@ func (a *auditor) statementTemplate(ev *pgfilter.StatementEvent) *audit.Template
 	}
 	st.byText[k] = t
 	return t
-}
-
-// decisionName is the custos.decision value of a policy decision.
-func decisionName(d *policy.Decision) string {
-	switch d.Outcome() {
-	case policy.OutcomeDeny:
-		return "deny"
-	case policy.OutcomeApprove:
-		return "approval_required"
-	}
-	return "allow"
 }
 
 // statementRecord is a statement's record on its way to the journal.

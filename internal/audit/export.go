@@ -43,6 +43,12 @@ func ReadRecords(ctx context.Context, dataDir string, from uint64, fn func(*Reco
 }
 
 func readSegmentFrom(ctx context.Context, seg segment, from uint64, fn func(*Record) error) error {
+	return scanSegment(ctx, seg, from, nil, fn)
+}
+
+// scanSegment calls fn for each record of seg from seq from on; lines for
+// which skip (when set) is true are passed over without being decoded.
+func scanSegment(ctx context.Context, seg segment, from uint64, skip func(line []byte) bool, fn func(*Record) error) error {
 	f, err := os.Open(seg.path)
 	if err != nil {
 		return fmt.Errorf("audit: %w", err)
@@ -59,6 +65,9 @@ func readSegmentFrom(ctx context.Context, seg segment, from uint64, fn func(*Rec
 		}
 		if err != nil {
 			return fmt.Errorf("audit: read %s: %w", seg.path, err)
+		}
+		if skip != nil && skip(line) {
+			continue
 		}
 		r, err := DecodeRecord(line)
 		if err != nil {

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -227,48 +226,21 @@ func replayWalk(ctx context.Context, dataDir, id string, from, to uint64, fn fun
 
 // replayWalkSegment is replayWalk in one segment; errReplayStop past to.
 func replayWalkSegment(ctx context.Context, seg segment, needle []byte, id string, from, to uint64, fn func(*Record) error) error {
-	f, err := os.Open(seg.path)
-	if err != nil {
-		return fmt.Errorf("audit replay: %w", err)
+	skip := func(line []byte) bool {
+		if seq, ok := replayLineSeq(line); ok && (seq < from || (to > 0 && seq > to)) {
+			return seq < from // past to: decoded, so that the walk stops below
+		}
+		return !bytes.Contains(line, needle)
 	}
-	defer f.Close()
-	lr := newLineReader(f)
-	for n := 1; ; n++ {
-		if n%4096 == 0 && ctx.Err() != nil {
-			return ctx.Err()
-		}
-		line, _, complete, err := lr.next()
-		if errors.Is(err, io.EOF) || (err == nil && !complete) {
-			return nil // the end, or a write in progress
-		}
-		if err != nil {
-			return fmt.Errorf("audit replay: read %s: %w", seg.path, err)
-		}
-		if seq, ok := replayLineSeq(line); ok {
-			if seq < from {
-				continue
-			}
-			if to > 0 && seq > to {
-				return errReplayStop
-			}
-		}
-		if !bytes.Contains(line, needle) {
-			continue
-		}
-		r, err := DecodeRecord(line)
-		if err != nil {
-			return fmt.Errorf("audit replay: %s line %d: %w", filepath.Join(segmentsDirName, seg.name), n, err)
-		}
-		if r.Seq < from || replayStr(&r, AttrSessionID) != id {
-			continue
-		}
+	return scanSegment(ctx, seg, from, skip, func(r *Record) error {
 		if to > 0 && r.Seq > to {
 			return errReplayStop
 		}
-		if err := fn(&r); err != nil {
-			return err
+		if replayStr(r, AttrSessionID) != id {
+			return nil
 		}
-	}
+		return fn(r)
+	})
 }
 
 // replayLineSeq reads the seq of a stored line without decoding it.

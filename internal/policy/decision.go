@@ -85,6 +85,18 @@ func (d *Decision) Outcome() Outcome {
 	}
 }
 
+// Label is the decision as audit records and traces name it
+// (custos.decision): allow, deny or approval_required.
+func (d *Decision) Label() string {
+	switch d.Outcome() {
+	case OutcomeDeny:
+		return "deny"
+	case OutcomeApprove:
+		return "approval_required"
+	}
+	return "allow"
+}
+
 // clone copies d deeply enough that the copy can be handed out while d stays
 // in the cache.
 func (d *Decision) clone() *Decision {
