@@ -207,7 +207,7 @@ func (l *ledger) pop() *stmtEntry {
 	return e
 }
 
-// stmtSummary fills e's description from a classification.
+// describe fills e's description from a classification.
 func (e *stmtEntry) describe(res *sqlclass.Result, stmts []sqlclass.Statement) {
 	e.text, e.fingerprint = res.Normalized, res.Fingerprint
 	switch len(stmts) {
