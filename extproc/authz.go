@@ -113,15 +113,12 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 		log.Info("http request denied by policy", slog.String("reason", strings.Join(dec.Reasons, "; ")))
 		ev := audit.Event{
 			Name: audit.EventHTTPRequest, Outcome: audit.OutcomeDenied,
-			UserID: p.Subject, Issuer: p.Issuer, Groups: p.Groups,
 			ClientAddress: in.Session.ClientAddress, SessionID: in.Session.ID,
 			Resource: res.Name, ResourceType: res.Type,
 			HTTPMethod: method, URLPath: path, HTTPStatusCode: http.StatusForbidden, PANSources: []string{rawPath},
 			Decision: decisionDeny, DecisionID: dec.ID, Reasons: dec.Reasons,
 		}
-		if p.Act != nil {
-			ev.EndUserID = p.Act.Subject
-		}
+		ev.SetPrincipal(p)
 		s.record(ctx, ev)
 		return denied(codes.PermissionDenied, typev3.StatusCode_Forbidden,
 			[]*corev3.HeaderValueOption{header(envoyctx.HeaderDecisionID, dec.ID)},

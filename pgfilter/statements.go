@@ -272,6 +272,23 @@ type auditHook struct {
 	// when no masker tracks them.
 	simpleCols []string
 	types      *pgtype.Map
+	// cur is the ledger's head as last read: only this hook pops, so it
+	// stays the head until the hook pops it, and rows need no lock.
+	cur *stmtEntry
+}
+
+// head returns the statement the server is answering, or nil.
+func (a *auditHook) head() *stmtEntry {
+	if a.cur == nil {
+		a.cur = a.led.head()
+	}
+	return a.cur
+}
+
+// pop takes the head off the ledger.
+func (a *auditHook) pop() *stmtEntry {
+	a.cur = nil
+	return a.led.pop()
 }
 
 // Wants implements Hook.
@@ -291,7 +308,7 @@ func (a *auditHook) Close(error) {}
 
 // Handle implements Hook.
 func (a *auditHook) Handle(_ context.Context, _ Direction, m *Message, _ Conn) (Verdict, error) {
-	e := a.led.head()
+	e := a.head()
 	switch m.Type {
 	case 'T':
 		if a.cap > 0 && e != nil && e.kind == kindQuery && a.ss.masker == nil {
@@ -343,7 +360,7 @@ func (a *auditHook) Handle(_ context.Context, _ Direction, m *Message, _ Conn) (
 		switch e.kind {
 		case kindExec:
 			e.rows = n
-			return Forward, a.complete(a.led.pop())
+			return Forward, a.complete(a.pop())
 		case kindQuery:
 			e.rows += n
 			e.copyOut = false
@@ -354,7 +371,7 @@ func (a *auditHook) Handle(_ context.Context, _ Direction, m *Message, _ Conn) (
 			if m.Type == 's' {
 				e.rows = e.dataRows
 			}
-			return Forward, a.complete(a.led.pop())
+			return Forward, a.complete(a.pop())
 		}
 	case 'E':
 		if e == nil || e.kind == kindSync {
@@ -372,12 +389,12 @@ func (a *auditHook) Handle(_ context.Context, _ Direction, m *Message, _ Conn) (
 				next.skipped = true
 			}
 			a.led.mu.Unlock()
-			return Forward, a.complete(a.led.pop())
+			return Forward, a.complete(a.pop())
 		}
 	case 'Z':
 		a.simpleCols = nil
 		for {
-			e := a.led.pop()
+			e := a.pop()
 			if e == nil {
 				break
 			}

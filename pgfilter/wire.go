@@ -132,8 +132,15 @@ func (fw *frameWriter) fits(n int) error {
 	return fw.barrier()
 }
 
+// writeHeader writes a frame's header; its body of n bytes follows.
 func (fw *frameWriter) writeHeader(typ byte, n int) error {
-	if err := fw.fits(5); err != nil {
+	return fw.writeFrameStart(typ, n, 5)
+}
+
+// writeFrameStart writes a frame's header once size bytes fit or the
+// barrier has run.
+func (fw *frameWriter) writeFrameStart(typ byte, n, size int) error {
+	if err := fw.fits(size); err != nil {
 		return err
 	}
 	fw.hdr[0] = typ
@@ -143,12 +150,7 @@ func (fw *frameWriter) writeHeader(typ byte, n int) error {
 }
 
 func (fw *frameWriter) write(typ byte, body []byte) error {
-	if err := fw.fits(5 + len(body)); err != nil {
-		return err
-	}
-	fw.hdr[0] = typ
-	binary.BigEndian.PutUint32(fw.hdr[1:], uint32(len(body)+4))
-	if _, err := fw.w.Write(fw.hdr[:]); err != nil {
+	if err := fw.writeFrameStart(typ, len(body), 5+len(body)); err != nil {
 		return err
 	}
 	_, err := fw.w.Write(body)

@@ -50,26 +50,11 @@ func TestApprovalsEndToEnd(t *testing.T) {
 	bin := buildCustos(t, t.TempDir())
 	binDir, _ := pgcluster.FindBinDir()
 	psqlBin := findPgProgram(t, binDir, "psql")
-	base, err := os.MkdirTemp("", "custos-e2e-approvals-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	dataDir := filepath.Join(base, "data")
+	dataDir := devDataDir(t, "custos-e2e-approvals-")
 	p := startDev(t, bin, dataDir)
 	vars := p.waitEnv(t, dataDir)
 
-	mint := func(t *testing.T, sub string, groups string) string {
-		t.Helper()
-		r := run(t, clientEnviron(), nil, bin, "token", "--data-dir", dataDir, "--sub", sub, "--groups", groups)
-		if r.code != 0 {
-			t.Fatalf("custos token: %s", r)
-		}
-		return strings.TrimSpace(r.stdout)
-	}
+	mint := func(t *testing.T, sub string, groups string) string { return mintToken(t, bin, dataDir, sub, groups) }
 	cli := func(t *testing.T, token string, args ...string) result {
 		t.Helper()
 		return run(t, clientEnviron("CUSTOS_ADMIN_URL="+vars["CUSTOS_ADMIN_URL"], "CUSTOS_TOKEN="+token), nil,

@@ -23,31 +23,6 @@ import (
 	"github.com/custos-dev/custos/internal/pgcluster"
 )
 
-// devDataDir makes a data dir for `custos dev` whose parents the demo
-// PostgreSQL can traverse (it runs as the postgres user under root).
-func devDataDir(t *testing.T, prefix string) string {
-	t.Helper()
-	base, err := os.MkdirTemp("", prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	return filepath.Join(base, "data")
-}
-
-// mintToken mints a dev token for sub in groups.
-func mintToken(t *testing.T, bin, dataDir, sub, groups string) string {
-	t.Helper()
-	r := run(t, clientEnviron(), nil, bin, "token", "--data-dir", dataDir, "--sub", sub, "--groups", groups, "--ttl", "1h")
-	if r.code != 0 {
-		t.Fatalf("custos token: %s", r)
-	}
-	return strings.TrimSpace(r.stdout)
-}
-
 // journalRecords reads every record of the data dir's journal.
 func journalRecords(t *testing.T, dataDir string) []audit.Record {
 	t.Helper()

@@ -164,6 +164,33 @@ func (p *devProcess) stop(t *testing.T) {
 	}
 }
 
+// devDataDir makes a data dir for `custos dev`, removed after the test.
+// The demo PostgreSQL runs as the postgres user when the test runs as
+// root: every directory above the data dir must be traversable by it.
+func devDataDir(t *testing.T, prefix string) string {
+	t.Helper()
+	base, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(base, "data")
+}
+
+// mintToken mints a dev token for sub in groups with `custos token`.
+func mintToken(t *testing.T, bin, dataDir, sub, groups string) string {
+	t.Helper()
+	r := run(t, clientEnviron(), nil, bin, "token", "--data-dir", dataDir, "--sub", sub, "--groups", groups)
+	tok := strings.TrimSpace(r.stdout)
+	if r.code != 0 || strings.Count(tok, ".") != 2 {
+		t.Fatalf("custos token: %s", r)
+	}
+	return tok
+}
+
 // parseEnvFile reads `export KEY='value'` lines as a POSIX shell would
 // (single quotes, with '\” for a quote inside).
 func parseEnvFile(data []byte) (map[string]string, error) {
@@ -237,17 +264,7 @@ func TestCustosDev(t *testing.T) {
 	binDir, _ := pgcluster.FindBinDir()
 	psqlBin := findPgProgram(t, binDir, "psql")
 
-	// The demo PostgreSQL runs as the postgres user when the test runs as
-	// root: every directory above the data dir must be traversable by it.
-	base, err := os.MkdirTemp("", "custos-e2e-dev-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	dataDir := filepath.Join(base, "data")
+	dataDir := devDataDir(t, "custos-e2e-dev-")
 
 	t.Run("token before dev", func(t *testing.T) {
 		r := run(t, clientEnviron(), nil, bin, "token", "--data-dir", dataDir, "--sub", "alice")
@@ -256,15 +273,7 @@ func TestCustosDev(t *testing.T) {
 		}
 	})
 
-	mint := func(t *testing.T, sub string) string {
-		t.Helper()
-		r := run(t, clientEnviron(), nil, bin, "token", "--data-dir", dataDir, "--sub", sub, "--groups", "agents")
-		tok := strings.TrimSpace(r.stdout)
-		if r.code != 0 || strings.Count(tok, ".") != 2 {
-			t.Fatalf("custos token: %s", r)
-		}
-		return tok
-	}
+	mint := func(t *testing.T, sub string) string { return mintToken(t, bin, dataDir, sub, "agents") }
 	psql := func(t *testing.T, vars map[string]string, user, token string, args ...string) result {
 		t.Helper()
 		conn := fmt.Sprintf("host=%s port=%s dbname=%s user=%s sslmode=verify-full sslrootcert=%s",

@@ -2,8 +2,6 @@ package tests
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,22 +20,10 @@ import (
 func TestCustosDevAnswersEnvoy(t *testing.T) {
 	t.Parallel()
 	bin := buildCustos(t, t.TempDir())
-	base, err := os.MkdirTemp("", "custos-e2e-envoy-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	dataDir := filepath.Join(base, "data")
+	dataDir := devDataDir(t, "custos-e2e-envoy-")
 	p := startDev(t, bin, dataDir)
 	vars := p.waitEnv(t, dataDir)
-	r := run(t, clientEnviron(), nil, bin, "token", "--data-dir", dataDir, "--sub", "alice", "--groups", "agents")
-	if r.code != 0 {
-		t.Fatalf("custos token: %s", r)
-	}
-	token := strings.TrimSpace(r.stdout)
+	token := mintToken(t, bin, dataDir, "alice", "agents")
 
 	cc, err := grpc.NewClient(vars["CUSTOS_GRPC_ADDR"], grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

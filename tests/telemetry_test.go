@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -42,17 +40,7 @@ func TestTelemetryToJaeger(t *testing.T) {
 	binDir, _ := pgcluster.FindBinDir()
 	psqlBin := findPgProgram(t, binDir, "psql")
 
-	// The demo PostgreSQL runs as the postgres user when the test runs as
-	// root: every directory above the data dir must be traversable by it.
-	base, err := os.MkdirTemp("", "custos-e2e-telemetry-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	dataDir := filepath.Join(base, "data")
+	dataDir := devDataDir(t, "custos-e2e-telemetry-")
 
 	// Traces over gRPC, logs over HTTP: both receivers, both exporters.
 	p := startDev(t, bin, dataDir,
@@ -66,14 +54,10 @@ func TestTelemetryToJaeger(t *testing.T) {
 	)
 	vars := p.waitEnv(t, dataDir)
 
-	r := run(t, clientEnviron(), nil, bin, "token", "--data-dir", dataDir, "--sub", "alice", "--groups", "agents")
-	token := strings.TrimSpace(r.stdout)
-	if r.code != 0 || strings.Count(token, ".") != 2 {
-		t.Fatalf("custos token: %s", r)
-	}
+	token := mintToken(t, bin, dataDir, "alice", "agents")
 	conn := fmt.Sprintf("host=%s port=%s dbname=%s user=alice sslmode=verify-full sslrootcert=%s application_name=telemetry-test",
 		vars["CUSTOS_PG_HOST"], vars["CUSTOS_PG_PORT"], vars["CUSTOS_DATABASE"], vars["CUSTOS_CA_FILE"])
-	r = run(t, clientEnviron("PGPASSWORD="+token), nil, psqlBin,
+	r := run(t, clientEnviron("PGPASSWORD="+token), nil, psqlBin,
 		"-X", "--no-password", "-v", "ON_ERROR_STOP=1", "-A", "-t", "-d", conn, "-c", "SELECT count(*) FROM cards")
 	if r.code != 0 {
 		t.Fatalf("psql through custos: %s", r)

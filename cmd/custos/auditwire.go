@@ -249,10 +249,7 @@ func (a *auditor) sessionEvent(ev pgfilter.SessionEvent) error {
 		e.Resource, e.ResourceType, e.DBNamespace = r.Name, r.Type, r.Database
 	}
 	if p := ev.Principal; p != nil {
-		e.UserID, e.Issuer, e.Groups = p.Subject, p.Issuer, p.Groups
-		if p.Act != nil {
-			e.EndUserID = p.Act.Subject
-		}
+		e.SetPrincipal(p)
 	}
 	if s := ev.Session; s != nil {
 		e.SessionID = s.ID
@@ -531,11 +528,7 @@ func (a *auditor) Record(ev *pgfilter.StatementEvent) pgfilter.Durable {
 // statementStatic sets what a session's statements with ev's text share.
 func (a *auditor) statementStatic(e *audit.Event, ev *pgfilter.StatementEvent) {
 	s := ev.Session
-	p := s.Principal
-	e.UserID, e.Issuer, e.Groups = p.Subject, p.Issuer, p.Groups
-	if p.Act != nil {
-		e.EndUserID = p.Act.Subject
-	}
+	e.SetPrincipal(s.Principal)
 	e.ClientAddress, e.ClientPort = splitAddr(s.ClientAddr)
 	e.SessionID, e.Resource, e.ResourceType = s.ID, s.Resource.Name, "postgres"
 	e.DBSystem, e.DBNamespace = audit.DBSystemPostgreSQL, s.Resource.Database

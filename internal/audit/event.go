@@ -9,6 +9,8 @@ import (
 
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/custos-dev/custos/internal/authn"
 )
 
 // SemconvVersion is the version of the OpenTelemetry semantic conventions
@@ -284,6 +286,15 @@ func (ev *Event) attrs(a []Attr) ([]Attr, error) {
 		a = slices.Insert(a, i, x)
 	}
 	return a, nil
+}
+
+// SetPrincipal sets who the event is for from a verified token: user.id,
+// the issuer and groups, and enduser.id from the act claim.
+func (ev *Event) SetPrincipal(p *authn.Principal) {
+	ev.UserID, ev.Issuer, ev.Groups = p.Subject, p.Issuer, p.Groups
+	if p.Act != nil {
+		ev.EndUserID = p.Act.Subject
+	}
 }
 
 // severity returns the event's severity, defaulted from its outcome.
