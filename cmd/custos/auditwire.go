@@ -81,8 +81,12 @@ func openAuditor(ctx context.Context, cfg *config.Config, log *slog.Logger, reg 
 		CheckpointInterval: ac.CheckpointInterval,
 		SegmentBytes:       ac.SegmentBytes,
 		SyncInterval:       ac.SyncInterval,
+		CommitDelay:        config.DefaultAuditCommitDelay,
 		Logger:             log,
 		Registerer:         reg,
+	}
+	if ac.CommitDelay != nil {
+		opts.CommitDelay = *ac.CommitDelay
 	}
 	if ac.HMACKey != nil {
 		key, err := ac.HMACKey.Read()

@@ -41,6 +41,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	noPolicy := fs.Bool("no-policy", false, "relay statements without policy (benchmark baseline only)")
 	noAudit := fs.Bool("no-audit", false, "keep no audit journal (benchmark baseline only)")
 	auditSync := fs.Duration("audit-sync-interval", 0, "audit.sync_interval: 0 fsyncs each statement's record before the client sees it complete; above 0 writes it and fsyncs at most this much later")
+	commitDelay := fs.Duration("audit-commit-delay", config.DefaultAuditCommitDelay, "audit.commit_delay: how long a group commit waits for more records while sessions record concurrently (0: none)")
 	var lf logFlags
 	lf.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -118,6 +119,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg.Approvals.PublicURL = adminURL
 	devXDS(cfg, lns)
 	cfg.Audit.SyncInterval = *auditSync
+	cfg.Audit.CommitDelay = commitDelay
 	if *noAudit {
 		cfg.Audit.Enabled, cfg.Audit.FailClosed = new(false), new(false)
 	}

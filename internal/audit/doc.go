@@ -43,6 +43,19 @@
 // A segment is closed when it reaches Options.SegmentBytes; the next batch
 // starts a new one. A record never spans two segments.
 //
+// # Segments
+//
+// The open segment is filled with zeros ahead of its records, a megabyte
+// at a time (its reserve): a record overwrites blocks that are already
+// allocated and written, so the fdatasync of a group commit flushes the
+// record's data and the disk cache, without a file system journal commit
+// for the file's new size each time, about half the cost on an ext4 disk.
+// A record never holds a zero byte (JSON escapes it), so readers end a
+// segment at its first zero when only zeros follow. Zeros followed by more
+// data are no reserve: Verify names them, and Open treats them as a bad
+// line (see Recovery). The reserve is cut when the segment is left for
+// the next one and at Close, and at Open after a crash.
+//
 // # Record encoding
 //
 // A record is one line of UTF-8 JSON ending in '\n', in this canonical
@@ -88,7 +101,12 @@
 // Append returns once its record is written and fsynced. One writer
 // goroutine takes every queued record, writes them with one write and one
 // fsync (group commit), then answers each appender; appenders arriving
-// during an fsync form the next batch. If a write or fsync fails, the
+// during an fsync form the next batch. Options.CommitDelay makes a batch
+// wait for more records while appends are concurrent (the batch or the
+// one before held more than one record): fsyncs then start at most once
+// per CommitDelay and each covers more records, which is what a disk
+// whose fsync costs CPU needs under load; a lone session's records are
+// fsynced at once. If a write or fsync fails, the
 // appenders of that batch get [ErrUnavailable] (callers fail closed); the
 // next batch reopens the segment, cuts it back to its last durable size,
 // and writes a custos.control.failure record (what failed, since when, how

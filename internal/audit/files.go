@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -81,46 +82,118 @@ func listSegments(root string) ([]segment, error) {
 const maxLineBytes = MaxRecordBytes + 4096
 
 // lineReader reads the lines of a segment, each with its newline; the last
-// one may lack it (a torn write).
+// one may lack it (a torn write). Zeros at the end of a segment are its
+// reserve, space not yet written (see doc.go): they end it like the end of
+// the file. Zeros followed by more bytes are returned as one line of at
+// most zeroLineBytes zeros, which is no record; zeros then holds their
+// count.
 type lineReader struct {
-	r   *bufio.Reader
-	off int64 // offset of the next line
-	buf []byte
+	r     *bufio.Reader
+	off   int64 // offset of the next line
+	buf   []byte
+	zeros int64 // the last line stands for this many zero bytes
 }
+
+// zeroLineBytes bounds the line that stands for a run of zeros.
+const zeroLineBytes = 16
 
 func newLineReader(r io.Reader) *lineReader {
 	return &lineReader{r: bufio.NewReaderSize(r, 256<<10)}
 }
 
 // next returns the next line, its offset, and whether it is complete; io.EOF
-// at the end. The line is valid until the next call.
+// at the end. A line cut short by zeros is incomplete, like a torn last
+// line. The line is valid until the next call.
 func (lr *lineReader) next() (line []byte, off int64, complete bool, err error) {
-	lr.buf = lr.buf[:0]
+	lr.buf, lr.zeros = lr.buf[:0], 0
+	if b, err := lr.r.Peek(1); err == nil && b[0] == 0 {
+		return lr.zeroRun()
+	}
+	off = lr.off
 	for {
-		frag, err := lr.r.ReadSlice('\n')
-		lr.buf = append(lr.buf, frag...)
-		if err == nil {
-			break
-		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			if len(lr.buf) > maxLineBytes {
-				// Keep reading to the end of the line, but do not keep it.
-				lr.buf = lr.buf[:maxLineBytes+1]
+		b, _ := lr.r.Peek(lr.r.Buffered())
+		if len(b) == 0 {
+			if _, err := lr.r.Peek(1); err != nil {
+				if !errors.Is(err, io.EOF) {
+					return nil, lr.off, false, err
+				}
+				if lr.off == off {
+					return nil, off, false, io.EOF
+				}
+				return lr.buf, off, false, nil
 			}
 			continue
 		}
-		if errors.Is(err, io.EOF) {
-			if len(lr.buf) == 0 {
-				return nil, lr.off, false, io.EOF
-			}
-			off = lr.off
-			lr.off += int64(len(lr.buf))
+		nl := bytes.IndexByte(b, '\n')
+		part := b
+		if nl >= 0 {
+			part = b[:nl+1]
+		}
+		if z := bytes.IndexByte(part, 0); z >= 0 {
+			lr.take(part[:z])
 			return lr.buf, off, false, nil
 		}
-		return nil, lr.off, false, err
+		lr.take(part)
+		if nl >= 0 {
+			return lr.buf, off, true, nil
+		}
+	}
+}
+
+// take consumes part of the line, keeping at most maxLineBytes+1 bytes of
+// it: an over-long line is read to its end but not kept.
+func (lr *lineReader) take(part []byte) {
+	if room := maxLineBytes + 1 - len(lr.buf); room > 0 {
+		lr.buf = append(lr.buf, part[:min(len(part), room)]...)
+	}
+	_, _ = lr.r.Discard(len(part))
+	lr.off += int64(len(part))
+}
+
+// atEnd reports whether nothing but the segment's zero reserve is left; it
+// may consume those zeros.
+func (lr *lineReader) atEnd() bool {
+	b, err := lr.r.Peek(1)
+	if errors.Is(err, io.EOF) {
+		return true
+	}
+	if err != nil || b[0] != 0 {
+		return false
+	}
+	_, _, _, err = lr.zeroRun()
+	return errors.Is(err, io.EOF)
+}
+
+// zeroRun reads a run of zeros: the end of the segment's records if
+// nothing else follows.
+func (lr *lineReader) zeroRun() (line []byte, off int64, complete bool, err error) {
+	var n int64
+	for {
+		b, err := lr.r.Peek(lr.r.Buffered())
+		if len(b) == 0 {
+			if _, err = lr.r.Peek(1); err != nil {
+				if errors.Is(err, io.EOF) {
+					// The reserve: the end, at its first zero.
+					return nil, lr.off, false, io.EOF
+				}
+				return nil, lr.off, false, err
+			}
+			continue
+		}
+		k := 0
+		for k < len(b) && b[k] == 0 {
+			k++
+		}
+		_, _ = lr.r.Discard(k)
+		n += int64(k)
+		if k < len(b) {
+			break
+		}
 	}
 	off = lr.off
-	lr.off += int64(len(lr.buf))
+	lr.off += n
+	lr.zeros = n
+	lr.buf = append(lr.buf, zeros[:min(n, zeroLineBytes)]...)
 	return lr.buf, off, true, nil
 }
 

@@ -31,6 +31,12 @@ const (
 	DefaultMaxBatch           = 1024
 )
 
+// reserveBytes is how far ahead of its records a segment file is filled with
+// zeros: records then overwrite blocks that are already allocated, so the
+// fdatasync of a group commit flushes their data only, not the file's size
+// and extents each time (see doc.go, "Segments").
+const reserveBytes = 1 << 20
+
 // MaxRecordBytes bounds the encoding of one event; MaxValueBytes bounds one
 // string value (longer ones are cut, marked with "…[truncated]").
 const (
@@ -91,6 +97,13 @@ type Options struct {
 	// segment change and Close). DurableSeq, and what is exported, count
 	// only fsynced records either way.
 	SyncInterval time.Duration
+	// CommitDelay is how long a group commit waits for more records once
+	// appends are concurrent (the batch, or the one before it, holds more
+	// than one record): fsyncs start at most once per CommitDelay, each
+	// covering more records, for up to CommitDelay more latency. A lone
+	// session's records are fsynced at once. Zero: no wait. Ignored when
+	// SyncInterval is set.
+	CommitDelay time.Duration
 	// Logger receives the journal's own log; nil discards it.
 	Logger *slog.Logger
 	// Registerer receives the journal's metrics; nil registers none.
@@ -102,15 +115,40 @@ type Options struct {
 
 // segmentFile is the open segment being appended to.
 type segmentFile interface {
-	io.Writer
+	io.WriterAt
 	Sync() error
 	Truncate(size int64) error
 	Close() error
 }
 
 func openSegmentFile(path string) (segmentFile, error) {
-	return os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	return os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
 }
+
+// datasync flushes f's data, and the metadata needed to read it back
+// (fdatasync where the file has a descriptor).
+func datasync(f segmentFile) error {
+	if rc, ok := f.(interface {
+		SyscallConn() (syscall.RawConn, error)
+	}); ok {
+		c, err := rc.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = fdatasync(fd) }); err != nil {
+			return err
+		}
+		if serr != nil {
+			return &os.PathError{Op: "fdatasync", Path: "segment", Err: serr}
+		}
+		return nil
+	}
+	return f.Sync()
+}
+
+// zeros is what a segment's reserve is filled with.
+var zeros [64 << 10]byte
 
 // Stats are the journal's counters since Open.
 type Stats struct {
@@ -150,6 +188,7 @@ type Journal struct {
 	f         segmentFile
 	segFirst  uint64
 	segSize   int64 // durable size of the current segment
+	reserved  int64 // the segment file's size: records, then zeros
 	seq       uint64
 	hash      Hash
 	ckpt      *os.File
@@ -492,6 +531,15 @@ func (j *Journal) openFiles(rec *recovery) error {
 		return fmt.Errorf("audit: %w", err)
 	}
 	j.f = f
+	// Drop the zero reserve a crash left after the records: it is
+	// reserved again as records come.
+	if err := f.Truncate(j.segSize); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	if err := datasync(f); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	j.reserved = j.segSize
 	if err := syncDir(filepath.Dir(segPath)); err != nil {
 		return err
 	}
@@ -699,6 +747,9 @@ func (j *Journal) Close(ctx context.Context) error {
 	j.m.unregister()
 	var errs []error
 	if j.f != nil {
+		if j.failErr == nil {
+			errs = append(errs, j.trim())
+		}
 		errs = append(errs, j.f.Close())
 	}
 	if j.ckpt != nil {
@@ -939,6 +990,8 @@ func (j *Journal) run() {
 	defer tick.Stop()
 	batch := make([]*request, 0, j.opts.MaxBatch)
 	var syncC <-chan time.Time // armed while written records wait for their fsync
+	var lastCommit time.Time   // when the last group commit started
+	lastBatch := 0             // and how many records it held
 	commit := func(b []*request) {
 		j.wmu.Lock()
 		j.commit(b)
@@ -952,6 +1005,10 @@ func (j *Journal) run() {
 		select {
 		case r := <-j.reqs:
 			batch = j.drain(append(batch[:0], r))
+			if len(batch) > 1 || lastBatch > 1 {
+				batch = j.gather(batch, lastCommit.Add(j.opts.CommitDelay))
+			}
+			lastCommit, lastBatch = time.Now(), len(batch)
 			commit(batch)
 		case <-j.kick:
 			if syncC == nil {
@@ -979,6 +1036,33 @@ func (j *Journal) run() {
 			return
 		}
 	}
+}
+
+// gather adds queued requests to batch until the deadline (CommitDelay
+// after the last group commit started) or MaxBatch, so that concurrent
+// appends share a fsync; at once when there is no delay or the journal is
+// stopping.
+func (j *Journal) gather(batch []*request, deadline time.Time) []*request {
+	if j.opts.CommitDelay <= 0 || j.opts.SyncInterval > 0 {
+		return batch
+	}
+	wait := time.Until(deadline)
+	if wait <= 0 {
+		return batch
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for len(batch) < j.opts.MaxBatch {
+		select {
+		case r := <-j.reqs:
+			batch = j.drain(append(batch, r))
+		case <-t.C:
+			return batch
+		case <-j.stop:
+			return batch
+		}
+	}
+	return batch
 }
 
 // drain adds queued requests to batch, up to MaxBatch, without waiting.
@@ -1044,12 +1128,16 @@ func (j *Journal) commit(batch []*request) {
 		r.seq = seq
 	}
 	j.buf = buf
-	if _, err := j.f.Write(buf); err != nil {
+	if err := j.reserve(j.segSize + int64(len(buf))); err != nil {
+		j.fail(batch, err)
+		return
+	}
+	if _, err := j.f.WriteAt(buf, j.segSize); err != nil {
 		j.fail(batch, err)
 		return
 	}
 	if j.opts.SyncInterval <= 0 {
-		if err := j.f.Sync(); err != nil {
+		if err := datasync(j.f); err != nil {
 			j.fail(batch, err)
 			return
 		}
@@ -1093,7 +1181,7 @@ func (j *Journal) syncNow() {
 	j.dirty = false
 	j.syncing++
 	j.wmu.Unlock()
-	err := f.Sync()
+	err := datasync(f)
 	j.wmu.Lock()
 	j.syncing--
 	j.synced.Broadcast()
@@ -1126,7 +1214,7 @@ func (j *Journal) syncLocked() error {
 		return nil
 	}
 	j.dirty = false
-	err := j.f.Sync()
+	err := datasync(j.f)
 	j.synced1(j.seq, err)
 	return err
 }
@@ -1169,8 +1257,39 @@ func (j *Journal) reopen() error {
 		f.Close()
 		return err
 	}
-	j.f = f
+	j.f, j.reserved = f, j.segSize
 	return nil
+}
+
+// reserve makes the segment file at least n bytes long, filling what it
+// adds with zeros, reserveBytes at a time; wmu held.
+func (j *Journal) reserve(n int64) error {
+	if n <= j.reserved {
+		return nil
+	}
+	end := (n/reserveBytes + 1) * reserveBytes
+	for off := j.reserved; off < end; {
+		w := min(int64(len(zeros)), end-off)
+		if _, err := j.f.WriteAt(zeros[:w], off); err != nil {
+			return fmt.Errorf("reserve segment space: %w", err)
+		}
+		off += w
+		j.reserved = off
+	}
+	return nil
+}
+
+// trim cuts the current segment file's zero reserve, leaving its records:
+// before it is closed or left for the next segment; wmu held.
+func (j *Journal) trim() error {
+	if j.reserved == j.segSize {
+		return nil
+	}
+	if err := j.f.Truncate(j.segSize); err != nil {
+		return err
+	}
+	j.reserved = j.segSize
+	return datasync(j.f)
 }
 
 // rotate starts a new segment for the next record.
@@ -1179,6 +1298,9 @@ func (j *Journal) rotate() error {
 		return errors.New("no open segment")
 	}
 	if err := j.syncLocked(); err != nil {
+		return err
+	}
+	if err := j.trim(); err != nil {
 		return err
 	}
 	first := j.seq + 1
@@ -1196,7 +1318,7 @@ func (j *Journal) rotate() error {
 		return err
 	}
 	_ = j.f.Close()
-	j.f, j.segFirst, j.segSize = f, first, 0
+	j.f, j.segFirst, j.segSize, j.reserved = f, first, 0, 0
 	j.log.Info("audit segment started", "segment", filepath.Base(path))
 	return nil
 }

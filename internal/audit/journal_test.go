@@ -559,20 +559,20 @@ type faultyFile struct {
 	full *atomic.Bool
 }
 
-func (f faultyFile) Write(b []byte) (int, error) {
+func (f faultyFile) WriteAt(b []byte, off int64) (int, error) {
 	if f.full.Load() {
 		// A short write: part of the batch reaches the page cache.
-		n, _ := f.File.Write(b[:len(b)/2])
+		n, _ := f.File.WriteAt(b[:len(b)/2], off)
 		return n, syscall.ENOSPC
 	}
-	return f.File.Write(b)
+	return f.File.WriteAt(b, off)
 }
 
 func TestWriteFailureFailsClosedAndIsRecorded(t *testing.T) {
 	t.Parallel()
 	var full atomic.Bool
 	j := openTest(t, Options{openFile: func(path string) (segmentFile, error) {
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
 		if err != nil {
 			return nil, err
 		}

@@ -446,6 +446,19 @@ type tailReader struct {
 	segFirst uint64   // first seq of the open segment
 	segNext  uint64   // first seq of the next segment, 0 if unknown
 	pending  []Record // records read but not exported (unread)
+	reread   bool     // the reader was reset at the end of what it read
+}
+
+// reset drops what the line reader read ahead and reads on from off.
+func (tr *tailReader) reset(off int64) error {
+	if _, err := tr.f.Seek(off, io.SeekStart); err != nil {
+		tr.close()
+		return fmt.Errorf("audit export: %w", err)
+	}
+	tr.lr.r.Reset(tr.f)
+	tr.lr.off = off
+	tr.reread = true
+	return nil
 }
 
 // read returns up to max records with seq next.. up to upTo (durable, so
@@ -462,10 +475,20 @@ func (tr *tailReader) read(limit int, upTo uint64) ([]Record, error) {
 				return nil, err
 			}
 		}
-		line, _, complete, err := tr.lr.next()
-		if errors.Is(err, io.EOF) || (err == nil && !complete) {
+		line, off, complete, err := tr.lr.next()
+		if errors.Is(err, io.EOF) || (err == nil && (!complete || tr.lr.zeros > 0)) {
+			if !tr.reread {
+				// What was read ahead may predate the record: the
+				// segment's reserve, or a record being written. Read the
+				// file again from here.
+				if err := tr.reset(off); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			// A durable record not in this segment: it is in one created
 			// since (rotation).
+			tr.reread = false
 			cur := tr.segFirst
 			if err := tr.open(); err != nil {
 				return nil, err
@@ -479,6 +502,7 @@ func (tr *tailReader) read(limit int, upTo uint64) ([]Record, error) {
 		if err != nil {
 			return nil, fmt.Errorf("audit export: %w", err)
 		}
+		tr.reread = false
 		r, err := DecodeRecord(line)
 		if err != nil {
 			tr.close()

@@ -287,6 +287,8 @@ func (w *walker) walk(ctx context.Context) error {
 				switch {
 				case errors.Is(err, ErrHashMismatch):
 					at.Kind, at.Seq, at.Detail = ProblemEdited, r.Seq, "content does not match its hash: "+err.Error()
+				case lr.zeros > 0:
+					at.Kind, at.Detail = ProblemEdited, fmt.Sprintf("%d zero bytes where records belong, with more after them", lr.zeros)
 				case lastSeg && isLastLine(lr):
 					at.Kind, at.Detail = ProblemTruncated, "last record unreadable: "+err.Error()
 				default:
@@ -344,10 +346,7 @@ func (w *walker) walk(ctx context.Context) error {
 }
 
 // isLastLine reports whether lr has nothing after its current line.
-func isLastLine(lr *lineReader) bool {
-	_, err := lr.r.Peek(1)
-	return errors.Is(err, io.EOF)
-}
+func isLastLine(lr *lineReader) bool { return lr.atEnd() }
 
 // seqLater reports whether a record with seq appears in a later line of
 // segment si or in a later segment (a reordering rather than a deletion).

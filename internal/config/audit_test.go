@@ -20,6 +20,9 @@ func TestAuditDefaults(t *testing.T) {
 	if au.CheckpointInterval != DefaultAuditCheckpointInterval || au.SegmentBytes != DefaultAuditSegmentBytes {
 		t.Errorf("checkpoint interval %v, segment bytes %d", au.CheckpointInterval, au.SegmentBytes)
 	}
+	if au.CommitDelay == nil || *au.CommitDelay != DefaultAuditCommitDelay || au.SyncInterval != 0 {
+		t.Errorf("commit delay %v, sync interval %v", au.CommitDelay, au.SyncInterval)
+	}
 	if au.SigningKeyFile != "" || au.HMACKey != nil || au.Export.OTLP != nil {
 		t.Errorf("keys and export should stay unset: %+v", au)
 	}
@@ -67,6 +70,9 @@ func TestAuditValidation(t *testing.T) {
 	tests := []struct{ name, yaml, section, want string }{
 		{"short checkpoint interval", validYAML, "audit: {checkpoint_interval: 10ms}", "audit.checkpoint_interval: must be between 1s and 1h"},
 		{"long checkpoint interval", validYAML, "audit: {checkpoint_interval: 2h}", "audit.checkpoint_interval"},
+		{"negative commit delay", validYAML, "audit: {commit_delay: -1ms}", "audit.commit_delay: must be between 0 (none) and 100ms"},
+		{"long commit delay", validYAML, "audit: {commit_delay: 1s}", "audit.commit_delay"},
+		{"long sync interval", validYAML, "audit: {sync_interval: 2s}", "audit.sync_interval: must be between 0"},
 		{"small segments", validYAML, "audit: {segment_bytes: 4096}", "audit.segment_bytes: must be at least 1048576"},
 		{"hmac key with both sources", validYAML, "audit: {hmac_key: {env: K, file: /k}}", "audit.hmac_key: set exactly one of env or file"},
 		{"hmac key without source", validYAML, "audit: {hmac_key: {}}", "audit.hmac_key"},
@@ -84,7 +90,8 @@ func TestAuditValidation(t *testing.T) {
 		})
 	}
 	for _, ok := range []struct{ name, yaml, section string }{
-		{"every field", cde, "audit: {enabled: true, signing_key_file: " + keyFile + ", hmac_key: {env: CUSTOS_AUDIT_HMAC_KEY}, checkpoint_interval: 10s, segment_bytes: 1048576, export: {otlp: false}, fail_closed: true}"},
+		{"every field", cde, "audit: {enabled: true, signing_key_file: " + keyFile + ", hmac_key: {env: CUSTOS_AUDIT_HMAC_KEY}, checkpoint_interval: 10s, segment_bytes: 1048576, export: {otlp: false}, fail_closed: true, sync_interval: 0s, commit_delay: 0s, replay_rows: 5}"},
+		{"no commit delay", validYAML, "audit: {commit_delay: 0s}"},
 		{"off without cardholder data", validYAML, "audit: {enabled: false}"},
 		{"off, fail open", cde, "audit: {enabled: false, fail_closed: false}"},
 	} {
@@ -93,7 +100,8 @@ func TestAuditValidation(t *testing.T) {
 			t.Errorf("%s: %v", ok.name, err)
 			continue
 		}
-		if ok.name == "every field" && (c.Audit.CheckpointInterval.Seconds() != 10 || c.Audit.Export.OTLPEnabled(os.Getenv)) {
+		if ok.name == "every field" && (c.Audit.CheckpointInterval.Seconds() != 10 || c.Audit.Export.OTLPEnabled(os.Getenv) ||
+			c.Audit.CommitDelay == nil || *c.Audit.CommitDelay != 0 || c.Audit.ReplayRows != 5) {
 			t.Errorf("%s: %+v", ok.name, c.Audit)
 		}
 	}

@@ -1,0 +1,5 @@
+package audit
+
+import "syscall"
+
+func fdatasync(fd uintptr) error { return syscall.Fdatasync(int(fd)) }

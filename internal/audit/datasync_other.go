@@ -1,0 +1,7 @@
+//go:build !linux
+
+package audit
+
+import "syscall"
+
+func fdatasync(fd uintptr) error { return syscall.Fsync(int(fd)) }
