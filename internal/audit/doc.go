@@ -103,10 +103,12 @@
 // fsync (group commit), then answers each appender; appenders arriving
 // during an fsync form the next batch. Options.CommitDelay makes a batch
 // wait for more records while appends are concurrent (the batch or the
-// one before held more than one record): fsyncs then start at most once
-// per CommitDelay and each covers more records, which is what a disk
-// whose fsync costs CPU needs under load; a lone session's records are
-// fsynced at once. If a write or fsync fails, the
+// one before held at least five records, as PostgreSQL's commit_siblings,
+// and until a batch holds a lone record):
+// fsyncs then start at most once per CommitDelay and each covers more
+// records, which is what a disk whose fsync costs CPU needs under load; a
+// few sessions' records are fsynced at once, since their round trips, not
+// the fsyncs, bound them. If a write or fsync fails, the
 // appenders of that batch get [ErrUnavailable] (callers fail closed); the
 // next batch reopens the segment, cuts it back to its last durable size,
 // and writes a custos.control.failure record (what failed, since when, how

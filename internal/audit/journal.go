@@ -98,11 +98,11 @@ type Options struct {
 	// only fsynced records either way.
 	SyncInterval time.Duration
 	// CommitDelay is how long a group commit waits for more records once
-	// appends are concurrent (the batch, or the one before it, holds more
-	// than one record): fsyncs start at most once per CommitDelay, each
-	// covering more records, for up to CommitDelay more latency. A lone
-	// session's records are fsynced at once. Zero: no wait. Ignored when
-	// SyncInterval is set.
+	// appends are concurrent (a group commit held five records or more,
+	// and none since held a lone one): fsyncs start at most once per
+	// CommitDelay, each covering more records, for up to CommitDelay more
+	// latency. A few sessions' records are fsynced at once. Zero: no wait.
+	// Ignored when SyncInterval is set.
 	CommitDelay time.Duration
 	// Logger receives the journal's own log; nil discards it.
 	Logger *slog.Logger
@@ -146,6 +146,12 @@ func datasync(f segmentFile) error {
 	}
 	return f.Sync()
 }
+
+// commitSiblings is how many records a group commit must hold for
+// Options.CommitDelay to apply from the next one on: sessions enough that
+// fsyncs, not their round trips, bound the throughput. It applies until a
+// group commit holds a lone record.
+const commitSiblings = 5
 
 // zeros is what a segment's reserve is filled with.
 var zeros [64 << 10]byte
@@ -991,7 +997,7 @@ func (j *Journal) run() {
 	batch := make([]*request, 0, j.opts.MaxBatch)
 	var syncC <-chan time.Time // armed while written records wait for their fsync
 	var lastCommit time.Time   // when the last group commit started
-	lastBatch := 0             // and how many records it held
+	grouping := false          // group commits wait (CommitDelay)
 	commit := func(b []*request) {
 		j.wmu.Lock()
 		j.commit(b)
@@ -1005,10 +1011,13 @@ func (j *Journal) run() {
 		select {
 		case r := <-j.reqs:
 			batch = j.drain(append(batch[:0], r))
-			if len(batch) > 1 || lastBatch > 1 {
+			// Group commits wait for more records from the first batch of
+			// commitSiblings on, until one holds a lone record.
+			if grouping || len(batch) >= commitSiblings {
 				batch = j.gather(batch, lastCommit.Add(j.opts.CommitDelay))
 			}
-			lastCommit, lastBatch = time.Now(), len(batch)
+			grouping = len(batch) > 1 && (grouping || len(batch) >= commitSiblings)
+			lastCommit = time.Now()
 			commit(batch)
 		case <-j.kick:
 			if syncC == nil {

@@ -75,9 +75,10 @@ type Audit struct {
 	// CommitDelay is how long a group commit waits for more records while
 	// sessions record concurrently, so that one fsync covers more of them:
 	// fsyncs start at most once per CommitDelay, and a statement's
-	// completion waits up to that much longer. A lone session is not
-	// delayed. 0 turns it off; unset: DefaultAuditCommitDelay. At most
-	// 100ms; ignored when SyncInterval is set.
+	// completion waits up to that much longer. It applies once five or
+	// more records wait for a fsync; fewer sessions are not delayed. 0
+	// turns it off; unset: DefaultAuditCommitDelay. At most 100ms; ignored
+	// when SyncInterval is set.
 	CommitDelay *time.Duration `yaml:"commit_delay"`
 	// ReplayRows is how many (masked) result rows of each statement its
 	// record keeps for `custos replay` (default 100; -1 keeps none).
