@@ -23,13 +23,14 @@
 # through custos deciding every statement with the default policy versus custos dev --no-policy,
 # restarted in turn on the same data dir, BENCH_POLICY_ROUNDS (2) runs each; target on/off >= 0.9.
 #
-# Then the audit journal: the same run with audit on (fsync before each completion, the default;
-# and written, fsynced within 10ms) versus custos dev --no-audit, BENCH_AUDIT_ROUNDS (2) runs each;
+# Then the audit journal: the same run with audit on (fsync before each completion, the default,
+# with and without the group commit's delay; and written, fsynced within 10ms) versus custos dev
+# --no-audit, BENCH_AUDIT_ROUNDS (2) runs each, at each of BENCH_AUDIT_CLIENTS ("4 32") clients;
 # target on/off >= 0.85.
 #
 # Called by `make bench` after `make build`, with the PostgreSQL bin dir and /usr/sbin in PATH.
 # Settings: BENCH_SECONDS (15), BENCH_WARMUP_SECONDS (3), BENCH_SCALE (10), BENCH_MASK_ROWS (1000000),
-# BENCH_POLICY_ROUNDS (2), BENCH_AUDIT_ROUNDS (2).
+# BENCH_POLICY_ROUNDS (2), BENCH_AUDIT_ROUNDS (2), BENCH_AUDIT_CLIENTS ("4 32").
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -41,6 +42,7 @@ MASK_ROWS=${BENCH_MASK_ROWS:-1000000}
 MASK_RUNS=3
 POLICY_ROUNDS=${BENCH_POLICY_ROUNDS:-2}
 AUDIT_ROUNDS=${BENCH_AUDIT_ROUNDS:-2}
+read -r -a AUDIT_CLIENTS <<<"${BENCH_AUDIT_CLIENTS:-4 32}"
 CLIENTS=4
 JOBS=2
 CUSTOS=bin/custos
@@ -56,9 +58,10 @@ for prog in pgbench psql pgbouncer; do
 		die "$prog not in PATH; run \`make deps\`, and put the PostgreSQL bin dir and /usr/sbin in PATH (\`make bench\` does)"
 done
 [ -x "$CUSTOS" ] || die "$CUSTOS is missing: run \`make build\` first"
-for n in "$BENCH_SECONDS" "$WARMUP_SECONDS" "$SCALE" "$MASK_ROWS" "$POLICY_ROUNDS" "$AUDIT_ROUNDS"; do
-	[[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS, BENCH_WARMUP_SECONDS, BENCH_SCALE, BENCH_MASK_ROWS, BENCH_POLICY_ROUNDS and BENCH_AUDIT_ROUNDS must be positive integers"
+for n in "$BENCH_SECONDS" "$WARMUP_SECONDS" "$SCALE" "$MASK_ROWS" "$POLICY_ROUNDS" "$AUDIT_ROUNDS" "${AUDIT_CLIENTS[@]}"; do
+	[[ $n =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS, BENCH_WARMUP_SECONDS, BENCH_SCALE, BENCH_MASK_ROWS, BENCH_POLICY_ROUNDS, BENCH_AUDIT_ROUNDS and BENCH_AUDIT_CLIENTS must be positive integers"
 done
+((${#AUDIT_CLIENTS[@]} > 0)) || die "BENCH_AUDIT_CLIENTS must list at least one client count"
 ((MASK_ROWS >= 100000)) || die "BENCH_MASK_ROWS must be at least 100000 (the small RSS run streams 100,000 rows)"
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
@@ -361,14 +364,16 @@ restart_custos() {
 	# shellcheck source=/dev/null
 	. "$DATA_DIR/dev.env"
 }
-# compare_modes NAME ROUNDS MODE=ARGS...: ROUNDS rounds, each running the modes in order, custos
-# dev restarted with the mode's ARGS (a space-separated list, may be empty) before the same pgbench
-# run as a principal in group agents; the TPS of each run is added to runs[NAME,MODE].
+# compare_modes NAME ROUNDS CLIENTS MODE=ARGS...: ROUNDS rounds, each running the modes in order,
+# custos dev restarted with the mode's ARGS (a space-separated list, may be empty) before the same
+# pgbench run with CLIENTS clients as a principal in group agents; the TPS of each run is added to
+# runs[NAME,MODE].
 declare -A runs
 compare_modes() {
-	local name=$1 rounds=$2
-	shift 2
+	local name=$1 rounds=$2 clients=$3
+	shift 3
 	local round spec mode margs ptoken pconn plog t
+	local args=(-n -S -M prepared -c "$clients" -j "$JOBS")
 	for ((round = 1; round <= rounds; round++)); do
 		for spec in "$@"; do
 			mode=${spec%%=*} margs=${spec#*=}
@@ -378,9 +383,9 @@ compare_modes() {
 			pconn="host=$CUSTOS_PG_HOST port=$CUSTOS_PG_PORT dbname=$CUSTOS_DATABASE user=bench sslmode=require"
 			plog="$OUT/pgbench-$name-$mode-$round.log"
 			log "$name $mode (round $round of $rounds): warm-up ${WARMUP_SECONDS}s, then ${BENCH_SECONDS}s"
-			PGPASSWORD=$ptoken pgbench "${PGBENCH_ARGS[@]}" -T "$WARMUP_SECONDS" "$pconn" >"$OUT/pgbench-$name-$mode-$round-warmup.log" 2>&1 ||
+			PGPASSWORD=$ptoken pgbench "${args[@]}" -T "$WARMUP_SECONDS" "$pconn" >"$OUT/pgbench-$name-$mode-$round-warmup.log" 2>&1 ||
 				{ tail -n 20 "$OUT/pgbench-$name-$mode-$round-warmup.log" >&2; die "$name $mode: warm-up failed"; }
-			PGPASSWORD=$ptoken pgbench "${PGBENCH_ARGS[@]}" -T "$BENCH_SECONDS" "$pconn" >"$plog" 2>&1 ||
+			PGPASSWORD=$ptoken pgbench "${args[@]}" -T "$BENCH_SECONDS" "$pconn" >"$plog" 2>&1 ||
 				{ tail -n 20 "$plog" >&2; die "$name $mode: pgbench failed"; }
 			grep -q '^number of failed transactions: 0 ' "$plog" ||
 				{ cat "$plog" >&2; die "$name $mode: pgbench reported failed transactions"; }
@@ -391,7 +396,7 @@ compare_modes() {
 		done
 	done
 }
-compare_modes policy "$POLICY_ROUNDS" "off=--no-policy" "on="
+compare_modes policy "$POLICY_ROUNDS" "$CLIENTS" "off=--no-policy" "on="
 declare -A policy_runs
 policy_runs[off]=${runs[policy,off]}
 policy_runs[on]=${runs[policy,on]}
@@ -414,16 +419,23 @@ done
 # its completion held back from the client until the record is kept) with the default durability
 # (fsynced, group commit) and with audit.sync_interval 10ms (written to the journal file before the
 # completion, fsynced within 10ms), versus custos dev --no-audit; alternating, BENCH_AUDIT_ROUNDS
-# (2) runs each. Target on/off >= 0.85.
-compare_modes audit "$AUDIT_ROUNDS" "off=--no-audit" "fsync=" "written=--audit-sync-interval 10ms"
-# The audit really was on in the last instance ("written"): it recorded the run's statements.
-recorded=$(find "$DATA_DIR/audit/segments" -name '*.jsonl' | sort | tail -n 2 |
-	xargs cat | grep -c '"event":"custos.db.statement"' || true)
-((recorded >= 1000)) || die "audit written: only ${recorded:-0} statement records in the journal's last segments"
+# (2) runs each. The fsynced mode also runs without audit.commit_delay ("fsync-nodelay"), the
+# group commit then fsyncing as soon as the one before ends. At 4 clients every statement round
+# trip waits for a fsync of its own or of a small group; at 32, group commit shares them.
+# Target on/off >= 0.85.
+audit_modes=(off fsync fsync-nodelay written)
 declare -A audit_tps
-for mode in off fsync written; do
-	# shellcheck disable=SC2086 # a list of numbers
-	audit_tps[$mode]=$(mean ${runs[audit,$mode]})
+for clients in "${AUDIT_CLIENTS[@]}"; do
+	compare_modes "audit-c$clients" "$AUDIT_ROUNDS" "$clients" "off=--no-audit" "fsync=" \
+		"fsync-nodelay=--audit-commit-delay 0" "written=--audit-sync-interval 10ms"
+	# The audit really was on in the last instance ("written"): it recorded the run's statements.
+	recorded=$(find "$DATA_DIR/audit/segments" -name '*.jsonl' | sort | tail -n 2 |
+		xargs cat | grep -c '"event":"custos.db.statement"' || true)
+	((recorded >= 1000)) || die "audit written: only ${recorded:-0} statement records in the journal's last segments"
+	for mode in "${audit_modes[@]}"; do
+		# shellcheck disable=SC2086 # a list of numbers
+		audit_tps[$clients,$mode]=$(mean ${runs[audit-c$clients,$mode]})
+	done
 done
 
 # --- 8. report -----------------------------------------------------------------------------------
@@ -461,15 +473,22 @@ printf '%-28s %12.0f   %s\n' 'policy off (--no-policy)' "${policy_tps[off]}" "${
 printf '%-28s %12.0f   %s\n' 'policy on (default policy)' "${policy_tps[on]}" "${policy_runs[on]}"
 printf '\npolicy on/off     %s (target >= 0.9)\n' "$policy_ratio"
 
-audit_fsync_ratio=$(ratio "${audit_tps[fsync]}" "${audit_tps[off]}")
-audit_written_ratio=$(ratio "${audit_tps[written]}" "${audit_tps[off]}")
-printf '\naudit: pgbench %s -T %s through custos as an agent, mean of %s runs each\n\n' \
-	"${PGBENCH_ARGS[*]}" "$BENCH_SECONDS" "$AUDIT_ROUNDS"
-printf '%-44s %12s   %s\n' custos 'mean TPS' runs
-printf '%-44s %12.0f   %s\n' 'audit off (--no-audit)' "${audit_tps[off]}" "${runs[audit,off]}"
-printf '%-44s %12.0f   %s\n' 'audit on, fsync before completion (default)' "${audit_tps[fsync]}" "${runs[audit,fsync]}"
-printf '%-44s %12.0f   %s\n' 'audit on, written, fsync within 10ms' "${audit_tps[written]}" "${runs[audit,written]}"
-printf '\naudit fsync/off   %s (target >= 0.85)\naudit written/off %s (target >= 0.85)\n' "$audit_fsync_ratio" "$audit_written_ratio"
+declare -A audit_label=(
+	[off]='audit off (--no-audit)'
+	[fsync]='fsync before completion (default, 1ms delay)'
+	[fsync-nodelay]='fsync before completion, no commit delay'
+	[written]='written, fsync within 10ms'
+)
+for clients in "${AUDIT_CLIENTS[@]}"; do
+	printf '\naudit: pgbench -n -S -M prepared -c %s -j %s -T %s through custos as an agent, mean of %s runs each\n\n' \
+		"$clients" "$JOBS" "$BENCH_SECONDS" "$AUDIT_ROUNDS"
+	printf '%-46s %10s %8s   %s\n' custos 'mean TPS' '/off' runs
+	for mode in "${audit_modes[@]}"; do
+		printf '%-46s %10.0f %8s   %s\n' "${audit_label[$mode]}" "${audit_tps[$clients,$mode]}" \
+			"$(ratio "${audit_tps[$clients,$mode]}" "${audit_tps[$clients,off]}")" "${runs[audit-c$clients,$mode]}"
+	done
+	printf '(target on/off >= 0.85)\n'
+done
 
 json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
 {
@@ -492,9 +511,21 @@ json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'
 		"$custos_direct" "$custos_pgbouncer" "$pgbouncer_direct"
 	printf '  "policy": {"principal_groups": ["agents"], "rounds": %s, "tps_off": [%s], "tps_on": [%s], "tps_off_mean": %s, "tps_on_mean": %s, "on_off": %s, "target_on_off": 0.9},\n' \
 		"$POLICY_ROUNDS" "${policy_runs[off]// /, }" "${policy_runs[on]// /, }" "${policy_tps[off]}" "${policy_tps[on]}" "$policy_ratio"
-	printf '  "audit": {"principal_groups": ["agents"], "rounds": %s, "tps_off": [%s], "tps_fsync": [%s], "tps_written": [%s], "tps_off_mean": %s, "tps_fsync_mean": %s, "tps_written_mean": %s, "fsync_off": %s, "written_off": %s, "sync_interval_written": "10ms", "target_on_off": 0.85},\n' \
-		"$AUDIT_ROUNDS" "${runs[audit,off]// /, }" "${runs[audit,fsync]// /, }" "${runs[audit,written]// /, }" \
-		"${audit_tps[off]}" "${audit_tps[fsync]}" "${audit_tps[written]}" "$audit_fsync_ratio" "$audit_written_ratio"
+	printf '  "audit": {"principal_groups": ["agents"], "rounds": %s, "jobs": %s, "commit_delay_fsync": "1ms", "sync_interval_written": "10ms", "target_on_off": 0.85, "by_clients": {\n' \
+		"$AUDIT_ROUNDS" "$JOBS"
+	sep=""
+	for clients in "${AUDIT_CLIENTS[@]}"; do
+		printf '%s    "%s": {' "$sep" "$clients"
+		msep=""
+		for mode in "${audit_modes[@]}"; do
+			printf '%s"%s": {"tps": [%s], "tps_mean": %s, "on_off": %s}' "$msep" "$mode" "${runs[audit-c$clients,$mode]// /, }" \
+				"${audit_tps[$clients,$mode]}" "$(ratio "${audit_tps[$clients,$mode]}" "${audit_tps[$clients,off]}")"
+			msep=", "
+		done
+		printf '}'
+		sep=$',\n'
+	done
+	printf '\n  }},\n'
 	printf '  "masking": {\n'
 	printf '    "rows": %s, "runs": %s, "client": "psql", "tls": true, "target_custos_direct": 1.5,\n' "$MASK_ROWS" "$MASK_RUNS"
 	for method in "${mask_methods[@]}"; do
