@@ -169,9 +169,9 @@ func (lr *lineReader) atEnd() bool {
 func (lr *lineReader) zeroRun() (line []byte, off int64, complete bool, err error) {
 	var n int64
 	for {
-		b, err := lr.r.Peek(lr.r.Buffered())
+		b, _ := lr.r.Peek(lr.r.Buffered()) // what is buffered: no error
 		if len(b) == 0 {
-			if _, err = lr.r.Peek(1); err != nil {
+			if _, err := lr.r.Peek(1); err != nil {
 				if errors.Is(err, io.EOF) {
 					// The reserve: the end, at its first zero.
 					return nil, lr.off, false, io.EOF
