@@ -21,7 +21,8 @@
 #
 # Then the statement policy: the same pgbench select-only run, as a principal in group agents,
 # through custos deciding every statement with the default policy versus custos dev --no-policy,
-# restarted in turn on the same data dir, BENCH_POLICY_ROUNDS (2) runs each; target on/off >= 0.9.
+# restarted in turn on the same data dir, both without the audit journal (measured next) so that
+# the policy's cost is what differs, BENCH_POLICY_ROUNDS (2) runs each; target on/off >= 0.9.
 #
 # Then the audit journal: the same run with audit on (fsync before each completion, the default,
 # with and without the group commit's delay; and written, fsynced within 10ms) versus custos dev
@@ -341,7 +342,8 @@ rm -f "$OUT/mask-custos.out"
 # --- 6. statement policy on versus off ----------------------------------------------------------
 # custos dev decides every statement with the default policy (the custos run above). The same
 # pgbench run, as a principal in group agents, through custos with the policy and through custos
-# dev --no-policy (statements relayed undecided). Only one custos dev can own the demo PostgreSQL,
+# dev --no-policy (statements relayed undecided), both --no-audit: with statement records fsynced
+# both would wait for the disk alike. Only one custos dev can own the demo PostgreSQL,
 # so custos is restarted on the same data dir (same database and tables) for each run, the modes
 # alternating (off, on, off, on, ...) so that drift in the machine's speed hits both alike.
 # restart_custos ARGS...: stops custos dev (and its PostgreSQL), starts it again with ARGS.
@@ -396,7 +398,7 @@ compare_modes() {
 		done
 	done
 }
-compare_modes policy "$POLICY_ROUNDS" "$CLIENTS" "off=--no-policy" "on="
+compare_modes policy "$POLICY_ROUNDS" "$CLIENTS" "off=--no-policy --no-audit" "on=--no-audit"
 declare -A policy_runs
 policy_runs[off]=${runs[policy,off]}
 policy_runs[on]=${runs[policy,on]}
@@ -471,6 +473,7 @@ printf '\nstatement policy: pgbench %s -T %s through custos as an agent, mean of
 printf '%-28s %12s   %s\n' custos 'mean TPS' runs
 printf '%-28s %12.0f   %s\n' 'policy off (--no-policy)' "${policy_tps[off]}" "${policy_runs[off]}"
 printf '%-28s %12.0f   %s\n' 'policy on (default policy)' "${policy_tps[on]}" "${policy_runs[on]}"
+printf '(both --no-audit)\n'
 printf '\npolicy on/off     %s (target >= 0.9)\n' "$policy_ratio"
 
 declare -A audit_label=(
@@ -509,7 +512,7 @@ json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'
 	printf '\n  ],\n'
 	printf '  "ratios": {"custos_direct": %s, "custos_pgbouncer": %s, "pgbouncer_direct": %s},\n' \
 		"$custos_direct" "$custos_pgbouncer" "$pgbouncer_direct"
-	printf '  "policy": {"principal_groups": ["agents"], "rounds": %s, "tps_off": [%s], "tps_on": [%s], "tps_off_mean": %s, "tps_on_mean": %s, "on_off": %s, "target_on_off": 0.9},\n' \
+	printf '  "policy": {"principal_groups": ["agents"], "audit": false, "rounds": %s, "tps_off": [%s], "tps_on": [%s], "tps_off_mean": %s, "tps_on_mean": %s, "on_off": %s, "target_on_off": 0.9},\n' \
 		"$POLICY_ROUNDS" "${policy_runs[off]// /, }" "${policy_runs[on]// /, }" "${policy_tps[off]}" "${policy_tps[on]}" "$policy_ratio"
 	printf '  "audit": {"principal_groups": ["agents"], "rounds": %s, "jobs": %s, "commit_delay_fsync": "1ms", "sync_interval_written": "10ms", "target_on_off": 0.85, "by_clients": {\n' \
 		"$AUDIT_ROUNDS" "$JOBS"
