@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -495,7 +496,8 @@ func scanTail(seg segment) (tailScan, error) {
 }
 
 // cutTail moves path's bytes from off on into the quarantine directory and
-// truncates the file at off.
+// truncates the file at off. Zeros at the end are a segment's reserve, never
+// written: they are cut, not kept or counted.
 func (j *Journal) cutTail(path string, off int64) (n int64, qpath, qhash string, err error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -504,7 +506,7 @@ func (j *Journal) cutTail(path string, off int64) (n int64, qpath, qhash string,
 	if off > int64(len(data)) {
 		return 0, "", "", nil
 	}
-	tail := data[off:]
+	tail := bytes.TrimRight(data[off:], "\x00")
 	qdir := filepath.Join(j.root, quarantineDirName)
 	if err := os.MkdirAll(qdir, 0o700); err != nil {
 		return 0, "", "", fmt.Errorf("audit: %w", err)

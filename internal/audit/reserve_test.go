@@ -154,6 +154,9 @@ func TestCrashLeavesReserve(t *testing.T) {
 		}
 		return nil
 	})
+	if started == nil {
+		t.Fatal("no audit.started after the crash")
+	}
 	if v, ok := started.Attr("custos.audit.unclean_shutdown"); !ok || !v.Bool() {
 		t.Fatalf("audit.started after the crash: %+v", started)
 	}
@@ -313,5 +316,61 @@ func TestCommitDelay(t *testing.T) {
 	// one before ran, a few; with it, all eight sessions' next records.
 	if st := j.Stats(); st.Records != 81 || st.Fsyncs > 30 {
 		t.Fatalf("%d records with %d fsyncs: concurrent appends do not wait for each other", st.Records, st.Fsyncs)
+	}
+}
+
+// TestTornRecordInReserve: a record torn by a crash into the reserve is
+// quarantined as written, without the zeros after it.
+func TestTornRecordInReserve(t *testing.T) {
+	t.Parallel()
+	j := openTest(t, Options{})
+	ctx := context.Background()
+	for i := range 4 {
+		if _, err := j.Append(ctx, statement(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	crashed := t.TempDir()
+	copyDir(t, j.opts.DataDir, crashed)
+	segs, err := listSegments(AuditDir(crashed))
+	if err != nil || len(segs) != 1 {
+		t.Fatalf("segments: %v %v", segs, err)
+	}
+	b, err := os.ReadFile(segs[0].path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	torn := []byte(`{"v":1,"seq":6,"prev_hash":"ab`)
+	end := bytes.LastIndexByte(b, '\n') + 1
+	copy(b[end:], torn)
+	if err := os.WriteFile(segs[0].path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	j2 := openTest(t, Options{DataDir: crashed})
+	if err := j2.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	q, _ := filepath.Glob(filepath.Join(AuditDir(crashed), quarantineDirName, "*.torn"))
+	if len(q) != 1 {
+		t.Fatalf("quarantine: %v", q)
+	}
+	if kept, _ := os.ReadFile(q[0]); !bytes.Equal(kept, torn) {
+		t.Fatalf("quarantine holds %d bytes, want the %d torn ones", len(kept), len(torn))
+	}
+	var ctrl *Record
+	_ = ReadRecords(ctx, crashed, 1, func(r *Record) error {
+		if r.Name == EventControlFailure {
+			ctrl = r
+		}
+		return nil
+	})
+	if ctrl == nil {
+		t.Fatal("no control failure recorded for the torn record")
+	}
+	if v, ok := ctrl.Attr("custos.audit.truncated_bytes"); !ok || v.Int() != int64(len(torn)) {
+		t.Fatalf("control failure: %+v", ctrl)
+	}
+	if rep := mustVerify(t, crashed, verifierOf(t, j)); !rep.OK() {
+		t.Fatal(rep.Problems)
 	}
 }
