@@ -40,28 +40,22 @@ func (s *Server) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.C
 	defer func() { s.metrics.checkSeconds.Observe(time.Since(start).Seconds()) }()
 	attrs := req.GetAttributes()
 	if h := attrs.GetRequest().GetHttp(); h != nil {
+		headers := checkHeaders(h)
 		if s.opts.Tracer != nil {
-			ctx, span := s.checkSpan(ctx, h)
-			resp := s.checkHTTP(ctx, attrs, h)
+			ctx, span := s.checkSpan(ctx, h, headers)
+			resp := s.checkHTTP(ctx, attrs, h, headers)
 			endCheckSpan(span, resp)
 			return resp, nil
 		}
-		return s.checkHTTP(ctx, attrs, h), nil
+		return s.checkHTTP(ctx, attrs, h, headers), nil
 	}
 	return s.checkConnection(ctx, attrs), nil
 }
 
-// checkHTTP authenticates the bearer token, asks policy and answers.
-func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, h *authv3.AttributeContext_HttpRequest) *authv3.CheckResponse {
-	headers := checkHeaders(h)
-	method := h.GetMethod()
-	if method == "" {
-		method = headers[":method"]
-	}
-	rawPath := h.GetPath()
-	if rawPath == "" {
-		rawPath = headers[":path"]
-	}
+// checkHTTP authenticates the bearer token, asks policy and answers;
+// headers are h's (checkHeaders).
+func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, h *authv3.AttributeContext_HttpRequest, headers map[string]string) *authv3.CheckResponse {
+	method, rawPath := requestLine(h, headers)
 	path, query, _ := strings.Cut(rawPath, "?")
 	log := s.log.With(slog.String("request_id", requestID(h, headers)), slog.String("method", method),
 		slog.String("path", s.maskText(path)))
@@ -256,6 +250,19 @@ func checkHeaders(h *authv3.AttributeContext_HttpRequest) map[string]string {
 		return hs
 	}
 	return map[string]string{}
+}
+
+// requestLine is the request's method and path (with its query): the
+// attributes Envoy sets, else the :method and :path pseudo-headers.
+func requestLine(h *authv3.AttributeContext_HttpRequest, headers map[string]string) (method, path string) {
+	method, path = h.GetMethod(), h.GetPath()
+	if method == "" {
+		method = headers[":method"]
+	}
+	if path == "" {
+		path = headers[":path"]
+	}
+	return method, path
 }
 
 // requestID is the request's x-request-id, else Envoy's stream id.

@@ -31,18 +31,11 @@ func (s *Server) propagator() propagation.TextMapPropagator {
 }
 
 // checkSpan starts the span of an HTTP Check, continuing the trace of the
-// traceparent Envoy forwards. Only called with a tracer.
-func (s *Server) checkSpan(ctx context.Context, h *authv3.AttributeContext_HttpRequest) (context.Context, trace.Span) {
-	headers := checkHeaders(h)
+// traceparent Envoy forwards; headers are h's (checkHeaders). Only called
+// with a tracer.
+func (s *Server) checkSpan(ctx context.Context, h *authv3.AttributeContext_HttpRequest, headers map[string]string) (context.Context, trace.Span) {
 	ctx = s.propagator().Extract(ctx, propagation.MapCarrier(headers))
-	method := h.GetMethod()
-	if method == "" {
-		method = headers[":method"]
-	}
-	path := h.GetPath()
-	if path == "" {
-		path = headers[":path"]
-	}
+	method, path := requestLine(h, headers)
 	return s.opts.Tracer.Start(ctx, SpanCheck, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(
 			attribute.String("http.request.method", method),

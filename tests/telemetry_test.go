@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,14 +21,25 @@ import (
 // jaegerTrace is the part of the query API's /api/traces answer the test
 // reads.
 type jaegerTrace struct {
-	TraceID string `json:"traceID"`
-	Spans   []struct {
-		OperationName string `json:"operationName"`
-		Tags          []struct {
-			Key   string `json:"key"`
-			Value any    `json:"value"`
-		} `json:"tags"`
-	} `json:"spans"`
+	TraceID string       `json:"traceID"`
+	Spans   []jaegerSpan `json:"spans"`
+}
+
+type jaegerSpan struct {
+	OperationName string `json:"operationName"`
+	Tags          []struct {
+		Key   string `json:"key"`
+		Value any    `json:"value"`
+	} `json:"tags"`
+}
+
+// tags returns the span's tags, their values formatted.
+func (s jaegerSpan) tags() map[string]string {
+	tags := make(map[string]string, len(s.Tags))
+	for _, tag := range s.Tags {
+		tags[tag.Key] = fmt.Sprint(tag.Value)
+	}
+	return tags
 }
 
 // TestTelemetryToJaeger runs `custos dev` against a real Jaeger v2: the
@@ -86,43 +98,18 @@ func TestTelemetryToJaeger(t *testing.T) {
 	p.stop(t)
 
 	t.Run("pg.session span", func(t *testing.T) {
-		var services struct {
-			Data []string `json:"data"`
-		}
-		waitFor(t, "service custos in Jaeger's /api/services", j, func() bool {
-			code, body, err := j.get("/api/services")
-			if err != nil || code != http.StatusOK || json.Unmarshal(body, &services) != nil {
-				return false
-			}
-			for _, s := range services.Data {
-				if s == "custos" {
-					return true
-				}
-			}
-			return false
-		})
-		var traces struct {
-			Data []jaegerTrace `json:"data"`
-		}
-		q := url.Values{"service": {"custos"}, "operation": {"pg.session"}, "lookback": {"1h"}, "limit": {"20"}}
-		waitFor(t, "a pg.session trace in Jaeger's /api/traces", j, func() bool {
-			code, body, err := j.get("/api/traces?" + q.Encode())
-			return err == nil && code == http.StatusOK && json.Unmarshal(body, &traces) == nil && len(traces.Data) > 0
-		})
+		waitListed(t, j, "/api/services", "custos")
+		traces := waitTraces(t, j, "a pg.session trace", custosTraces("pg.session"))
 		var tags map[string]string
-		for _, tr := range traces.Data {
+		for _, tr := range traces {
 			for _, s := range tr.Spans {
-				if s.OperationName != "pg.session" {
-					continue
-				}
-				tags = map[string]string{}
-				for _, tag := range s.Tags {
-					tags[tag.Key] = fmt.Sprint(tag.Value)
+				if s.OperationName == "pg.session" {
+					tags = s.tags()
 				}
 			}
 		}
 		if tags == nil {
-			t.Fatalf("no pg.session span in %+v", traces.Data)
+			t.Fatalf("no pg.session span in %+v", traces)
 		}
 		want := map[string]string{
 			"user.id":                        "alice",
@@ -144,27 +131,15 @@ func TestTelemetryToJaeger(t *testing.T) {
 	})
 
 	t.Run("pg.statement span and its record", func(t *testing.T) {
-		var traces struct {
-			Data []jaegerTrace `json:"data"`
-		}
-		q := url.Values{"service": {"custos"}, "operation": {"pg.statement"}, "lookback": {"1h"}, "limit": {"20"}}
-		waitFor(t, "a pg.statement trace in Jaeger's /api/traces", j, func() bool {
-			code, body, err := j.get("/api/traces?" + q.Encode())
-			return err == nil && code == http.StatusOK && json.Unmarshal(body, &traces) == nil && len(traces.Data) > 0
-		})
+		traces := waitTraces(t, j, "a pg.statement trace", custosTraces("pg.statement"))
 		var traceID string
 		var tags map[string]string
 		ops := map[string]bool{}
-		for _, tr := range traces.Data {
+		for _, tr := range traces {
 			for _, s := range tr.Spans {
 				ops[s.OperationName] = true
-				if s.OperationName != "pg.statement" {
-					continue
-				}
-				traceID = tr.TraceID
-				tags = map[string]string{}
-				for _, tag := range s.Tags {
-					tags[tag.Key] = fmt.Sprint(tag.Value)
+				if s.OperationName == "pg.statement" {
+					traceID, tags = tr.TraceID, s.tags()
 				}
 			}
 		}
@@ -197,15 +172,8 @@ func TestTelemetryToJaeger(t *testing.T) {
 	})
 
 	t.Run("Envoy's Check in Envoy's trace", func(t *testing.T) {
-		var tr struct {
-			Data []jaegerTrace `json:"data"`
-		}
-		waitFor(t, "Envoy's trace in Jaeger's /api/traces/"+envoyTraceID, j, func() bool {
-			code, body, err := j.get("/api/traces/" + envoyTraceID)
-			return err == nil && code == http.StatusOK && json.Unmarshal(body, &tr) == nil && len(tr.Data) > 0
-		})
 		ops := map[string]bool{}
-		for _, d := range tr.Data {
+		for _, d := range waitTraces(t, j, "Envoy's trace", "/api/traces/"+envoyTraceID) {
 			for _, s := range d.Spans {
 				ops[s.OperationName] = true
 			}
@@ -216,21 +184,7 @@ func TestTelemetryToJaeger(t *testing.T) {
 	})
 
 	t.Run("gRPC server spans", func(t *testing.T) {
-		var ops struct {
-			Data []string `json:"data"`
-		}
-		waitFor(t, "the Check RPC among custos' operations", j, func() bool {
-			code, body, err := j.get("/api/services/custos/operations")
-			if err != nil || code != http.StatusOK || json.Unmarshal(body, &ops) != nil {
-				return false
-			}
-			for _, o := range ops.Data {
-				if o == "envoy.service.auth.v3.Authorization/Check" {
-					return true
-				}
-			}
-			return false
-		})
+		waitListed(t, j, "/api/services/custos/operations", "envoy.service.auth.v3.Authorization/Check")
 	})
 
 	t.Run("audit records as OTLP logs", func(t *testing.T) {
@@ -244,6 +198,39 @@ func TestTelemetryToJaeger(t *testing.T) {
 				t.Errorf("Jaeger's log output lacks %q; it ends with:\n%s", want, j.out.tail(60))
 			}
 		}
+	})
+}
+
+// custosTraces is the query path of custos' recent traces of an operation.
+func custosTraces(operation string) string {
+	q := url.Values{"service": {"custos"}, "operation": {operation}, "lookback": {"1h"}, "limit": {"20"}}
+	return "/api/traces?" + q.Encode()
+}
+
+// waitTraces waits until Jaeger's query API answers path with traces, and
+// returns them.
+func waitTraces(t *testing.T, j *jaeger, what, path string) []jaegerTrace {
+	t.Helper()
+	var traces struct {
+		Data []jaegerTrace `json:"data"`
+	}
+	waitFor(t, what+" in Jaeger's "+path, j, func() bool {
+		code, body, err := j.get(path)
+		return err == nil && code == http.StatusOK && json.Unmarshal(body, &traces) == nil && len(traces.Data) > 0
+	})
+	return traces.Data
+}
+
+// waitListed waits until the list Jaeger's query API answers at path (its
+// services, a service's operations) holds want.
+func waitListed(t *testing.T, j *jaeger, path, want string) {
+	t.Helper()
+	waitFor(t, want+" in Jaeger's "+path, j, func() bool {
+		var list struct {
+			Data []string `json:"data"`
+		}
+		code, body, err := j.get(path)
+		return err == nil && code == http.StatusOK && json.Unmarshal(body, &list) == nil && slices.Contains(list.Data, want)
 	})
 }
 

@@ -533,22 +533,12 @@ func (j *Journal) cutTail(path string, off int64) (n int64, qpath, qhash string,
 // openFiles opens the current segment and the checkpoints file, repairing
 // a torn checkpoint line, and checks the last checkpoint against the head.
 func (j *Journal) openFiles(rec *recovery) error {
-	segPath := filepath.Join(j.root, segmentsDirName, segmentName(j.segFirst))
-	f, err := j.opts.openFile(segPath)
-	if err != nil {
+	// Opened as after a failure: cut back to its records, which drops the
+	// zero reserve a crash left (reserved again as records come).
+	if err := j.reopen(); err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
-	j.f = f
-	// Drop the zero reserve a crash left after the records: it is
-	// reserved again as records come.
-	if err := f.Truncate(j.segSize); err != nil {
-		return fmt.Errorf("audit: %w", err)
-	}
-	if err := datasync(f); err != nil {
-		return fmt.Errorf("audit: %w", err)
-	}
-	j.reserved = j.segSize
-	if err := syncDir(filepath.Dir(segPath)); err != nil {
+	if err := syncDir(filepath.Join(j.root, segmentsDirName)); err != nil {
 		return err
 	}
 	ckPath := filepath.Join(j.root, checkpointsName)
@@ -1249,8 +1239,9 @@ func (j *Journal) fail(batch []*request, err error) {
 	}
 }
 
-// reopen reopens the current segment after a failure and cuts it back to
-// its durable size: bytes of a failed write or fsync are not trusted.
+// reopen (re)opens the current segment, at Open and after a failure, and
+// cuts it back to its durable size: bytes of a failed write or fsync, and
+// a reserve, are not trusted.
 func (j *Journal) reopen() error {
 	if j.f != nil {
 		_ = j.f.Close()

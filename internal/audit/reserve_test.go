@@ -34,11 +34,7 @@ func TestSegmentReserve(t *testing.T) {
 	t.Parallel()
 	j := openTest(t, Options{})
 	ctx := context.Background()
-	for i := range 10 {
-		if _, err := j.Append(ctx, statement(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendN(t, j, 10)
 	dir, v := j.opts.DataDir, verifierOf(t, j)
 	b := segmentBytes(t, dir)
 	end := bytes.LastIndexByte(b, '\n') + 1
@@ -70,12 +66,7 @@ func TestSegmentReserve(t *testing.T) {
 func TestReserveAcrossRotation(t *testing.T) {
 	t.Parallel()
 	j := openTest(t, Options{SegmentBytes: 4096})
-	ctx := context.Background()
-	for i := range 40 {
-		if _, err := j.Append(ctx, statement(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendN(t, j, 40)
 	segs, err := listSegments(AuditDir(j.opts.DataDir))
 	if err != nil || len(segs) < 3 {
 		t.Fatalf("segments: %d %v", len(segs), err)
@@ -94,10 +85,11 @@ func TestReserveAcrossRotation(t *testing.T) {
 	}
 }
 
-// copyDir copies a data dir as a crash would leave it: what the files hold
-// right now.
-func copyDir(t *testing.T, from, to string) {
+// crashCopy copies a data dir as a crash would leave it (what the files
+// hold right now) and returns the copy.
+func crashCopy(t *testing.T, from string) string {
 	t.Helper()
+	to := t.TempDir()
 	err := filepath.WalkDir(from, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -115,6 +107,7 @@ func copyDir(t *testing.T, from, to string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return to
 }
 
 // TestCrashLeavesReserve: a journal left with its reserve (custos killed)
@@ -123,13 +116,8 @@ func TestCrashLeavesReserve(t *testing.T) {
 	t.Parallel()
 	j := openTest(t, Options{})
 	ctx := context.Background()
-	for i := range 10 {
-		if _, err := j.Append(ctx, statement(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	crashed := t.TempDir()
-	copyDir(t, j.opts.DataDir, crashed)
+	appendN(t, j, 10)
+	crashed := crashCopy(t, j.opts.DataDir)
 	if b := segmentBytes(t, crashed); bytes.IndexByte(b, 0) < 0 {
 		t.Fatal("the copy has no reserve")
 	}
@@ -171,11 +159,7 @@ func TestZeroedRecordsAreNamed(t *testing.T) {
 	t.Parallel()
 	j := openTest(t, Options{})
 	ctx := context.Background()
-	for i := range 6 {
-		if _, err := j.Append(ctx, statement(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	appendN(t, j, 6)
 	dir, v := j.opts.DataDir, verifierOf(t, j)
 	if err := j.Close(ctx); err != nil {
 		t.Fatal(err)
@@ -325,13 +309,8 @@ func TestTornRecordInReserve(t *testing.T) {
 	t.Parallel()
 	j := openTest(t, Options{})
 	ctx := context.Background()
-	for i := range 4 {
-		if _, err := j.Append(ctx, statement(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	crashed := t.TempDir()
-	copyDir(t, j.opts.DataDir, crashed)
+	appendN(t, j, 4)
+	crashed := crashCopy(t, j.opts.DataDir)
 	segs, err := listSegments(AuditDir(crashed))
 	if err != nil || len(segs) != 1 {
 		t.Fatalf("segments: %v %v", segs, err)
