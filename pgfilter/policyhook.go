@@ -465,6 +465,12 @@ func (h *policyHook) track(stmts []sqlclass.Statement) {
 // decide asks the policy about the statements; nil without a policy
 // (statements are then only recorded).
 func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []sqlclass.Statement) *policy.Decision {
+	if dec := invariantDenial(stmts); dec != nil {
+		h.srv.metrics.decided(dec)
+		h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", h.ses.Principal.Subject,
+			"decision_id", dec.ID, "outcome", dec.Label(), "reasons", dec.Reasons, "query", res.Normalized)
+		return dec
+	}
 	if h.eng == nil {
 		return nil
 	}

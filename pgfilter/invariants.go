@@ -1,0 +1,40 @@
+package pgfilter
+
+import (
+	"slices"
+
+	"github.com/custos-dev/custos/internal/policy"
+	"github.com/custos-dev/custos/internal/sqlclass"
+)
+
+// invariantDenial is custos' own refusal of statements that would undo
+// the gateway's controls whatever the policy says; nil when none applies.
+// It is a denial like the policy's (with a decision id, audited) so every
+// path that refuses a denied statement refuses these too.
+func invariantDenial(stmts []sqlclass.Statement) *policy.Decision {
+	var reasons []string
+	for i := range stmts {
+		reasons = appendInvariantReasons(reasons, &stmts[i], 0)
+	}
+	if len(reasons) == 0 {
+		return nil
+	}
+	return &policy.Decision{ID: policy.NewDecisionID(), Allow: false, Reasons: reasons}
+}
+
+func appendInvariantReasons(reasons []string, st *sqlclass.Statement, depth int) []string {
+	if st == nil || depth > 4 {
+		return reasons
+	}
+	// custos classifies the bytes as the session's client encoding, which
+	// it pins at startup to one whose multibyte characters never hold an
+	// ASCII byte; changing it would let a statement hide in a string.
+	if slices.Contains(st.Settings, "client_encoding") {
+		const r = "changing client_encoding is not allowed through custos; set it when connecting (PGCLIENTENCODING, client_encoding)"
+		if !slices.Contains(reasons, r) {
+			reasons = append(reasons, r)
+		}
+	}
+	reasons = appendInvariantReasons(reasons, st.Explains, depth+1)
+	return appendInvariantReasons(reasons, st.Prepared, depth+1)
+}
