@@ -27,9 +27,9 @@ import (
 // allowedParams are the startup parameters passed upstream, keyed by their
 // lower-case name. Anything else, `options` and `replication` included, is
 // refused: a startup parameter is a GUC set before any policy can see it.
+// client_encoding is checked on its own (checkStartupParams).
 var allowedParams = map[string]string{
 	"application_name":                    "application_name",
-	"client_encoding":                     "client_encoding",
 	"datestyle":                           "DateStyle",
 	"timezone":                            "TimeZone",
 	"intervalstyle":                       "IntervalStyle",
@@ -43,6 +43,73 @@ var allowedParams = map[string]string{
 	"lc_numeric":                          "lc_numeric",
 	"lc_time":                             "lc_time",
 	"geqo":                                "geqo",
+}
+
+// startupParams is what a StartupMessage asks for, once checked.
+type startupParams struct {
+	user, database string
+	// params are passed upstream, keyed by their canonical names; they
+	// always hold client_encoding, as its canonical name.
+	params map[string]string
+}
+
+// paramError is a refused startup message: err for the client, label for
+// the connections metric.
+type paramError struct {
+	label string
+	err   error
+}
+
+func (e *paramError) Error() string { return e.err.Error() }
+func (e *paramError) Unwrap() error { return e.err }
+
+func refuseParam(label string, err error) error { return &paramError{label: label, err: err} }
+
+// checkStartupParams checks a StartupMessage's parameters: only allowed
+// ones pass, and the client encoding must be one custos classifies
+// statements in (UTF8 when the client names none).
+func checkStartupParams(in []param) (startupParams, error) {
+	sp := startupParams{params: map[string]string{}}
+	for _, p := range in {
+		name := strings.ToLower(p.name)
+		switch name {
+		case "user":
+			sp.user = p.value
+		case "database":
+			sp.database = p.value
+		case "replication":
+			return sp, refuseParam("refused_parameter", fatal("28000", "replication connections are not allowed through custos"))
+		case "options":
+			return sp, refuseParam("refused_parameter", fatalHint("28000", "startup option settings (-c, PGOPTIONS) are not allowed through custos",
+				"Run SET after connecting instead; policy sees it there."))
+		case "fallback_application_name":
+			if _, ok := sp.params["application_name"]; !ok {
+				sp.params["application_name"] = p.value
+			}
+		case "client_encoding":
+			canon, err := safeClientEncoding(p.value)
+			if err != nil {
+				return sp, refuseParam("unsafe_encoding", unsafeEncodingError(err))
+			}
+			sp.params["client_encoding"] = canon
+		default:
+			canon, ok := allowedParams[name]
+			if !ok {
+				return sp, refuseParam("refused_parameter", fatal("28000", fmt.Sprintf("startup parameter %q is not allowed through custos", p.name)))
+			}
+			sp.params[canon] = p.value
+		}
+	}
+	if sp.user == "" {
+		return sp, refuseParam("protocol_error", fatal("28000", "no PostgreSQL user name specified in startup packet"))
+	}
+	if sp.database == "" {
+		sp.database = sp.user
+	}
+	if _, ok := sp.params["client_encoding"]; !ok {
+		sp.params["client_encoding"] = defaultClientEncoding
+	}
+	return sp, nil
 }
 
 // handshake is the startup phase of one client connection.
@@ -229,41 +296,17 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 			return nil, nil
 		}
 	}
-	var user, database string
-	params := map[string]string{}
-	for _, p := range req.params {
-		name := strings.ToLower(p.name)
-		switch name {
-		case "user":
-			user = p.value
-		case "database":
-			database = p.value
-		case "replication":
-			s.metrics.connections.WithLabelValues("refused_parameter").Inc()
-			return nil, fatal("28000", "replication connections are not allowed through custos")
-		case "options":
-			s.metrics.connections.WithLabelValues("refused_parameter").Inc()
-			return nil, fatalHint("28000", "startup option settings (-c, PGOPTIONS) are not allowed through custos",
-				"Run SET after connecting instead; policy sees it there.")
-		case "fallback_application_name":
-			if _, ok := params["application_name"]; !ok {
-				params["application_name"] = p.value
-			}
-		default:
-			canon, ok := allowedParams[name]
-			if !ok {
-				s.metrics.connections.WithLabelValues("refused_parameter").Inc()
-				return nil, fatal("28000", fmt.Sprintf("startup parameter %q is not allowed through custos", p.name))
-			}
-			params[canon] = p.value
+	sp, err := checkStartupParams(req.params)
+	if err != nil {
+		var pe *paramError
+		if errors.As(err, &pe) {
+			s.metrics.connections.WithLabelValues(pe.label).Inc()
+			hs.log.Warn("connection refused", "reason", pe.label, "error", pe.err)
+			return nil, pe.err
 		}
+		return nil, err
 	}
-	if user == "" {
-		return nil, fatal("28000", "no PostgreSQL user name specified in startup packet")
-	}
-	if database == "" {
-		database = user
-	}
+	user, database, params := sp.user, sp.database, sp.params
 	log := hs.log.With("user", user, "database", database)
 	// event reports this connection's authentication and session start.
 	event := func(kind SessionEventKind, reason string, p *authn.Principal, ss *session, err error) error {
@@ -299,7 +342,6 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 	}
 
 	var token string
-	var err error
 	if s.opts.Listener.OAuthBearer {
 		token, err = hs.oauthBearer(ctx)
 	} else {
@@ -363,6 +405,14 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		ss.log.Error("upstream login failed", "error", err)
 		_ = event(SessionRefused, "upstream_failed", principal, ss, err)
 		return nil, upstreamError(up.res.Name, err)
+	}
+	if err := checkReportedEncoding(hj.ParameterStatuses["client_encoding"], params["client_encoding"]); err != nil {
+		_ = hj.Conn.Close()
+		s.releaseSession(ss)
+		s.metrics.connections.WithLabelValues("unsafe_encoding").Inc()
+		ss.log.Error("connection refused", "reason", "unsafe_encoding", "client_encoding", hj.ParameterStatuses["client_encoding"], "error", err)
+		_ = event(SessionRefused, "unsafe_encoding", principal, ss, err)
+		return nil, unsafeEncodingError(err)
 	}
 	ss.attachUpstream(hj)
 	if err := s.activateSession(ss); err != nil {

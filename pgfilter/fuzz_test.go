@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -120,6 +121,119 @@ func FuzzBindParams(f *testing.F) {
 			if (p == nil) != (params[i+1] == nil) || !bytes.Equal(p, params[i+1]) {
 				t.Fatalf("parameter %d = %q, want %q", i, params[i+1], p)
 			}
+		}
+	})
+}
+
+// serverEncodingModel resolves an encoding name the way PostgreSQL's C
+// pg_char_to_encoding does, given whether the server's locale calls a
+// byte of 0x80 or above alphanumeric (isalnum depends on LC_CTYPE): ""
+// for a name it does not know.
+func serverEncodingModel(name string, highAlnum bool) string {
+	if i := strings.IndexByte(name, 0); i >= 0 {
+		name = name[:i] // a C string ends at NUL
+	}
+	if name == "" || len(name) >= 64 {
+		return ""
+	}
+	var key []byte
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case c >= 'A' && c <= 'Z':
+			key = append(key, c+'a'-'A')
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c >= 0x80 && highAlnum:
+			key = append(key, c)
+		}
+	}
+	return encodingAliases[string(key)]
+}
+
+// FuzzEncodingName checks the encoding name canonicaliser against a model
+// of the server's resolution: whatever the server's locale, a name custos
+// accepts resolves on the server to the same encoding, and custos never
+// accepts a name the server resolves to an encoding it would refuse.
+func FuzzEncodingName(f *testing.F) {
+	for _, s := range []string{"UTF8", "utf-8", "Shift_JIS", "SJIS", "s\xe9jis", "sj\x00is", "u.t.f.8", "win932", "MS_Kanji",
+		"latin1", "gb-18030", strings.Repeat("_", 59) + "utf8", strings.Repeat("_", 60) + "utf8", "UNICODE", "\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		got, ok := canonicalEncoding(name)
+		lo, hi := serverEncodingModel(name, false), serverEncodingModel(name, true)
+		if ok {
+			if got != lo || got != hi {
+				t.Fatalf("custos resolves %q to %s, the server to %q (C locale) / %q (8-bit locale)", name, got, lo, hi)
+			}
+		}
+		if _, err := safeClientEncoding(name); err == nil {
+			if !ok || !safeEncodingSet[lo] {
+				t.Fatalf("%q accepted, resolves to %q on the server", name, lo)
+			}
+		}
+		ascii := true
+		for i := 0; i < len(name); i++ {
+			ascii = ascii && name[i] != 0 && name[i] < 0x80
+		}
+		if ascii && got != lo {
+			t.Fatalf("ASCII name %q: custos %q, server %q", name, got, lo)
+		}
+	})
+}
+
+// FuzzStartupParams runs arbitrary startup packets through the decoder and
+// the parameter checks the proxy runs before authentication: no panic, and
+// what passes names an allowed parameter set with a safe client encoding,
+// the one the server would resolve the client's name to.
+func FuzzStartupParams(f *testing.F) {
+	f.Add(startupBytes(f, protocolVersion30, "user", "alice", "database", "payments"))
+	f.Add(startupBytes(f, protocolVersion30, "user", "alice", "client_encoding", "SJIS"))
+	f.Add(startupBytes(f, protocolVersion30, "user", "alice", "client_encoding", "latin-1"))
+	f.Add(startupBytes(f, protocolVersion30, "user", "alice", "CLIENT_ENCODING", "utf8", "client_encoding", "win932"))
+	f.Add(startupBytes(f, protocolVersion30, "user", "alice", "options", "-c client_encoding=BIG5"))
+	f.Add(startupBytes(f, protocolVersion30, "user", "alice", "application_name", "x", "timezone", "UTC"))
+	allowed := map[string]bool{"client_encoding": true, "application_name": true}
+	for _, canon := range allowedParams {
+		allowed[canon] = true
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		pkt, err := readStartupPacket(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		req, err := parseStartupPacket(pkt)
+		if err != nil || req.code>>16 != 3 {
+			return
+		}
+		sp, err := checkStartupParams(req.params)
+		if err != nil {
+			var pe *paramError
+			var ce *clientError
+			if !errors.As(err, &pe) || !errors.As(err, &ce) || ce.resp.Severity != "FATAL" {
+				t.Fatalf("refusal %v is not a FATAL for the client", err)
+			}
+			return
+		}
+		if sp.user == "" || sp.database == "" {
+			t.Fatalf("accepted without user/database: %+v", sp)
+		}
+		for k := range sp.params {
+			if !allowed[k] {
+				t.Fatalf("parameter %q passed upstream", k)
+			}
+		}
+		enc := sp.params["client_encoding"]
+		if !safeEncodingSet[enc] {
+			t.Fatalf("client_encoding %q passed upstream", enc)
+		}
+		last := ""
+		for _, p := range req.params {
+			if strings.EqualFold(p.name, "client_encoding") {
+				last = p.value
+			}
+		}
+		if last != "" && serverEncodingModel(last, false) != enc {
+			t.Fatalf("client asked for %q, the server resolves it to %q, custos pinned %q", last, serverEncodingModel(last, false), enc)
 		}
 	})
 }

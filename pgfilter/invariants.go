@@ -2,6 +2,7 @@ package pgfilter
 
 import (
 	"slices"
+	"strings"
 
 	"github.com/custos-dev/custos/internal/policy"
 	"github.com/custos-dev/custos/internal/sqlclass"
@@ -22,17 +23,38 @@ func invariantDenial(stmts []sqlclass.Statement) *policy.Decision {
 	return &policy.Decision{ID: policy.NewDecisionID(), Allow: false, Reasons: reasons}
 }
 
+// Reasons of custos' own refusals.
+const (
+	reasonClientEncoding = "changing client_encoding is not allowed through custos; set it when connecting (PGCLIENTENCODING, client_encoding)"
+	reasonAnySetting     = "set_config with a setting name that is not a constant is not allowed through custos (it could change client_encoding)"
+	reasonPgSettings     = "writing pg_settings is not allowed through custos (it runs set_config; it could change client_encoding); use SET"
+)
+
 func appendInvariantReasons(reasons []string, st *sqlclass.Statement, depth int) []string {
 	if st == nil || depth > 4 {
 		return reasons
+	}
+	add := func(r string) {
+		if !slices.Contains(reasons, r) {
+			reasons = append(reasons, r)
+		}
 	}
 	// custos classifies the bytes as the session's client encoding, which
 	// it pins at startup to one whose multibyte characters never hold an
 	// ASCII byte; changing it would let a statement hide in a string.
 	if slices.Contains(st.Settings, "client_encoding") {
-		const r = "changing client_encoding is not allowed through custos; set it when connecting (PGCLIENTENCODING, client_encoding)"
-		if !slices.Contains(reasons, r) {
-			reasons = append(reasons, r)
+		add(reasonClientEncoding)
+	}
+	// set_config(name, ...) with a computed name may be client_encoding.
+	if slices.Contains(st.Settings, "*") {
+		add(reasonAnySetting)
+	}
+	// UPDATE pg_settings SET setting = ... runs set_config for the rows
+	// its WHERE clause picks.
+	for _, t := range st.Writes {
+		if t == "pg_settings" || strings.HasSuffix(t, ".pg_settings") {
+			add(reasonPgSettings)
+			break
 		}
 	}
 	reasons = appendInvariantReasons(reasons, st.Explains, depth+1)

@@ -339,7 +339,9 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 				return ss.readErr(d, err)
 			}
 			if d == ServerToClient {
-				ss.serverControl(typ, body, &lastTxStatus)
+				if err := ss.serverControl(typ, body, &lastTxStatus); err != nil {
+					return err
+				}
 			}
 			m.Type, m.Body = typ, body
 			verdict := Forward
@@ -364,15 +366,18 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 			if err != nil {
 				return ss.writeErr(d, err)
 			}
-		case d == ServerToClient && (typ == 'Z' || typ == 'A'):
+		case d == ServerToClient && (typ == 'Z' || typ == 'A' || typ == 'S'):
 			// ReadyForQuery tells whether the session is idle; a
 			// notification the session sent itself carries the upstream
-			// pid, which the client knows as custos' key instead.
+			// pid, which the client knows as custos' key instead; a
+			// ParameterStatus may report a new client encoding.
 			body, err := src.body(typ, n)
 			if err != nil {
 				return ss.readErr(d, err)
 			}
-			ss.serverControl(typ, body, &lastTxStatus)
+			if err := ss.serverControl(typ, body, &lastTxStatus); err != nil {
+				return err
+			}
 			dstMu.Lock()
 			err = dst.write(typ, body)
 			if err == nil && !src.buffered() {
@@ -427,9 +432,10 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 	}
 }
 
-// serverControl notes the transaction status of a ReadyForQuery and gives
-// a session's own notifications the process id the client knows.
-func (ss *session) serverControl(typ byte, body []byte, txStatus *byte) {
+// serverControl notes the transaction status of a ReadyForQuery, gives a
+// session's own notifications the process id the client knows, and ends
+// the session when the server reports an unsafe client encoding.
+func (ss *session) serverControl(typ byte, body []byte, txStatus *byte) error {
 	switch typ {
 	case 'Z':
 		if len(body) == 1 {
@@ -439,7 +445,10 @@ func (ss *session) serverControl(typ byte, body []byte, txStatus *byte) {
 		if len(body) >= 4 && binary.BigEndian.Uint32(body) == ss.upstreamPID {
 			binary.BigEndian.PutUint32(body, ss.keyPID)
 		}
+	case 'S':
+		return ss.checkParameterStatus(body)
 	}
+	return nil
 }
 
 // refuseOversized reads and drops a client message over the size limit,

@@ -111,7 +111,7 @@ var cases = []tc{
 	{q: "SELECT set_config('search_path', 'x', false)", w: want{cmd: "SELECT", funcs: s("set_config"), flags: s(FlagSideEffectFunction), settings: s("search_path")}},
 	{q: "SELECT set_config('transaction_read_only', 'off', false)", w: want{cmd: "SELECT", funcs: s("set_config"), flags: s(FlagDangerousFunction, FlagSetsReadOnly, FlagSideEffectFunction), settings: s("transaction_read_only")}},
 	{q: "SELECT pg_catalog.set_config('role', 'admin', false)", w: want{cmd: "SELECT", funcs: s("pg_catalog.set_config"), flags: s(FlagDangerousFunction, FlagSetRole, FlagSideEffectFunction), settings: s("role")}},
-	{q: "SELECT set_config($1, 'x', false)", w: want{cmd: "SELECT", funcs: s("set_config"), flags: s(FlagDangerousFunction, FlagSetRole, FlagSetsReadOnly, FlagSideEffectFunction), settings: none}},
+	{q: "SELECT set_config($1, 'x', false)", w: want{cmd: "SELECT", funcs: s("set_config"), flags: s(FlagDangerousFunction, FlagSetRole, FlagSetsReadOnly, FlagSideEffectFunction), settings: s("*")}},
 	{q: "SELECT my_func(pan) FROM cards", w: want{cmd: "SELECT", reads: s(cards), funcs: s("my_func"), flags: s(FlagUnknownFunction), cols: s("public.cards.pan:function")}},
 	{q: "SELECT public.lower(name) FROM cards", w: want{cmd: "SELECT", reads: s(cards), funcs: s("public.lower"), flags: s(FlagUnknownFunction)}},
 	{q: "SELECT lower(name), now(), pg_catalog.upper(name), coalesce(name, ''), EXTRACT(year FROM created) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("extract", "lower", "now", "pg_catalog.upper"), cols: s("public.cards.created:function", "public.cards.name:function")}},

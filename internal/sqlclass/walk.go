@@ -1088,13 +1088,14 @@ func (w *walker) function(fc *pg_query.FuncCall) (string, string) {
 }
 
 // setConfig records the setting set_config changes. A name that is not a constant could be
-// any setting, role included: that is dangerous.
+// any setting, role included: that is dangerous, and recorded as the setting "*".
 func (w *walker) setConfig(fc *pg_query.FuncCall) {
 	if len(fc.Args) == 0 {
 		return
 	}
 	c := fc.Args[0].GetAConst()
 	if c == nil || c.GetSval() == nil {
+		w.setting("*")
 		w.flag(FlagDangerousFunction)
 		w.flag(FlagSetRole)
 		w.flag(FlagSetsReadOnly)
