@@ -78,13 +78,13 @@ http_json_paths := config.http_json_paths if configured_json_paths
 
 http_json_paths := {sprintf("$..%s", [column]): strictest(strategies) |
 	some column in cardholder_columns
-	strategies := {s | some columns in config.cardholder_tables; s := columns[column]}
+	strategies := {s | some columns in cardholder_tables; s := columns[column]}
 } if not configured_json_paths
 
 configured_json_paths if is_object(config.http_json_paths)
 
 cardholder_columns contains column if {
-	some columns in config.cardholder_tables
+	some columns in cardholder_tables
 	some column, _ in columns
 }
 

@@ -361,7 +361,7 @@ cardholder_column_uses contains [table, column, usage] if {
 cardholder_column_uses contains [table, column, usage] if {
 	some ["", column, usages, _] in statement_columns
 	column != "*"
-	some table, columns in config.cardholder_tables
+	some table, columns in cardholder_tables
 	columns[column]
 	some usage in usages
 }
@@ -369,13 +369,13 @@ cardholder_column_uses contains [table, column, usage] if {
 cardholder_column_uses contains [table, "*", usage] if {
 	some ["", "*", usages, i] in statement_columns
 	some table in nodes[i].reads
-	config.cardholder_tables[table]
+	cardholder_tables[table]
 	some usage in usages
 }
 
-cardholder_column(table, "*") if config.cardholder_tables[table]
+cardholder_column(table, "*") if cardholder_tables[table]
 
-cardholder_column(table, column) if config.cardholder_tables[table][column]
+cardholder_column(table, column) if cardholder_tables[table][column]
 
 # ---------------------------------------------------------------------------
 # Effects: anything that writes or has a side effect needs approval, whatever
@@ -531,12 +531,12 @@ touched_tables contains table if {
 # table that share a cardholder-data column's name.
 mask_rules contains [column, strategy] if {
 	some table in touched_tables
-	some column, strategy in config.cardholder_tables[table]
+	some column, strategy in cardholder_tables[table]
 }
 
 mask_rules contains [column, strategy] if {
 	some ["", column, _, _] in statement_columns
-	some columns in config.cardholder_tables
+	some columns in cardholder_tables
 	strategy := columns[column]
 }
 

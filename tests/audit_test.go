@@ -345,15 +345,15 @@ func TestAuditNoPANAnywhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	var n int
-	if err := c.QueryRow(ctx, "SELECT count(*) FROM customers WHERE note = $1", "5105 1051 0510 5100").Scan(&n); err != nil {
+	if err := c.QueryRow(ctx, "SELECT count(*) FROM customers WHERE email = $1", "5105 1051 0510 5100").Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	_ = c.Close(ctx)
 
-	// A write with a card number in it (into free text, where they leak),
+	// A write with a card number in it (into a free-text column discovery has not flagged yet; customers.note it has, and agents may not write it),
 	// parked and approved by bob; then read back, masked.
 	ins := exec.Command(psql, "-X", "--no-password", "-d", conn, "-c",
-		"UPDATE customers SET note = 'new card 4111 1111 1111 1111, cvv 999' WHERE id = 2")
+		"UPDATE customers SET name = 'new card 4111 1111 1111 1111, cvv 999' WHERE id = 2")
 	ins.Env = clientEnviron("PGPASSWORD=" + alice)
 	insOut := &lockedBuffer{}
 	ins.Stdout, ins.Stderr = insOut, insOut
@@ -388,7 +388,7 @@ func TestAuditNoPANAnywhere(t *testing.T) {
 	if err := <-insDone; err != nil || !strings.Contains(insOut.String(), "UPDATE 1") {
 		t.Fatalf("the approved INSERT: %v\n%s", err, insOut)
 	}
-	if r := psqlRun("SELECT note FROM customers WHERE id = 2"); r.code != 0 || !strings.Contains(r.stdout, "**** **** **** 1111") {
+	if r := psqlRun("SELECT name FROM customers WHERE id = 2"); r.code != 0 || !strings.Contains(r.stdout, "**** **** **** 1111") {
 		t.Fatalf("reading the note back: %s", r)
 	}
 	p.stop(t)
@@ -405,11 +405,11 @@ func TestAuditNoPANAnywhere(t *testing.T) {
 			continue
 		}
 		switch q := attrString(r, audit.AttrDBQueryText); {
-		case strings.HasPrefix(q, "UPDATE customers SET note"):
+		case strings.HasPrefix(q, "UPDATE customers SET name"):
 			insert = r
 		case strings.HasPrefix(q, "SELECT id, holder, pan, cvv FROM cards"):
 			selectRows = r
-		case strings.HasPrefix(q, "SELECT count(*) FROM customers WHERE note = $1"):
+		case strings.HasPrefix(q, "SELECT count(*) FROM customers WHERE email = $1"):
 			param = r
 		}
 	}

@@ -243,8 +243,13 @@ func TestServeAudit(t *testing.T) {
 	if len(recs) < 8 || recs[0].EventName != "custos.audit.started" || recs[len(recs)-1].EventName != "custos.audit.stopped" {
 		t.Fatalf("journal does not run from started to stopped: %q", names(recs))
 	}
-	if len(find(recs, "custos.policy.loaded", map[string]any{"custos.policy.source": "embedded"})) != 1 {
-		t.Errorf("no policy load recorded: %q", names(recs))
+	// The first load, and the load with the discovery pass's columns.
+	if len(find(recs, "custos.policy.loaded", map[string]any{"custos.policy.source": "embedded"})) != 2 {
+		t.Errorf("policy loads: %q", names(recs))
+	}
+	disc := find(recs, "custos.discovery.completed", map[string]any{"custos.resource": "payments-db", "custos.outcome": "success"})
+	if len(disc) != 1 || !strings.Contains(fmt.Sprint(disc[0].Attributes["custos.discovery.columns"]), "public.customers.note") {
+		t.Errorf("discovery record: %+v in %q", disc, names(recs))
 	}
 	failed := find(recs, "custos.auth.failed", map[string]any{"user.id": "alice", "error.type": "malformed", "custos.outcome": "failure", "client.address": "127.0.0.1"})
 	if len(failed) != 1 || failed[0].Attributes["custos.error"] == "" || failed[0].Severity != 13 {

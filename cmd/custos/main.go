@@ -43,6 +43,7 @@ commands:
   audit    verify, export, evidence bundle, or print the verifier key of the audit journal (--data-dir)
   replay   play a Postgres session back from the audit journal (SESSION_ID, --speed, --rows, --format)
   xds      dump: print the Envoy configuration a config file serves (--config)
+  discover find card numbers in columns not declared cardholder data (--config or --dsn)
   version  print the version
 `
 
@@ -71,6 +72,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runReplay(ctx, rest, stdout, stderr)
 	case "xds":
 		return runXDS(ctx, rest, stdout, stderr)
+	case "discover":
+		return runDiscover(ctx, rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "custos", version)
 		return nil

@@ -30,6 +30,7 @@ import (
 	"github.com/custos-dev/custos/internal/approvalapi"
 	"github.com/custos-dev/custos/internal/authn"
 	"github.com/custos-dev/custos/internal/config"
+	"github.com/custos-dev/custos/internal/discover"
 	"github.com/custos-dev/custos/internal/mask"
 	"github.com/custos-dev/custos/internal/policy"
 	"github.com/custos-dev/custos/internal/sqlclass"
@@ -115,6 +116,8 @@ type gateway struct {
 	approvals *approvals
 	audit     *auditor
 	tracing   *tracing
+	// discovery finds card numbers in undeclared columns (nil when off).
+	discovery *discover.Runner
 	ready     atomic.Bool
 }
 
@@ -231,6 +234,7 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		return nil, err
 	}
 	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng, approvals: apr, audit: aud, tracing: tr}
+	gw.discovery = newDiscoverer(cfg, eng, log.With("component", "discovery"), aud.discoveryEvent)
 	if lns.grpc != nil {
 		gw.grpc = grpc.NewServer(gatewayGRPCOptions(tr)...)
 		gw.health = health.NewServer()
@@ -303,6 +307,12 @@ func (g *gateway) readyz(w http.ResponseWriter, r *http.Request) {
 
 // serve runs until ctx is done, then shuts down gracefully.
 func (g *gateway) serve(ctx context.Context) error {
+	// Cardholder data found in undeclared columns is protected before the
+	// first session (up to discovery.start_wait).
+	rediscover := make(chan struct{}, 1)
+	if g.discovery != nil {
+		g.discovery.Start(ctx, rediscover)
+	}
 	errc := make(chan error, 3)
 	var wg sync.WaitGroup
 	start := func(name string, f func() error) {
@@ -345,6 +355,10 @@ func (g *gateway) serve(ctx context.Context) error {
 				case <-hup:
 					if err := g.policy.Reload(ctx); err == nil {
 						g.log.Info("policy reloaded on SIGHUP", "version", g.policy.Version())
+					}
+					select {
+					case rediscover <- struct{}{}:
+					default: // a pass is due already
 					}
 				}
 			}

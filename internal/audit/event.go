@@ -43,6 +43,7 @@ const (
 	EventAuditStopped      = "custos.audit.stopped"
 	EventAuditBacklog      = "custos.audit.export_backlog"
 	EventControlFailure    = "custos.control.failure"
+	EventDiscovery         = "custos.discovery.completed"
 )
 
 // Attribute keys. The first group are OpenTelemetry semantic conventions

@@ -37,6 +37,8 @@ type Config struct {
 	XDS XDS `yaml:"xds"`
 	// Audit is the audit journal.
 	Audit Audit `yaml:"audit"`
+	// Discovery finds card numbers in columns not declared cardholder data.
+	Discovery Discovery `yaml:"discovery"`
 }
 
 // Audit configures the audit journal (DATA_DIR/audit): every
@@ -405,6 +407,7 @@ func Parse(r io.Reader) (*Config, error) {
 
 // ApplyDefaults fills unset fields with their defaults.
 func (c *Config) ApplyDefaults() {
+	c.Discovery.applyDefaults()
 	if c.DataDir == "" {
 		c.DataDir = ".custos"
 	}
@@ -541,6 +544,7 @@ func (c *Config) Validate() error {
 			add(field, "%q is not host:port", addr)
 		}
 	}
+	c.Discovery.validate(add)
 	pl := c.Listeners.Postgres
 	checkAddr("listeners.postgres.address", pl.Address, true)
 	checkAddr("listeners.grpc.address", c.Listeners.GRPC.Address, false)

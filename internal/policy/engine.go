@@ -11,6 +11,8 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,6 +86,9 @@ type Engine struct {
 	cur atomic.Pointer[version]
 
 	reloadMu sync.Mutex
+	// runtime are data documents set with SetData, loaded with the
+	// policy's own files (reloadMu guards it).
+	runtime map[string]source
 	// failedHash is the hash of the sources that last failed to load, so
 	// that Watch does not retry (and log) the same broken files every tick.
 	failedHash string
@@ -140,6 +145,7 @@ func (e *Engine) Reload(ctx context.Context) error {
 	srcs, err := readSources(fsys)
 	hash := ""
 	if err == nil {
+		srcs = e.withRuntime(srcs)
 		hash = hashSources(srcs)
 		err = e.install(ctx, srcs, hash)
 	}
@@ -163,6 +169,62 @@ func (e *Engine) Reload(ctx context.Context) error {
 	e.log.Info("policy loaded", attrs...)
 	e.onReload(ReloadEvent{Source: from, Version: e.cur.Load().id, Previous: versionID(prev), Files: len(srcs)})
 	return nil
+}
+
+// SetData puts doc at data path dir (slash separated, e.g.
+// "custos/discovered") beside the policy's own files and reloads the
+// policy with it; the policy version changes with the data. The document
+// stays through later reloads until replaced. A document that conflicts
+// with the policy's files fails the reload: the previous version (and
+// data) keep serving and the error is returned.
+func (e *Engine) SetData(ctx context.Context, dir string, doc any) error {
+	dir = strings.Trim(dir, "/")
+	if dir == "" || strings.Contains(dir, "..") {
+		return fmt.Errorf("%w: data path %q", ErrInvalidPolicy, dir)
+	}
+	raw, err := json.Marshal(doc)
+	if err != nil {
+		return fmt.Errorf("%w: data at %s: %w", ErrInvalidPolicy, dir, err)
+	}
+	e.reloadMu.Lock()
+	old, had := e.runtime[dir]
+	if e.runtime == nil {
+		e.runtime = map[string]source{}
+	}
+	e.runtime[dir] = source{path: dir + "/" + runtimeDataFile, data: raw}
+	e.reloadMu.Unlock()
+	if err := e.Reload(ctx); err != nil {
+		e.reloadMu.Lock()
+		if had {
+			e.runtime[dir] = old
+		} else {
+			delete(e.runtime, dir)
+		}
+		e.reloadMu.Unlock()
+		return err
+	}
+	return nil
+}
+
+// runtimeDataFile names SetData's documents among the policy's files.
+const runtimeDataFile = "runtime-data.json"
+
+// withRuntime appends the SetData documents to the files read, in path
+// order so the version hash does not depend on map order.
+func (e *Engine) withRuntime(srcs []source) []source {
+	if len(e.runtime) == 0 {
+		return srcs
+	}
+	dirs := make([]string, 0, len(e.runtime))
+	for d := range e.runtime {
+		dirs = append(dirs, d)
+	}
+	sort.Strings(dirs)
+	out := append([]source(nil), srcs...)
+	for _, d := range dirs {
+		out = append(out, e.runtime[d])
+	}
+	return out
 }
 
 func (e *Engine) onReload(ev ReloadEvent) {
@@ -220,8 +282,8 @@ func (e *Engine) Watch(ctx context.Context) {
 			continue
 		}
 		lastErr = ""
-		hash := hashSources(srcs)
 		e.reloadMu.Lock()
+		hash := hashSources(e.withRuntime(srcs))
 		stale := hash != e.cur.Load().hash && hash != e.failedHash
 		e.reloadMu.Unlock()
 		if stale {
