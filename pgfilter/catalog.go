@@ -157,6 +157,8 @@ func (c *catalog) connect(ctx context.Context) error {
 	cfg := c.up.cfg.Copy()
 	cfg.Password = password
 	cfg.RuntimeParams["application_name"] = "custos catalog"
+	// Names come back in this encoding whatever the role or database default says.
+	cfg.RuntimeParams["client_encoding"] = "UTF8"
 	if c.conn, err = pgconn.ConnectConfig(ctx, cfg); err != nil {
 		return fmt.Errorf("catalog connection: %w", err)
 	}

@@ -24,5 +24,6 @@ func UpstreamConfig(res *config.Resource) (*pgconn.Config, error) {
 	}
 	cfg.Password = password
 	cfg.RuntimeParams["application_name"] = "custos discovery"
+	cfg.RuntimeParams["client_encoding"] = "UTF8"
 	return cfg, nil
 }
