@@ -376,3 +376,52 @@ func TestProxyProtocolClients(t *testing.T) {
 		t.Errorf("the LOCAL header's session does not have the proxy's address: %v", addrs)
 	}
 }
+
+// TestServeProxied: one server, two listeners (as `custos dev` runs
+// them): the direct one takes clients, the proxied one only connections
+// from its trusted proxies with a PROXY header, carrying the client.
+func TestServeProxied(t *testing.T) {
+	t.Parallel()
+	var se sessionEvents
+	env := pgfiltertest.Start(t, pgfiltertest.Options{OnSessionEvent: se.add})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() {
+		served <- env.Server.ServeProxied(ln, []netip.Prefix{netip.MustParsePrefix(proxyIP + "/32")})
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		if err := <-served; err == nil {
+			t.Error("ServeProxied returned nil")
+		}
+	})
+	if err := env.Server.ServeProxied(ln, nil); err == nil {
+		t.Error("ServeProxied without trusted proxies accepted")
+	}
+	tok := env.Token(t, "alice", "agents")
+	fwd := pgfiltertest.StartForwarder(t, pgfiltertest.ForwarderOptions{Target: ln.Addr().String(), LocalIP: proxyIP, Source: netip.MustParseAddrPort(remoteClient)})
+	c := connect(t, env.ConnStringVia(fwd.Addr, "alice", tok))
+	if _, err := c.Exec(context.Background(), "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	direct := connect(t, env.ConnString("alice", tok))
+	if _, err := direct.Exec(context.Background(), "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	if e := connectErr(t, env.ConnStringVia(ln.Addr().String(), "alice", tok, "sslmode=disable")); e.Code != "08004" {
+		t.Fatalf("direct client on the proxied listener: %s %s", e.Code, e.Message)
+	}
+	var fromRemote, fromLoopback bool
+	for _, ev := range se.list() {
+		if ev.Kind == pgfilter.SessionOpened {
+			fromRemote = fromRemote || ev.ClientAddr == remoteClient
+			fromLoopback = fromLoopback || strings.HasPrefix(ev.ClientAddr, "127.0.0.1:")
+		}
+	}
+	if !fromRemote || !fromLoopback {
+		t.Fatalf("sessions: %+v", se.list())
+	}
+}

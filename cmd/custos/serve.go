@@ -69,6 +69,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 // known to whoever needs them (the dev issuer's URL, dev.env).
 type listeners struct {
 	pg, grpc, admin net.Listener
+	// pgEnvoy (dev only) is a second Postgres listener that only the
+	// local Envoy reaches: PROXY protocol required from loopback.
+	pgEnvoy net.Listener
 }
 
 func listen(cfg *config.Config) (*listeners, error) {
@@ -93,7 +96,7 @@ func listen(cfg *config.Config) (*listeners, error) {
 }
 
 func (l *listeners) close() {
-	for _, ln := range []net.Listener{l.pg, l.grpc, l.admin} {
+	for _, ln := range []net.Listener{l.pg, l.grpc, l.admin, l.pgEnvoy} {
 		if ln != nil {
 			_ = ln.Close()
 		}
@@ -303,7 +306,7 @@ func (g *gateway) readyz(w http.ResponseWriter, r *http.Request) {
 
 // serve runs until ctx is done, then shuts down gracefully.
 func (g *gateway) serve(ctx context.Context) error {
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	var wg sync.WaitGroup
 	start := func(name string, f func() error) {
 		wg.Add(1)
@@ -320,6 +323,14 @@ func (g *gateway) serve(ctx context.Context) error {
 		}
 		return nil
 	})
+	if g.lns.pgEnvoy != nil {
+		start("pgfilter-envoy", func() error {
+			if err := g.pg.ServeProxied(g.lns.pgEnvoy, devEnvoyProxies); !errors.Is(err, pgfilter.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	if g.grpc != nil {
 		start("grpc", func() error { return g.grpc.Serve(g.lns.grpc) })
 		g.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
