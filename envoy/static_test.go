@@ -236,7 +236,7 @@ func checkPostgres(t *testing.T, l *listenerv3.Listener) {
 	var pg postgresv3alpha.PostgresProxy
 	unpack(t, fs[1].GetTypedConfig(), &pg)
 	if pg.GetDownstreamSsl() != postgresv3alpha.PostgresProxy_DISABLE || pg.GetUpstreamSsl() != postgresv3alpha.PostgresProxy_DISABLE ||
-		pg.GetTerminateSsl() || l.GetFilterChains()[0].GetTransportSocket() != nil {
+		pg.GetTerminateSsl() || l.GetFilterChains()[0].GetTransportSocket() != nil { //nolint:staticcheck // deprecated, and still terminates TLS when set
 		t.Errorf("postgres_proxy touches TLS: %v", &pg)
 	}
 	var tcp tcpproxyv3.TcpProxy

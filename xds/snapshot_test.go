@@ -249,7 +249,7 @@ func TestSnapshotPostgresListener(t *testing.T) {
 	// The client's SSLRequest and TLS pass through to custos.
 	pg := unpack[*postgresv3alpha.PostgresProxy](t, fs[1].GetTypedConfig())
 	if pg.GetDownstreamSsl() != postgresv3alpha.PostgresProxy_DISABLE || pg.GetUpstreamSsl() != postgresv3alpha.PostgresProxy_DISABLE ||
-		pg.GetTerminateSsl() || l.GetFilterChains()[0].GetTransportSocket() != nil {
+		pg.GetTerminateSsl() || l.GetFilterChains()[0].GetTransportSocket() != nil { //nolint:staticcheck // deprecated, and still terminates TLS when set
 		t.Errorf("postgres_proxy touches TLS: %v, filter chain transport socket %v", pg, l.GetFilterChains()[0].GetTransportSocket())
 	}
 	tcp := unpack[*tcpproxyv3.TcpProxy](t, fs[2].GetTypedConfig())
