@@ -209,6 +209,21 @@ func TestProxyProtocolRefusals(t *testing.T) {
 			}
 		})
 	}
+	// A header that stops halfway is not waited for past its deadline.
+	t.Run("stalled", func(t *testing.T) {
+		t.Parallel()
+		c := dialFrom(t, proxyIP, env.Addr)
+		if _, err := c.Write(good[:20]); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		if e := refusal(t, c); e.Code != "08P01" {
+			t.Fatalf("code %s (%s)", e.Code, e.Message)
+		}
+		if d := time.Since(start); d > 8*time.Second {
+			t.Fatalf("refused after %v", d)
+		}
+	})
 	// Real clients: straight to the listener, and through a proxy that
 	// sends no header.
 	t.Run("clients", func(t *testing.T) {
