@@ -453,6 +453,17 @@ func TestCustosConfig(t *testing.T) {
 			t.Errorf("Envoy cluster %s calls %s, custos listens on %s", cluster, clusterAddr[cluster], listener)
 		}
 	}
+	// Envoy sends the PROXY protocol to pgfilter, from the stack's network.
+	pl := cfg.Listeners.Postgres
+	trusted, err := pl.TrustedProxyPrefixes()
+	if pl.ProxyProtocol != config.ProxyProtocolRequired || pl.PasswordTransport != config.TransportTLS || err != nil || len(trusted) == 0 {
+		t.Errorf("pgfilter listener: proxy_protocol %q, password_transport %q, trusted %v (%v): want required, tls and Envoy's network", pl.ProxyProtocol, pl.PasswordTransport, trusted, err)
+	}
+	for _, p := range trusted {
+		if !subnet.Contains(p.Addr().AsSlice()) {
+			t.Errorf("trusted proxy %s is outside the stack's network %s", p, subnet)
+		}
+	}
 	routes := envoyRoutes(t, b)
 	for _, hs := range cfg.HTTPServices {
 		rt, ok := routes[xds.ServiceClusterPrefix+hs.Name]

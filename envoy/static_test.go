@@ -18,6 +18,8 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	headermutationv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/early_header_mutation/header_mutation/v3"
+	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
@@ -87,6 +89,9 @@ func checkClusters(t *testing.T, clusters map[string]*clusterv3.Cluster) {
 		if got := fmt.Sprintf("%s:%d", sa.GetAddress(), sa.GetPortValue()); got != addr {
 			t.Errorf("cluster %s: address %s, want %s (the compose service)", name, got, addr)
 		}
+	}
+	if c := clusters[xds.ClusterPgfilter]; c != nil {
+		checkPgfilterProxyProtocol(t, c)
 	}
 	// gRPC needs HTTP/2, said explicitly.
 	for _, name := range []string{xds.ClusterGRPC, "otel-collector"} {
@@ -227,11 +232,37 @@ func checkPostgres(t *testing.T, l *listenerv3.Listener) {
 	if md[envoyctx.HeaderResource] != "payments-db" || md[envoyctx.HeaderResourceType] != envoyctx.TypePostgres {
 		t.Errorf("network ext_authz metadata %v", md)
 	}
-	unpack(t, fs[1].GetTypedConfig(), &postgresv3alpha.PostgresProxy{})
+	// The client's SSLRequest and TLS pass through to custos.
+	var pg postgresv3alpha.PostgresProxy
+	unpack(t, fs[1].GetTypedConfig(), &pg)
+	if pg.GetDownstreamSsl() != postgresv3alpha.PostgresProxy_DISABLE || pg.GetUpstreamSsl() != postgresv3alpha.PostgresProxy_DISABLE ||
+		pg.GetTerminateSsl() || l.GetFilterChains()[0].GetTransportSocket() != nil { //nolint:staticcheck // deprecated, and still terminates TLS when set
+		t.Errorf("postgres_proxy touches TLS: %v", &pg)
+	}
 	var tcp tcpproxyv3.TcpProxy
 	unpack(t, fs[2].GetTypedConfig(), &tcp)
 	if tcp.GetCluster() != xds.ClusterPgfilter {
 		t.Errorf("tcp_proxy to %q", tcp.GetCluster())
+	}
+}
+
+// checkPgfilterProxyProtocol: Envoy names the client to custos with a
+// PROXY protocol v2 header, as the cluster xds serves does, then relays
+// bytes as they are.
+func checkPgfilterProxyProtocol(t *testing.T, c *clusterv3.Cluster) {
+	ts := c.GetTransportSocket()
+	if ts.GetName() != "envoy.transport_sockets.upstream_proxy_protocol" {
+		t.Fatalf("cluster %s: transport socket %q, want the upstream PROXY protocol", c.GetName(), ts.GetName())
+	}
+	var pp proxyprotocolv3.ProxyProtocolUpstreamTransport
+	unpack(t, ts.GetTypedConfig(), &pp)
+	if pp.GetConfig().GetVersion() != corev3.ProxyProtocolConfig_V2 {
+		t.Errorf("PROXY protocol version %v, want V2", pp.GetConfig().GetVersion())
+	}
+	if inner := pp.GetTransportSocket(); inner.GetName() != wellknown.TransportSocketRawBuffer {
+		t.Errorf("wrapped transport socket %q, want raw_buffer", inner.GetName())
+	} else {
+		unpack(t, inner.GetTypedConfig(), &rawbufferv3.RawBuffer{})
 	}
 }
 

@@ -120,6 +120,13 @@ type handshake struct {
 	br   *bufio.Reader
 	tls  bool
 	log  *slog.Logger
+	// proxy is the listener's PROXY protocol policy (nil: direct
+	// clients); clientAddr is the client's address: the peer's, or the
+	// one a trusted proxy's header carried.
+	proxy      *proxyPolicy
+	clientAddr string
+	// deadline ends the startup phase.
+	deadline time.Time
 }
 
 // bufferedConn reads first what a bufio.Reader already holds.
@@ -130,13 +137,14 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-func (s *Server) handle(raw net.Conn) {
+func (s *Server) handle(raw net.Conn, pp *proxyPolicy) {
 	defer s.handlers.Done()
 	clientAddr := raw.RemoteAddr().String()
 	log := s.log.With("client_address", clientAddr)
 	log.Debug("connection opened")
-	hs := &handshake{srv: s, raw: raw, conn: raw, br: bufio.NewReaderSize(raw, 16<<10), log: log}
-	_ = raw.SetDeadline(time.Now().Add(s.opts.StartupTimeout))
+	hs := &handshake{srv: s, raw: raw, conn: raw, br: bufio.NewReaderSize(raw, 16<<10), log: log,
+		proxy: pp, clientAddr: clientAddr, deadline: time.Now().Add(s.opts.StartupTimeout)}
+	_ = raw.SetDeadline(hs.deadline)
 	ss, err := hs.run(context.Background())
 	s.trackConn(raw, false)
 	if err != nil || ss == nil {
@@ -173,9 +181,19 @@ func (hs *handshake) send(msgs ...pgproto3.BackendMessage) error {
 // was fully served (a cancel request).
 func (hs *handshake) run(ctx context.Context) (*session, error) {
 	s := hs.srv
+	if hs.proxy != nil {
+		if err := hs.acceptProxy(); err != nil {
+			return nil, err
+		}
+	}
 	first, err := hs.br.Peek(1)
 	if err != nil {
 		return nil, nil // closed before saying anything
+	}
+	if hs.proxy == nil && (first[0] == proxyV2Sig[0] || first[0] == proxyV1Sig[0]) {
+		s.metrics.connections.WithLabelValues("protocol_error").Inc()
+		hs.log.Warn("PROXY protocol header on a listener without proxy_protocol refused")
+		return nil, fatal("08P01", "unexpected PROXY protocol header: this listener takes clients directly")
 	}
 	if first[0] == 0x16 { // a TLS record: direct TLS (sslnegotiation=direct)
 		if s.opts.TLSConfig == nil {
@@ -310,7 +328,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 	log := hs.log.With("user", user, "database", database)
 	// event reports this connection's authentication and session start.
 	event := func(kind SessionEventKind, reason string, p *authn.Principal, ss *session, err error) error {
-		ev := SessionEvent{Kind: kind, ClientAddr: hs.raw.RemoteAddr().String(), User: user, Database: database,
+		ev := SessionEvent{Kind: kind, ClientAddr: hs.clientAddr, User: user, Database: database,
 			TLS: hs.tls, Principal: p, Reason: reason, Err: err}
 		if up := s.upstreamFor(database); up != nil {
 			ev.Resource = up.res
@@ -325,7 +343,13 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 	}
 
 	if !hs.tls {
-		switch s.opts.Listener.PasswordTransport {
+		transport := s.opts.Listener.PasswordTransport
+		if hs.proxy != nil {
+			// Behind a proxy the peer is the proxy: only TLS from the
+			// client itself protects the token, whatever the setting.
+			transport = config.TransportTLS
+		}
+		switch transport {
 		case config.TransportTLS:
 			s.metrics.authFailures.WithLabelValues("insecure_transport").Inc()
 			log.Warn("authentication failed", "reason", "insecure_transport")
@@ -383,7 +407,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		ID:         newSessionID(),
 		Principal:  principal,
 		Resource:   up.res,
-		ClientAddr: hs.raw.RemoteAddr().String(),
+		ClientAddr: hs.clientAddr,
 		Params:     params,
 		TLS:        hs.tls,
 		Started:    time.Now(),

@@ -9,6 +9,9 @@
 // Startup (one goroutine per connection, bounded by a deadline):
 //
 //	client                         custos                          upstream
+//	  | (behind a proxy: the peer must be a trusted proxy, checked  |
+//	  |  before any read; then a PROXY v1/v2 header, its source the |
+//	  |  client address; a token only over TLS; proxyproto.go)     |
 //	  | SSLRequest ---------------> |  'S' + TLS handshake            |
 //	  |   (bytes sent before the handshake are refused)               |
 //	  | GSSENCRequest ------------> |  'N'                            |

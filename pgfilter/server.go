@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -175,6 +177,8 @@ type Server struct {
 	log       *slog.Logger
 	upstreams map[string]*upstream
 	metrics   *metrics
+	// proxy is Serve's PROXY protocol policy (nil: direct clients).
+	proxy *proxyPolicy
 
 	mu         sync.Mutex
 	listeners  map[net.Listener]struct{}
@@ -219,6 +223,20 @@ func New(opts Options) (*Server, error) {
 	if opts.Listener.PasswordTransport == config.TransportTLS && opts.TLSConfig == nil {
 		return nil, errors.New("pgfilter: password transport tls needs a TLS certificate")
 	}
+	var proxy *proxyPolicy
+	switch opts.Listener.ProxyProtocol {
+	case "", config.ProxyProtocolOff:
+	case config.ProxyProtocolRequired:
+		trusted, err := opts.Listener.TrustedProxyPrefixes()
+		if err != nil {
+			return nil, fmt.Errorf("pgfilter: trusted proxies: %w", err)
+		}
+		if proxy, err = newProxyPolicy(trusted, opts.TLSConfig); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("pgfilter: proxy protocol %q is not off or required", opts.Listener.ProxyProtocol)
+	}
 	s := &Server{
 		opts:       opts,
 		log:        opts.Logger,
@@ -229,6 +247,7 @@ func New(opts Options) (*Server, error) {
 		sessions:   map[*session]struct{}{},
 		perSubject: map[string]int{},
 		cancelKeys: map[uint64]*session{},
+		proxy:      proxy,
 	}
 	for i := range opts.Resources {
 		res := &opts.Resources[i]
@@ -252,8 +271,37 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
-// Serve accepts connections on ln until Shutdown or a listener error.
-func (s *Server) Serve(ln net.Listener) error {
+// newProxyPolicy checks what a listener behind a proxy needs: peers to
+// trust, and a certificate, since its clients may send a token only over
+// TLS.
+func newProxyPolicy(trusted []netip.Prefix, tlsCfg *tls.Config) (*proxyPolicy, error) {
+	if len(trusted) == 0 {
+		return nil, errors.New("pgfilter: the PROXY protocol needs at least one trusted proxy address")
+	}
+	if tlsCfg == nil {
+		return nil, errors.New("pgfilter: a listener behind a proxy needs a TLS certificate: its clients may send a token only over TLS")
+	}
+	return &proxyPolicy{trusted: slices.Clone(trusted)}, nil
+}
+
+// Serve accepts connections on ln until Shutdown or a listener error. With
+// Options.Listener.ProxyProtocol required, every connection must come from
+// a trusted proxy and start with a PROXY protocol header.
+func (s *Server) Serve(ln net.Listener) error { return s.serve(ln, s.proxy) }
+
+// ServeProxied is Serve for a listener only proxies reach, whatever
+// Options.Listener says: every connection must come from an address in
+// trusted and start with a PROXY protocol header (v1 or v2), and its
+// clients may send a token only over TLS.
+func (s *Server) ServeProxied(ln net.Listener, trusted []netip.Prefix) error {
+	pp, err := newProxyPolicy(trusted, s.opts.TLSConfig)
+	if err != nil {
+		return err
+	}
+	return s.serve(ln, pp)
+}
+
+func (s *Server) serve(ln net.Listener, pp *proxyPolicy) error {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -289,7 +337,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			_ = c.Close()
 			continue
 		}
-		go s.handle(c)
+		go s.handle(c, pp)
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
@@ -64,9 +66,47 @@ func (b *builder) grpcCluster(addr string) (*clusterv3.Cluster, *endpointv3.Clus
 }
 
 // pgfilterCluster is custos' Postgres listener; tcp_proxy relays bytes to
-// it unchanged (TLS included: custos terminates it).
+// it unchanged (TLS included: custos terminates it), after a PROXY
+// protocol v2 header naming the client: custos sees Envoy as the peer,
+// and takes the client's address (for its sessions, audit records and
+// policy) only from that header. The listener at xds.pgfilter_address
+// must have proxy_protocol required, trusting Envoy's address.
 func (b *builder) pgfilterCluster(addr string) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment, error) {
-	return newCluster(ClusterPgfilter, addr, custosConnectTimeout)
+	c, eds, err := newCluster(ClusterPgfilter, addr, custosConnectTimeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.TransportSocket, err = proxyProtocolSocket(); err != nil {
+		return nil, nil, err
+	}
+	return c, eds, nil
+}
+
+// transportSocketUpstreamProxyProtocol is Envoy's name for the transport
+// socket that writes a PROXY protocol header before a connection's bytes.
+const transportSocketUpstreamProxyProtocol = "envoy.transport_sockets.upstream_proxy_protocol"
+
+// proxyProtocolSocket writes a PROXY protocol v2 header (no TLVs) and then
+// relays bytes as they are (raw_buffer): the client's TLS passes through.
+func proxyProtocolSocket() (*corev3.TransportSocket, error) {
+	raw, err := toAny(&rawbufferv3.RawBuffer{})
+	if err != nil {
+		return nil, err
+	}
+	pp, err := toAny(&proxyprotocolv3.ProxyProtocolUpstreamTransport{
+		Config: &corev3.ProxyProtocolConfig{Version: corev3.ProxyProtocolConfig_V2},
+		TransportSocket: &corev3.TransportSocket{
+			Name:       wellknown.TransportSocketRawBuffer,
+			ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: raw},
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &corev3.TransportSocket{
+		Name:       transportSocketUpstreamProxyProtocol,
+		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: pp},
+	}, nil
 }
 
 // serviceCluster is an HTTP service's upstream, with TLS per its config.

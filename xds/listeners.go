@@ -60,9 +60,10 @@ const (
 )
 
 // postgresListener is a Postgres resource's TCP listener: network
-// ext_authz when the connection starts, postgres_proxy for statistics,
-// and tcp_proxy to custos' pgfilter, which terminates TLS and decides every
-// statement.
+// ext_authz when the connection starts, postgres_proxy for statistics
+// (passing the client's SSLRequest and TLS through), and tcp_proxy to
+// custos' pgfilter (with a PROXY protocol header), which terminates TLS
+// and decides every statement.
 func (b *builder) postgresListener(r config.Resource) (*listenerv3.Listener, error) {
 	port, ok := b.cfg.XDS.PostgresPorts[r.Name]
 	if !ok {
@@ -79,7 +80,13 @@ func (b *builder) postgresListener(r config.Resource) (*listenerv3.Listener, err
 		TransportApiVersion:    corev3.ApiVersion_V3,
 		IncludePeerCertificate: true,
 	}
-	pg := &postgresv3alpha.PostgresProxy{StatPrefix: r.Name}
+	// The client's TLS goes through to custos untouched: Envoy neither
+	// terminates it (no starttls socket) nor starts its own upstream.
+	pg := &postgresv3alpha.PostgresProxy{
+		StatPrefix:    r.Name,
+		DownstreamSsl: postgresv3alpha.PostgresProxy_DISABLE,
+		UpstreamSsl:   postgresv3alpha.PostgresProxy_DISABLE,
+	}
 	tcp := &tcpproxyv3.TcpProxy{
 		StatPrefix:       r.Name,
 		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: ClusterPgfilter},

@@ -12,15 +12,20 @@ import (
 	"strings"
 	"testing"
 
+	postgresv3alpha "github.com/envoyproxy/go-control-plane/contrib/envoy/extensions/filters/network/postgres_proxy/v3alpha"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	netextauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/ext_authz/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -241,6 +246,12 @@ func TestSnapshotPostgresListener(t *testing.T) {
 	if md[envoyctx.HeaderResource] != "payments-db" || md[envoyctx.HeaderResourceType] != envoyctx.TypePostgres {
 		t.Errorf("ext_authz metadata = %v", md)
 	}
+	// The client's SSLRequest and TLS pass through to custos.
+	pg := unpack[*postgresv3alpha.PostgresProxy](t, fs[1].GetTypedConfig())
+	if pg.GetDownstreamSsl() != postgresv3alpha.PostgresProxy_DISABLE || pg.GetUpstreamSsl() != postgresv3alpha.PostgresProxy_DISABLE ||
+		pg.GetTerminateSsl() || l.GetFilterChains()[0].GetTransportSocket() != nil { //nolint:staticcheck // deprecated, and still terminates TLS when set
+		t.Errorf("postgres_proxy touches TLS: %v, filter chain transport socket %v", pg, l.GetFilterChains()[0].GetTransportSocket())
+	}
 	tcp := unpack[*tcpproxyv3.TcpProxy](t, fs[2].GetTypedConfig())
 	if tcp.GetCluster() != xds.ClusterPgfilter {
 		t.Errorf("tcp_proxy cluster = %q", tcp.GetCluster())
@@ -314,7 +325,7 @@ func TestSnapshotClusters(t *testing.T) {
 		tls  bool
 	}{
 		{xds.ClusterGRPC, clusterv3.Cluster_EDS, false},
-		{xds.ClusterPgfilter, clusterv3.Cluster_EDS, false},
+		{xds.ClusterPgfilter, clusterv3.Cluster_EDS, true}, // the PROXY protocol socket (TestSnapshotPgfilterProxyProtocol)
 		{xds.ServiceClusterPrefix + "payments-api", clusterv3.Cluster_STRICT_DNS, true},
 		{xds.ServiceClusterPrefix + "card-vault", clusterv3.Cluster_EDS, false},
 	}
@@ -337,6 +348,28 @@ func TestSnapshotClusters(t *testing.T) {
 	}
 	if n := len(snap.GetResources(resourcev3.EndpointType)); n != 3 {
 		t.Errorf("endpoints = %d, want 3", n)
+	}
+}
+
+// TestSnapshotPgfilterProxyProtocol: Envoy tells custos who the client is
+// with a PROXY protocol v2 header, then relays the bytes as they are.
+func TestSnapshotPgfilterProxyProtocol(t *testing.T) {
+	t.Parallel()
+	for name, cfg := range map[string]*config.Config{"example": loadExample(t), "minimal": parse(t, minimalYAML)} {
+		c := resource[*clusterv3.Cluster](t, mustSnapshot(t, cfg), resourcev3.ClusterType, xds.ClusterPgfilter)
+		ts := c.GetTransportSocket()
+		if ts.GetName() != "envoy.transport_sockets.upstream_proxy_protocol" {
+			t.Fatalf("%s: transport socket %q", name, ts.GetName())
+		}
+		pp := unpack[*proxyprotocolv3.ProxyProtocolUpstreamTransport](t, ts.GetTypedConfig())
+		if pp.GetConfig().GetVersion() != corev3.ProxyProtocolConfig_V2 || pp.GetConfig().GetPassThroughTlvs() != nil || len(pp.GetConfig().GetAddedTlvs()) != 0 {
+			t.Errorf("%s: PROXY protocol config %v, want V2 without TLVs", name, pp.GetConfig())
+		}
+		inner := pp.GetTransportSocket()
+		if inner.GetName() != wellknown.TransportSocketRawBuffer {
+			t.Errorf("%s: wrapped transport socket %q, want raw_buffer (the client's TLS passes through)", name, inner.GetName())
+		}
+		unpack[*rawbufferv3.RawBuffer](t, inner.GetTypedConfig())
 	}
 }
 

@@ -21,10 +21,12 @@ const defaultDataDir = "./.custos"
 
 // Dev mode defaults: loopback only.
 const (
-	defaultDevPGListen    = "127.0.0.1:6543"
-	defaultDevGRPCListen  = "127.0.0.1:9901"
-	defaultDevAdminListen = "127.0.0.1:9902"
-	devIssuerPath         = "/dev-oidc"
+	defaultDevPGListen = "127.0.0.1:6543"
+	// The listener Envoy's tcp_proxy reaches, with a PROXY header.
+	defaultDevEnvoyPGListen = "127.0.0.1:0"
+	defaultDevGRPCListen    = "127.0.0.1:9901"
+	defaultDevAdminListen   = "127.0.0.1:9902"
+	devIssuerPath           = "/dev-oidc"
 )
 
 // runDev runs custos on embedded defaults: an in-process OIDC issuer, a
@@ -34,6 +36,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.SetOutput(stderr)
 	dataDir := fs.String("data-dir", defaultDataDir, "where keys, certificates and the demo database live (reused by a second run)")
 	pgListen := fs.String("pg-listen", defaultDevPGListen, "Postgres listener for clients")
+	envoyPGListen := fs.String("envoy-pg-listen", defaultDevEnvoyPGListen, "Postgres listener for the local Envoy only (PROXY protocol required from loopback; empty: none)")
 	grpcListen := fs.String("grpc-listen", defaultDevGRPCListen, "gRPC listener (health; Envoy services)")
 	adminListen := fs.String("admin-listen", defaultDevAdminListen, "admin HTTP listener (/healthz, /readyz, /metrics, dev issuer)")
 	upstreamPort := fs.Int("upstream-port", 0, "port of the demo PostgreSQL (0 picks a free one)")
@@ -97,6 +100,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	defer lns.close()
+	if *envoyPGListen != "" {
+		if lns.pgEnvoy, err = net.Listen("tcp", *envoyPGListen); err != nil {
+			return fmt.Errorf("--envoy-pg-listen: %w", err)
+		}
+	}
 
 	env, err := devenv.Prepare(ctx, devenv.Options{DataDir: dir, Port: *upstreamPort, Logger: log})
 	if err != nil {

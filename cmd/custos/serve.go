@@ -70,6 +70,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 // known to whoever needs them (the dev issuer's URL, dev.env).
 type listeners struct {
 	pg, grpc, admin net.Listener
+	// pgEnvoy (dev only) is a second Postgres listener that only the
+	// local Envoy reaches: PROXY protocol required from loopback.
+	pgEnvoy net.Listener
 }
 
 func listen(cfg *config.Config) (*listeners, error) {
@@ -94,7 +97,7 @@ func listen(cfg *config.Config) (*listeners, error) {
 }
 
 func (l *listeners) close() {
-	for _, ln := range []net.Listener{l.pg, l.grpc, l.admin} {
+	for _, ln := range []net.Listener{l.pg, l.grpc, l.admin, l.pgEnvoy} {
 		if ln != nil {
 			_ = ln.Close()
 		}
@@ -313,7 +316,7 @@ func (g *gateway) serve(ctx context.Context) error {
 	if g.discovery != nil {
 		g.discovery.Start(ctx, rediscover)
 	}
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	var wg sync.WaitGroup
 	start := func(name string, f func() error) {
 		wg.Add(1)
@@ -330,6 +333,14 @@ func (g *gateway) serve(ctx context.Context) error {
 		}
 		return nil
 	})
+	if g.lns.pgEnvoy != nil {
+		start("pgfilter-envoy", func() error {
+			if err := g.pg.ServeProxied(g.lns.pgEnvoy, devEnvoyProxies); !errors.Is(err, pgfilter.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	if g.grpc != nil {
 		start("grpc", func() error { return g.grpc.Serve(g.lns.grpc) })
 		g.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

@@ -99,7 +99,12 @@ func TestXdsDev(t *testing.T) {
 		OIDC:      config.OIDC{Issuers: []config.Issuer{{URL: "http://127.0.0.1/dev-oidc", Audiences: []string{"custos"}}}},
 		Resources: []config.Resource{{Name: "payments", Address: "127.0.0.1:5432", Database: "payments", User: "u", Password: config.Secret{Env: "PW"}}},
 	}
-	devXDS(cfg, &listeners{pg: pg, grpc: g})
+	pe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pe.Close()
+	devXDS(cfg, &listeners{pg: pg, grpc: g, pgEnvoy: pe})
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -119,7 +124,8 @@ func TestXdsDev(t *testing.T) {
 	if clusters[xds.ClusterGRPC] == nil || clusters[xds.ClusterPgfilter] == nil {
 		t.Errorf("clusters = %v", clusters)
 	}
-	if cfg.XDS.GRPCAddress != g.Addr().String() || cfg.XDS.PgfilterAddress != pg.Addr().String() {
+	// Envoy's PROXY header goes to the listener that requires it.
+	if cfg.XDS.GRPCAddress != g.Addr().String() || cfg.XDS.PgfilterAddress != pe.Addr().String() {
 		t.Errorf("addresses = %q %q", cfg.XDS.GRPCAddress, cfg.XDS.PgfilterAddress)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -26,6 +27,10 @@ const (
 	devNodeID      = "custos-dev"
 	devEnvoyPGPort = 16543
 )
+
+// devEnvoyProxies are the addresses dev's Envoy listener trusts: the local
+// Envoy only.
+var devEnvoyProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 
 // grpcServerOptions are the keepalive and stream limits of custos' gRPC
 // server, which serves xDS next to custos' other Envoy services.
@@ -90,15 +95,18 @@ func fileHash(path string) []byte {
 
 // devXDS has `custos dev` serve envoy/bootstrap-ads.yaml's node: a
 // listener for the demo database in front of custos, and custos' own
-// clusters, at the addresses its listeners are bound to.
+// clusters, at the addresses its listeners are bound to. Envoy's
+// Postgres cluster sends the PROXY protocol, so it goes to dev's second
+// Postgres listener (--envoy-pg-listen), which requires it from loopback;
+// clients connecting directly use the first, which takes none.
 func devXDS(cfg *config.Config, lns *listeners) {
-	if lns.grpc == nil || len(cfg.Resources) == 0 {
+	if lns.grpc == nil || lns.pgEnvoy == nil || len(cfg.Resources) == 0 {
 		return
 	}
 	cfg.XDS = config.XDS{
 		NodeIDs:         []string{devNodeID},
 		GRPCAddress:     lns.grpc.Addr().String(),
-		PgfilterAddress: lns.pg.Addr().String(),
+		PgfilterAddress: lns.pgEnvoy.Addr().String(),
 		ListenHost:      "127.0.0.1",
 		PostgresPorts:   map[string]int{cfg.Resources[0].Name: devEnvoyPGPort},
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -287,6 +288,55 @@ type PostgresListener struct {
 	OAuthBearer bool `yaml:"oauthbearer"`
 	// MaxMessageBytes caps one wire message in either direction.
 	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// ProxyProtocol is "off" (default: clients connect directly) or
+	// "required": every connection must come from one of TrustedProxies
+	// and begin with a PROXY protocol header (v1 or v2), whose source
+	// address is then the client's address. A required listener accepts a
+	// token only over TLS from the client itself, whatever
+	// PasswordTransport says: the proxy's hop proves nothing about the
+	// client's.
+	ProxyProtocol string `yaml:"proxy_protocol"`
+	// TrustedProxies are the addresses (CIDR or single IP) allowed to send
+	// a PROXY header; required with proxy_protocol required.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+}
+
+// PROXY protocol modes of PostgresListener.ProxyProtocol.
+const (
+	ProxyProtocolOff      = "off"
+	ProxyProtocolRequired = "required"
+)
+
+// TrustedProxyPrefixes parses TrustedProxies: a single IP becomes a
+// prefix of its full length.
+func (l PostgresListener) TrustedProxyPrefixes() ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(l.TrustedProxies))
+	for _, s := range l.TrustedProxies {
+		p, err := parsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR prefix: %w", s, err)
+		}
+		if p.Addr().Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q: zones are not allowed", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil || a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IP address or CIDR prefix", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
 // TLSFiles names a PEM certificate and key.
@@ -412,8 +462,13 @@ func (c *Config) ApplyDefaults() {
 		c.DataDir = ".custos"
 	}
 	pl := &c.Listeners.Postgres
+	pl.ProxyProtocol = cmp.Or(pl.ProxyProtocol, ProxyProtocolOff)
 	if pl.PasswordTransport == "" {
 		pl.PasswordTransport = TransportTLSOrLoopback
+		if pl.ProxyProtocol == ProxyProtocolRequired {
+			// Behind a proxy only TLS from the client proves the path.
+			pl.PasswordTransport = TransportTLS
+		}
 	}
 	if pl.MaxMessageBytes == 0 {
 		pl.MaxMessageBytes = DefaultMaxMessageBytes
@@ -560,6 +615,28 @@ func (c *Config) Validate() error {
 	case TransportTLSOrLoopback, TransportAny:
 	default:
 		add("listeners.postgres.password_transport", "must be tls, tls_or_loopback or any, not %q", pl.PasswordTransport)
+	}
+	switch pl.ProxyProtocol {
+	case "", ProxyProtocolOff:
+		if len(pl.TrustedProxies) > 0 {
+			add("listeners.postgres.trusted_proxies", "has no effect with proxy_protocol off: set proxy_protocol: required or remove it")
+		}
+	case ProxyProtocolRequired:
+		if len(pl.TrustedProxies) == 0 {
+			add("listeners.postgres.trusted_proxies", "at least one address is required with proxy_protocol required")
+		}
+		if pl.PasswordTransport != TransportTLS {
+			// A cleartext token reached the proxy in the clear, and the
+			// proxy's loopback hop proves nothing about the client's.
+			add("listeners.postgres.password_transport", "must be tls with proxy_protocol required (not %q): behind a proxy only TLS from the client protects the token", pl.PasswordTransport)
+		}
+	default:
+		add("listeners.postgres.proxy_protocol", "must be off or required, not %q", pl.ProxyProtocol)
+	}
+	for i, tp := range pl.TrustedProxies {
+		if _, err := parsePrefix(tp); err != nil {
+			add(fmt.Sprintf("listeners.postgres.trusted_proxies[%d]", i), "%v", err)
+		}
 	}
 	if pl.MaxMessageBytes < 1<<16 {
 		add("listeners.postgres.max_message_bytes", "must be at least 65536")

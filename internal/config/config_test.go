@@ -216,3 +216,67 @@ func TestValidateXDSNamesFields(t *testing.T) {
 		t.Fatalf("xds without node ids: %v", err)
 	}
 }
+
+// proxyYAML is validYAML behind a proxy: PROXY protocol required from the
+// proxy's network, with a certificate for the clients' TLS.
+var proxyYAML = strings.Replace(validYAML, "    address: 127.0.0.1:6543\n", `    address: 127.0.0.1:6543
+    tls: {cert_file: /etc/custos/tls.crt, key_file: /etc/custos/tls.key}
+    proxy_protocol: required
+    trusted_proxies: [172.30.89.0/24, 10.0.0.7]
+`, 1)
+
+func TestProxyProtocolListener(t *testing.T) {
+	t.Parallel()
+	c, err := Parse(strings.NewReader(proxyYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl := c.Listeners.Postgres
+	// Behind a proxy the token may travel only over TLS: the default
+	// follows.
+	if pl.ProxyProtocol != ProxyProtocolRequired || pl.PasswordTransport != TransportTLS {
+		t.Errorf("proxy_protocol %q, password_transport %q", pl.ProxyProtocol, pl.PasswordTransport)
+	}
+	got, err := pl.TrustedProxyPrefixes()
+	if err != nil || len(got) != 2 || got[0].String() != "172.30.89.0/24" || got[1].String() != "10.0.0.7/32" {
+		t.Errorf("trusted prefixes = %v, %v", got, err)
+	}
+	// Without the fields the listener takes clients directly; "off"
+	// spelled out is a string, not YAML 1.1's false.
+	for _, y := range []string{validYAML, strings.Replace(validYAML, "    address: 127.0.0.1:6543\n", "    address: 127.0.0.1:6543\n    proxy_protocol: off\n", 1)} {
+		c, err := Parse(strings.NewReader(y))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pl := c.Listeners.Postgres; pl.ProxyProtocol != ProxyProtocolOff || pl.PasswordTransport != TransportTLSOrLoopback {
+			t.Errorf("direct listener: proxy_protocol %q, password_transport %q", pl.ProxyProtocol, pl.PasswordTransport)
+		}
+	}
+
+	tests := []struct {
+		name, old, new, want string
+	}{
+		{"unknown mode", "proxy_protocol: required", "proxy_protocol: optional", `listeners.postgres.proxy_protocol: must be off or required, not "optional"`},
+		{"no trusted proxies", "    trusted_proxies: [172.30.89.0/24, 10.0.0.7]\n", "", "listeners.postgres.trusted_proxies: at least one address is required"},
+		{"cleartext allowed", "proxy_protocol: required", "proxy_protocol: required\n    password_transport: tls_or_loopback", `listeners.postgres.password_transport: must be tls with proxy_protocol required (not "tls_or_loopback")`},
+		{"any allowed", "proxy_protocol: required", "proxy_protocol: required\n    password_transport: any", `listeners.postgres.password_transport: must be tls with proxy_protocol required (not "any")`},
+		{"no certificate", "    tls: {cert_file: /etc/custos/tls.crt, key_file: /etc/custos/tls.key}\n", "", `listeners.postgres.password_transport: "tls" needs listeners.postgres.tls`},
+		{"bad prefix", "10.0.0.7]", "10.0.0.7/33]", "listeners.postgres.trusted_proxies[1]"},
+		{"not an address", "10.0.0.7]", "envoy]", "listeners.postgres.trusted_proxies[1]"},
+		{"zone", "10.0.0.7]", "fe80::1%eth0]", "listeners.postgres.trusted_proxies[1]"},
+		{"trusted without proxy protocol", "proxy_protocol: required", "proxy_protocol: off", "listeners.postgres.trusted_proxies: has no effect with proxy_protocol off"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			y := strings.Replace(proxyYAML, tt.old, tt.new, 1)
+			if y == proxyYAML {
+				t.Fatalf("%q not in the config", tt.old)
+			}
+			_, err := Parse(strings.NewReader(y))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
