@@ -90,8 +90,9 @@ func fileHash(path string) []byte {
 
 // devXDS has `custos dev` serve envoy/bootstrap-ads.yaml's node: a
 // listener for the demo database in front of custos, and custos' own
-// clusters, at the addresses its listeners are bound to.
-func devXDS(cfg *config.Config, lns *listeners) {
+// clusters, at the addresses its listeners are bound to; envoyTLS is how
+// Envoy reaches the gRPC listener.
+func devXDS(cfg *config.Config, lns *listeners, envoyTLS config.EnvoyClientTLS) {
 	if lns.grpc == nil || len(cfg.Resources) == 0 {
 		return
 	}
@@ -101,5 +102,6 @@ func devXDS(cfg *config.Config, lns *listeners) {
 		PgfilterAddress: lns.pg.Addr().String(),
 		ListenHost:      "127.0.0.1",
 		PostgresPorts:   map[string]int{cfg.Resources[0].Name: devEnvoyPGPort},
+		GRPCTLS:         envoyTLS,
 	}
 }
