@@ -20,6 +20,7 @@ import (
 	extauthzv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/custos-dev/custos/envoy"
@@ -868,5 +869,80 @@ func TestDockerignore(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestGRPCMutualTLS: custos' gRPC listener in the stack requires mutual
+// TLS, and Envoy's custos-grpc cluster presents a client certificate from
+// the secrets volume Envoy mounts, trusting the CA custos verifies
+// clients with, under the name custos' certificate carries.
+func TestGRPCMutualTLS(t *testing.T) {
+	t.Parallel()
+	c := loadCompose(t)
+	cs := c.Services["custos"]
+	cfg, err := config.Load(cs.mountOf(t, flagValue(cs.Command, "--config")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := cfg.Listeners.GRPC
+	if !g.MutualTLS() || g.TLS.ClientCAFile == "" {
+		t.Fatalf("listeners.grpc = %+v: not mutual TLS", g)
+	}
+	// stackinit's Envoy certificate (compose/stackinit envoyClientURI).
+	if !slices.Equal(g.TLS.AllowedClients, []string{"spiffe://custos.compose/envoy"}) {
+		t.Errorf("allowed_clients = %v, want stackinit's Envoy identity", g.TLS.AllowedClients)
+	}
+	secretsAt := func(s *service) string {
+		for _, m := range s.mounts() {
+			if m.source == "secrets" {
+				return m.target
+			}
+		}
+		return ""
+	}
+	for field, f := range map[string]string{"cert_file": g.TLS.CertFile, "key_file": g.TLS.KeyFile, "client_ca_file": g.TLS.ClientCAFile} {
+		if at := secretsAt(cs); at == "" || !strings.HasPrefix(f, at+"/") {
+			t.Errorf("listeners.grpc.tls.%s = %q is not in custos' secrets volume", field, f)
+		}
+	}
+
+	es := c.Services["envoy"]
+	envoyAt := secretsAt(es)
+	if envoyAt == "" {
+		t.Fatal("envoy does not mount the secrets volume")
+	}
+	b, err := envoy.LoadBootstrapFile(filepath.Join("..", "envoy", "envoy.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var up tlsv3.UpstreamTlsContext
+	for _, cl := range b.GetStaticResources().GetClusters() {
+		if cl.GetName() != xds.ClusterGRPC {
+			continue
+		}
+		if err := cl.GetTransportSocket().GetTypedConfig().UnmarshalTo(&up); err != nil {
+			t.Fatalf("custos-grpc transport socket: %v", err)
+		}
+	}
+	common := up.GetCommonTlsContext()
+	certs := common.GetTlsCertificates()
+	if len(certs) != 1 {
+		t.Fatalf("custos-grpc presents %d certificates", len(certs))
+	}
+	for what, f := range map[string]string{
+		"certificate": certs[0].GetCertificateChain().GetFilename(),
+		"key":         certs[0].GetPrivateKey().GetFilename(),
+		"trusted CA":  common.GetValidationContext().GetTrustedCa().GetFilename(),
+	} {
+		if !strings.HasPrefix(f, envoyAt+"/") {
+			t.Errorf("custos-grpc %s %q is not in Envoy's secrets volume (%s)", what, f, envoyAt)
+		}
+	}
+	// The same CA file of the same volume on both sides.
+	if rel := strings.TrimPrefix(common.GetValidationContext().GetTrustedCa().GetFilename(), envoyAt); rel != strings.TrimPrefix(g.TLS.ClientCAFile, secretsAt(cs)) {
+		t.Errorf("Envoy trusts %s, custos verifies clients with %s", rel, g.TLS.ClientCAFile)
+	}
+	if up.GetSni() != "custos" {
+		t.Errorf("custos-grpc sni %q, want the custos service", up.GetSni())
 	}
 }

@@ -19,8 +19,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/custos-dev/custos/internal/pgcluster"
 )
@@ -293,7 +295,8 @@ func TestCustosDev(t *testing.T) {
 	// First run: a fresh data dir.
 	p := startDev(t, bin, dataDir)
 	vars := p.waitEnv(t, dataDir)
-	for _, k := range []string{"CUSTOS_PG_ADDR", "CUSTOS_PG_HOST", "CUSTOS_PG_PORT", "CUSTOS_GRPC_ADDR", "CUSTOS_ADMIN_URL", "CUSTOS_ISSUER", "CUSTOS_DATABASE", "CUSTOS_CA_FILE", "CUSTOS_UPSTREAM_DSN"} {
+	for _, k := range []string{"CUSTOS_PG_ADDR", "CUSTOS_PG_HOST", "CUSTOS_PG_PORT", "CUSTOS_GRPC_ADDR", "CUSTOS_ADMIN_URL", "CUSTOS_ISSUER", "CUSTOS_DATABASE", "CUSTOS_CA_FILE", "CUSTOS_UPSTREAM_DSN",
+		"CUSTOS_GRPC_CA_FILE", "CUSTOS_ENVOY_CERT_FILE", "CUSTOS_ENVOY_KEY_FILE"} {
 		if vars[k] == "" {
 			t.Errorf("dev.env lacks %s", k)
 		}
@@ -330,16 +333,30 @@ func TestCustosDev(t *testing.T) {
 		}
 	})
 	t.Run("grpc health", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		resp, err := healthpb.NewHealthClient(dialEnvoy(t, vars, true)).Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Errorf("grpc health: %v %v", resp, err)
+		}
+		// Without Envoy's client certificate, or in plaintext: refused.
+		if _, err := healthpb.NewHealthClient(dialEnvoy(t, vars, false)).Check(ctx, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unavailable {
+			t.Errorf("grpc health without a client certificate: %v", err)
+		}
 		cc, err := grpc.NewClient(vars["CUSTOS_GRPC_ADDR"], grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer cc.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		resp, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{})
-		if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-			t.Errorf("grpc health: %v %v", resp, err)
+		if _, err := healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unavailable {
+			t.Errorf("grpc health in plaintext: %v", err)
+		}
+	})
+	t.Run("no pprof on admin", func(t *testing.T) {
+		for _, p := range []string{"/debug/pprof/", "/debug/pprof/goroutine?debug=2", "/debug/pprof/heap"} {
+			if code, _ := httpGet(t, admin+p); code != http.StatusNotFound {
+				t.Errorf("%s on the admin listener: %d, want 404", p, code)
+			}
 		}
 	})
 

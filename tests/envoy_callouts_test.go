@@ -8,9 +8,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // TestCustosDevAnswersEnvoy checks that `custos dev` serves Envoy's
@@ -25,12 +23,7 @@ func TestCustosDevAnswersEnvoy(t *testing.T) {
 	vars := p.waitEnv(t, dataDir)
 	token := mintToken(t, bin, dataDir, "alice", "agents")
 
-	cc, err := grpc.NewClient(vars["CUSTOS_GRPC_ADDR"], grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cc.Close() })
-	client := authv3.NewAuthorizationClient(cc)
+	client := authv3.NewAuthorizationClient(dialEnvoy(t, vars, true))
 	httpCheck := func(t *testing.T, method string, headers map[string]string) *authv3.CheckResponse {
 		t.Helper()
 		h := map[string]string{":method": method, ":path": "/v1/customers", ":authority": "api.example.com", ":scheme": "https"}

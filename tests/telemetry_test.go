@@ -12,8 +12,6 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/custos-dev/custos/internal/pgcluster"
 )
@@ -76,10 +74,7 @@ func TestTelemetryToJaeger(t *testing.T) {
 	}
 	// An HTTP Check as Envoy sends it, inside a trace Envoy started.
 	const envoyTraceID = "4bf92f3577b34da6a3ce929d0e0e4736"
-	cc, err := grpc.NewClient(vars["CUSTOS_GRPC_ADDR"], grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc := dialEnvoy(t, vars, true)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	resp, err := authv3.NewAuthorizationClient(cc).Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
 		Source: &authv3.AttributeContext_Peer{Address: sockAddr("127.0.0.1", 40000)},

@@ -9,15 +9,18 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 )
 
 // callbacks follow every xDS stream: which node it is, what it was sent,
 // and what it acknowledged or refused.
 func (s *Server) callbacks() serverv3.Callbacks {
 	return serverv3.CallbackFuncs{
-		StreamOpenFunc: func(_ context.Context, id int64, typeURL string) error {
+		StreamOpenFunc: func(ctx context.Context, id int64, typeURL string) error {
 			s.streamsMu.Lock()
-			s.streams[id] = &streamState{sent: map[string]sentResponse{}}
+			s.streams[id] = &streamState{peer: peerAddress(ctx), sent: map[string]sentResponse{}}
 			s.streamsMu.Unlock()
 			s.metrics.streams.Inc()
 			s.log.Debug("xds stream opened", slog.Int64("stream_id", id), slog.String("type_url", typeURL))
@@ -30,26 +33,33 @@ func (s *Server) callbacks() serverv3.Callbacks {
 			s.metrics.streams.Dec()
 			s.log.Debug("xds stream closed", slog.Int64("stream_id", id), slog.String("node_id", node.GetId()))
 		},
-		StreamRequestFunc:  s.onRequest,
-		StreamResponseFunc: s.onResponse,
-		StreamDeltaRequestFunc: func(id int64, req *discoverygrpc.DeltaDiscoveryRequest) error {
-			if req.GetErrorDetail() != nil {
-				s.nack(req.GetNode().GetId(), req.GetTypeUrl(), "", req.GetErrorDetail().GetMessage())
-			}
-			return nil
-		},
-		DeltaStreamOpenFunc: func(_ context.Context, id int64, typeURL string) error {
+		StreamRequestFunc:      s.onRequest,
+		StreamResponseFunc:     s.onResponse,
+		StreamDeltaRequestFunc: s.onDeltaRequest,
+		DeltaStreamOpenFunc: func(ctx context.Context, id int64, typeURL string) error {
+			s.streamsMu.Lock()
+			s.deltaStreams[id] = &streamState{peer: peerAddress(ctx)}
+			s.streamsMu.Unlock()
 			s.log.Debug("xds delta stream opened", slog.Int64("stream_id", id), slog.String("type_url", typeURL))
 			return nil
+		},
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) {
+			s.streamsMu.Lock()
+			delete(s.deltaStreams, id)
+			s.streamsMu.Unlock()
+		},
+		FetchRequestFunc: func(ctx context.Context, req *discoverygrpc.DiscoveryRequest) error {
+			return s.admit(req.GetNode().GetId(), peerAddress(ctx), req.GetTypeUrl())
 		},
 	}
 }
 
 // onRequest sees every request of a state-of-the-world stream before the
-// cache does. An ACK is logged; a NACK is logged, counted and emitted, and
-// the request is marked as holding the refused version, so the server
-// waits for a new config instead of sending the refused one again (Envoy
-// would refuse it again, forever).
+// cache does. A node not in xds.node_ids is refused (the stream ends with
+// PERMISSION_DENIED). An ACK is logged; a NACK is logged, counted and
+// emitted, and the request is marked as holding the refused version, so
+// the server waits for a new config instead of sending the refused one
+// again (Envoy would refuse it again, forever).
 func (s *Server) onRequest(id int64, req *discoverygrpc.DiscoveryRequest) error {
 	s.streamsMu.Lock()
 	st := s.streams[id]
@@ -60,14 +70,12 @@ func (s *Server) onRequest(id int64, req *discoverygrpc.DiscoveryRequest) error 
 	if n := req.GetNode().GetId(); n != "" {
 		st.node = n
 	}
-	node := st.node
+	node, peer := st.node, st.peer
 	sent, hasSent := st.sent[req.GetTypeUrl()]
-	warn := !st.warned
-	st.warned = true
 	s.streamsMu.Unlock()
 
-	if served := s.servedNodes.Load(); warn && (served == nil || !slices.Contains(*served, node)) {
-		s.log.Warn("envoy node not served", slog.String("node_id", node), slog.Any("error", errNoNode))
+	if err := s.admit(node, peer, req.GetTypeUrl()); err != nil {
+		return err
 	}
 	if req.GetResponseNonce() == "" || !hasSent || req.GetResponseNonce() != sent.nonce {
 		return nil // a first request, or one about an older response
@@ -81,6 +89,53 @@ func (s *Server) onRequest(id int64, req *discoverygrpc.DiscoveryRequest) error 
 	s.log.Info("envoy applied xds config", slog.String("node_id", node),
 		slog.String("type_url", req.GetTypeUrl()), slog.String("version", req.GetVersionInfo()))
 	return nil
+}
+
+// onDeltaRequest refuses a node not in xds.node_ids on an incremental
+// stream (the node may come on the first request only) and records
+// NACKs.
+func (s *Server) onDeltaRequest(id int64, req *discoverygrpc.DeltaDiscoveryRequest) error {
+	s.streamsMu.Lock()
+	st := s.deltaStreams[id]
+	if st == nil {
+		st = &streamState{}
+		s.deltaStreams[id] = st
+	}
+	if n := req.GetNode().GetId(); n != "" {
+		st.node = n
+	}
+	node, peer := st.node, st.peer
+	s.streamsMu.Unlock()
+	if err := s.admit(node, peer, req.GetTypeUrl()); err != nil {
+		return err
+	}
+	if req.GetErrorDetail() != nil {
+		s.nack(node, req.GetTypeUrl(), "", req.GetErrorDetail().GetMessage())
+	}
+	return nil
+}
+
+// admit refuses an xDS request from a node not in xds.node_ids: logged
+// with the node id and the peer's address, counted and emitted, and
+// answered PERMISSION_DENIED.
+func (s *Server) admit(node, peer, typeURL string) error {
+	if served := s.servedNodes.Load(); served != nil && node != "" && slices.Contains(*served, node) {
+		return nil
+	}
+	s.metrics.refused.Inc()
+	s.log.Warn("xds request refused: node id not served",
+		slog.String("node_id", node), slog.String("peer_address", peer),
+		slog.String("type_url", typeURL), slog.Any("error", errNoNode))
+	s.emit(Event{Kind: EventNodeRefused, NodeIDs: []string{node}, TypeURL: typeURL, Peer: peer, Reason: errNoNode.Error()})
+	return status.Errorf(codes.PermissionDenied, "xds: node id %q is not served by this control plane", node)
+}
+
+// peerAddress is the address of the client of a stream or call.
+func peerAddress(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
 }
 
 func (s *Server) onResponse(_ context.Context, id int64, _ *discoverygrpc.DiscoveryRequest, resp *discoverygrpc.DiscoveryResponse) {

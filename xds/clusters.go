@@ -38,7 +38,8 @@ const (
 const httpProtocolOptionsKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 // grpcCluster is custos' gRPC listener: HTTP/2 (gRPC needs it) with
-// keepalive pings so a dead custos is noticed between calls.
+// keepalive pings so a dead custos is noticed between calls, over mutual
+// TLS when the listener asks for it (xds.grpc_tls).
 func (b *builder) grpcCluster(addr string) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment, error) {
 	c, eds, err := newCluster(ClusterGRPC, addr, custosConnectTimeout)
 	if err != nil {
@@ -62,6 +63,9 @@ func (b *builder) grpcCluster(addr string) (*clusterv3.Cluster, *endpointv3.Clus
 		return nil, nil, err
 	}
 	c.TypedExtensionProtocolOptions = map[string]*anypb.Any{httpProtocolOptionsKey: opts}
+	if c.TransportSocket, err = custosTLS(addr, b.cfg.XDS.GRPCTLS); err != nil {
+		return nil, nil, err
+	}
 	return c, eds, nil
 }
 

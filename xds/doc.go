@@ -23,7 +23,9 @@
 //	                           context_extensions (resource, labels) and an ext_proc override
 //	                           (processing mode, x-custos-resource), to cluster service-NAME
 //	                           (TLS per the service's tls)
-//	custos itself             clusters custos-grpc (HTTP/2, keepalive) and custos-pgfilter
+//	custos itself             clusters custos-grpc (HTTP/2, keepalive; mutual TLS with
+//	                           xds.grpc_tls: Envoy's client certificate, custos' CA and
+//	                           name, ALPN h2) and custos-pgfilter
 //
 // A cluster whose address is an IP literal gets its endpoints over EDS
 // (ClusterLoadAssignment of the same name); one with a host name is a
@@ -31,8 +33,11 @@
 // be IP addresses. Listeners, routes and service clusters carry the
 // resource (name, type, labels) in their metadata under "custos".
 //
-// [Server] serves the snapshot to every node id in xds.node_ids and keeps
-// the last good one: [Server.Update] (and [Server.ReloadFile]) refuse an
+// [Server] serves the snapshot to every node id in xds.node_ids, and only
+// to them: a request of any other node (ADS, per-type and delta streams,
+// unary fetches) ends with PERMISSION_DENIED, logged with the node id and
+// the peer's address, counted and emitted as [EventNodeRefused]. It keeps
+// the last good snapshot: [Server.Update] (and [Server.ReloadFile]) refuse an
 // invalid config with an error wrapping [ErrInvalid], log it, count it and
 // emit an [Event], and Envoy keeps what it has. Envoy's answers are
 // followed per stream: an ACK is logged; a NACK is logged, counted and

@@ -7,6 +7,7 @@ type metrics struct {
 	acks    *prometheus.CounterVec
 	nacks   *prometheus.CounterVec
 	streams prometheus.Gauge
+	refused prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -27,9 +28,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "custos", Subsystem: "xds", Name: "streams",
 			Help: "Open xDS streams.",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "custos", Subsystem: "xds", Name: "refused_requests_total",
+			Help: "xDS requests refused because their node id is not in xds.node_ids.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.updates, m.acks, m.nacks, m.streams)
+		reg.MustRegister(m.updates, m.acks, m.nacks, m.streams, m.refused)
 	}
 	return m
 }

@@ -63,6 +63,9 @@ const (
 	// EventEnvoyRejected: an Envoy refused what it was sent (a NACK) and
 	// keeps its previous configuration.
 	EventEnvoyRejected EventKind = "xds_envoy_rejected"
+	// EventNodeRefused: an xDS request came from a node id not in
+	// xds.node_ids and was refused.
+	EventNodeRefused EventKind = "xds_node_refused"
 )
 
 // Event is one change or refusal of the configuration served to Envoy,
@@ -80,8 +83,10 @@ type Event struct {
 	// Versions are the versions served by type URL: the new ones
 	// (EventConfigServed) or those kept (EventConfigRejected).
 	Versions map[string]string
-	// Reason is why a config or a version was refused.
+	// Reason is why a config, a version or a request was refused.
 	Reason string
+	// Peer is the address of the client refused (EventNodeRefused).
+	Peer string
 }
 
 // Options configure a Server.
@@ -113,16 +118,18 @@ type Server struct {
 	// for an update in progress.
 	servedNodes atomic.Pointer[[]string]
 
-	streamsMu sync.Mutex
-	streams   map[int64]*streamState
+	streamsMu    sync.Mutex
+	streams      map[int64]*streamState
+	deltaStreams map[int64]*streamState
 }
 
 // streamState is what the server remembers of one xDS stream: its node
 // and, per type, the last response sent (to name what a NACK refuses).
 type streamState struct {
-	node   string
-	warned bool
-	sent   map[string]sentResponse
+	node string
+	// peer is the client's address.
+	peer string
+	sent map[string]sentResponse
 }
 
 type sentResponse struct{ nonce, version string }
@@ -139,6 +146,8 @@ func New(ctx context.Context, cfg *config.Config, opts Options) (*Server, error)
 		metrics: newMetrics(opts.Registerer),
 		onEvent: opts.OnEvent,
 		streams: map[int64]*streamState{},
+
+		deltaStreams: map[int64]*streamState{},
 	}
 	lib := libLogger{log: log}
 	s.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, lib)
@@ -280,5 +289,5 @@ func versionsOf(snap *cachev3.Snapshot) map[string]string {
 	return v
 }
 
-// errNoNode is logged for a stream whose node id is not served.
+// errNoNode is logged for a request whose node id is not served.
 var errNoNode = errors.New("node id is not in xds.node_ids: nothing is served to it")

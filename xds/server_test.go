@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	clusterservice "github.com/envoyproxy/go-control-plane/envoy/service/cluster/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
@@ -20,7 +21,9 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/xds"
@@ -331,14 +334,27 @@ func TestServerADS(t *testing.T) {
 	}
 }
 
-// TestServerUnknownNode: a node not in xds.node_ids gets nothing, and the
-// server says so.
+// TestServerUnknownNode: a node not in xds.node_ids is refused on every
+// way in (ADS with the real xDS client, a delta stream, a unary fetch)
+// with PERMISSION_DENIED, logged with its node id and the peer's address,
+// while a served node on the same connection still gets its
+// configuration.
 func TestServerUnknownNode(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var logs syncBuffer
-	srv, err := xds.New(ctx, loadExample(t), xds.Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	reg := prometheus.NewRegistry()
+	var evMu sync.Mutex
+	var events []xds.Event
+	srv, err := xds.New(ctx, loadExample(t), xds.Options{
+		Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Registerer: reg,
+		OnEvent: func(e xds.Event) {
+			evMu.Lock()
+			events = append(events, e)
+			evMu.Unlock()
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,9 +371,81 @@ func TestServerUnknownNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	s := subscribe(t, ctx, conn, "stranger", resourcev3.ClusterType)
-	s.none(t)
-	waitFor(t, "the warning", func() bool { return strings.Contains(logs.String(), `"msg":"envoy node not served"`) })
+
+	refused := func(t *testing.T, err error) {
+		t.Helper()
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("err = %v, want PermissionDenied", err)
+		}
+	}
+	t.Run("ads", func(t *testing.T) {
+		for _, node := range []string{"stranger", ""} {
+			c := sotw.NewADSClient(ctx, &corev3.Node{Id: node}, resourcev3.ClusterType)
+			if err := c.InitConnect(conn); err != nil {
+				t.Fatal(err)
+			}
+			r, err := c.Fetch()
+			if r != nil {
+				t.Errorf("node %q got %d resources", node, len(r.Resources))
+			}
+			refused(t, err)
+		}
+	})
+	t.Run("per-type stream", func(t *testing.T) {
+		st, err := clusterservice.NewClusterDiscoveryServiceClient(conn).StreamClusters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discoverygrpc.DiscoveryRequest{Node: &corev3.Node{Id: "stranger"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+			t.Fatal(err)
+		}
+		_, err = st.Recv()
+		refused(t, err)
+	})
+	t.Run("delta", func(t *testing.T) {
+		st, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&discoverygrpc.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "stranger"}, TypeUrl: resourcev3.ClusterType}); err != nil {
+			t.Fatal(err)
+		}
+		_, err = st.Recv()
+		refused(t, err)
+	})
+	t.Run("fetch", func(t *testing.T) {
+		_, err := clusterservice.NewClusterDiscoveryServiceClient(conn).FetchClusters(ctx,
+			&discoverygrpc.DiscoveryRequest{Node: &corev3.Node{Id: "stranger"}, TypeUrl: resourcev3.ClusterType})
+		refused(t, err)
+	})
+	t.Run("served node", func(t *testing.T) {
+		s := subscribe(t, ctx, conn, loadExample(t).XDS.NodeIDs[0], resourcev3.ClusterType)
+		if got := s.next(t); len(got) == 0 {
+			t.Fatal("the served node got no clusters")
+		}
+		s.ack()
+	})
+
+	if n := sumCounter(t, reg, "custos_xds_refused_requests_total"); n != 5 {
+		t.Errorf("refused = %v, want 5", n)
+	}
+	if !strings.Contains(logs.String(), `"msg":"xds request refused: node id not served","node_id":"stranger","peer_address":"127.0.0.1:`) {
+		t.Errorf("refusal not logged with node id and peer address:\n%s", logs.String())
+	}
+	evMu.Lock()
+	defer evMu.Unlock()
+	var n int
+	for _, e := range events {
+		if e.Kind == xds.EventNodeRefused {
+			n++
+			if !strings.HasPrefix(e.Peer, "127.0.0.1:") || len(e.NodeIDs) != 1 {
+				t.Errorf("event = %+v", e)
+			}
+		}
+	}
+	if n != 5 {
+		t.Errorf("%d refusal events, want 5", n)
+	}
 }
 
 // TestServerNodeChanges: nodes removed from xds.node_ids stop being

@@ -23,6 +23,7 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	proxyprotocolv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/proxy_protocol/v3"
 	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/wellknown"
@@ -51,7 +52,7 @@ func loadExample(t *testing.T) *config.Config {
 const minimalYAML = `
 listeners:
   postgres: {address: 0.0.0.0:6543}
-  grpc: {address: 127.0.0.1:9901}
+  grpc: {address: 127.0.0.1:9901, insecure_no_client_auth: true}
 oidc:
   issuers: [{url: "https://issuer.example.com", audiences: [custos]}]
 resources:
@@ -144,6 +145,18 @@ func lineDiff(want, got string) string {
 func variants(t *testing.T) map[string]*config.Config {
 	t.Helper()
 	out := map[string]*config.Config{"example": loadExample(t), "minimal": parse(t, minimalYAML)}
+	// custos' gRPC listener by host name, over mutual TLS.
+	byName := loadExample(t)
+	byName.XDS.GRPCAddress = "custos.internal:9901"
+	out["grpc by name"] = byName
+	serverOnly := loadExample(t)
+	serverOnly.Listeners.GRPC.InsecureNoClientAuth = true
+	serverOnly.Listeners.GRPC.TLS.ClientCAFile, serverOnly.Listeners.GRPC.TLS.AllowedClients = "", nil
+	serverOnly.XDS.GRPCTLS = config.EnvoyClientTLS{CAFile: "/etc/ca.pem", ServerName: "custos.internal"}
+	if err := serverOnly.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	out["grpc server tls only"] = serverOnly
 	for _, mode := range []string{"disable", "require", "verify-ca", "verify-full"} {
 		for _, addr := range []string{"api.internal:443", "10.1.2.3:8443", "[2001:db8::1]:443"} {
 			for _, body := range []string{"none", "streamed", "buffered", "buffered_partial"} {
@@ -324,7 +337,7 @@ func TestSnapshotClusters(t *testing.T) {
 		typ  clusterv3.Cluster_DiscoveryType
 		tls  bool
 	}{
-		{xds.ClusterGRPC, clusterv3.Cluster_EDS, false},
+		{xds.ClusterGRPC, clusterv3.Cluster_EDS, true},
 		{xds.ClusterPgfilter, clusterv3.Cluster_EDS, true}, // the PROXY protocol socket (TestSnapshotPgfilterProxyProtocol)
 		{xds.ServiceClusterPrefix + "payments-api", clusterv3.Cluster_STRICT_DNS, true},
 		{xds.ServiceClusterPrefix + "card-vault", clusterv3.Cluster_EDS, false},
@@ -345,6 +358,10 @@ func TestSnapshotClusters(t *testing.T) {
 	grpcC := resource[*clusterv3.Cluster](t, snap, resourcev3.ClusterType, xds.ClusterGRPC)
 	if grpcC.GetTypedExtensionProtocolOptions()["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"] == nil {
 		t.Error("custos-grpc has no HTTP/2 options")
+	}
+	// Without mutual TLS on the listener (the minimal config), plaintext.
+	if ts := resource[*clusterv3.Cluster](t, mustSnapshot(t, parse(t, minimalYAML)), resourcev3.ClusterType, xds.ClusterGRPC).GetTransportSocket(); ts != nil {
+		t.Errorf("custos-grpc to a plaintext listener: transport socket %v", ts)
 	}
 	if n := len(snap.GetResources(resourcev3.EndpointType)); n != 3 {
 		t.Errorf("endpoints = %d, want 3", n)
@@ -473,5 +490,58 @@ func TestValidateTypedConfigs(t *testing.T) {
 	err = xds.Validate(listener(&anypb.Any{TypeUrl: "type.googleapis.com/custos.Nope"}))
 	if !errors.Is(err, xds.ErrUnknownType) {
 		t.Errorf("unknown type: err = %v", err)
+	}
+}
+
+// TestSnapshotGRPCMutualTLS: the cluster Envoy calls custos' gRPC listener
+// with presents Envoy's client certificate, verifies custos' certificate
+// against the CA and its name, and offers h2 (gRPC servers refuse a TLS
+// connection without it).
+func TestSnapshotGRPCMutualTLS(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, addr, serverName string
+		sanType                tlsv3.SubjectAltNameMatcher_SanType
+		wantSAN, wantSNI       string
+	}{
+		{"ip", "127.0.0.1:9901", "", tlsv3.SubjectAltNameMatcher_IP_ADDRESS, "127.0.0.1", ""},
+		{"host name", "custos.internal:9901", "", tlsv3.SubjectAltNameMatcher_DNS, "custos.internal", "custos.internal"},
+		{"server_name", "10.0.0.7:9901", "grpc.custos.internal", tlsv3.SubjectAltNameMatcher_DNS, "grpc.custos.internal", "grpc.custos.internal"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := loadExample(t)
+			cfg.XDS.GRPCAddress = tt.addr
+			cfg.XDS.GRPCTLS.ServerName = tt.serverName
+			c := resource[*clusterv3.Cluster](t, mustSnapshot(t, cfg), resourcev3.ClusterType, xds.ClusterGRPC)
+			ts := c.GetTransportSocket()
+			if ts.GetName() != "envoy.transport_sockets.tls" {
+				t.Fatalf("transport socket %v", ts)
+			}
+			up := unpack[*tlsv3.UpstreamTlsContext](t, ts.GetTypedConfig())
+			common := up.GetCommonTlsContext()
+			want := cfg.XDS.GRPCTLS
+			if certs := common.GetTlsCertificates(); len(certs) != 1 ||
+				certs[0].GetCertificateChain().GetFilename() != want.CertFile || certs[0].GetPrivateKey().GetFilename() != want.KeyFile {
+				t.Errorf("client certificate = %v, want %s %s", certs, want.CertFile, want.KeyFile)
+			}
+			vc := common.GetValidationContext()
+			if vc.GetTrustedCa().GetFilename() != want.CAFile {
+				t.Errorf("trusted CA = %v, want %s", vc.GetTrustedCa(), want.CAFile)
+			}
+			if sans := vc.GetMatchTypedSubjectAltNames(); len(sans) != 1 || sans[0].GetSanType() != tt.sanType || sans[0].GetMatcher().GetExact() != tt.wantSAN {
+				t.Errorf("SAN matchers = %v, want %v %s", sans, tt.sanType, tt.wantSAN)
+			}
+			if up.GetSni() != tt.wantSNI {
+				t.Errorf("sni = %q, want %q", up.GetSni(), tt.wantSNI)
+			}
+			if !slices.Equal(common.GetAlpnProtocols(), []string{"h2"}) {
+				t.Errorf("alpn = %v", common.GetAlpnProtocols())
+			}
+			if common.GetTlsParams().GetTlsMinimumProtocolVersion() != tlsv3.TlsParameters_TLSv1_2 {
+				t.Errorf("tls params = %v", common.GetTlsParams())
+			}
+		})
 	}
 }

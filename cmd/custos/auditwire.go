@@ -40,6 +40,10 @@ const (
 // xDS: what Envoy enforces in front of custos changed.
 const eventXDSConfigServed = "custos.xds.config_served"
 
+// eventXDSRequestRefused records an xDS request refused because its node
+// id is not configured: someone asked for Envoy's configuration.
+const eventXDSRequestRefused = "custos.xds.request_refused"
+
 // auditor keeps custos' audit journal: it records the events that are not
 // on the per-statement path (sessions, authentication, approvals, policy
 // loads, xDS) and exports the journal as OTLP logs when configured. A
@@ -440,6 +444,9 @@ func (a *auditor) xdsEvent(ev xds.Event) {
 	case xds.EventEnvoyRejected:
 		e.Name, e.Outcome, e.ErrorType, e.Error = audit.EventControlFailure, audit.OutcomeFailure, string(ev.Kind), ev.Reason
 		attrs = append(attrs, audit.String(audit.AttrComponent, "envoy"))
+	case xds.EventNodeRefused:
+		e.Name, e.Outcome, e.ErrorType, e.Error = eventXDSRequestRefused, audit.OutcomeDenied, string(ev.Kind), ev.Reason
+		e.ClientAddress = ev.Peer
 	default:
 		return
 	}

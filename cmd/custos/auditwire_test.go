@@ -470,6 +470,7 @@ func TestAuditorEvents(t *testing.T) {
 	a.xdsEvent(xds.Event{Kind: xds.EventConfigServed, NodeIDs: []string{"edge"}, Versions: map[string]string{"type.googleapis.com/envoy.config.listener.v3.Listener": "l1"}})
 	a.xdsEvent(xds.Event{Kind: xds.EventConfigRejected, NodeIDs: []string{"edge"}, Reason: "xds.http_port: 0 is not a port"})
 	a.xdsEvent(xds.Event{Kind: xds.EventEnvoyRejected, NodeIDs: []string{"edge"}, TypeURL: "type.googleapis.com/envoy.config.cluster.v3.Cluster", Version: "c2", Reason: "unknown field"})
+	a.xdsEvent(xds.Event{Kind: xds.EventNodeRefused, NodeIDs: []string{"stranger"}, TypeURL: "type.googleapis.com/envoy.config.cluster.v3.Cluster", Peer: "10.0.0.9:41000", Reason: "node id is not in xds.node_ids"})
 	a.close()
 	a.close()
 	// After close an event is counted, not recorded.
@@ -501,6 +502,8 @@ func TestAuditorEvents(t *testing.T) {
 			"custos.error": "xds.http_port: 0 is not a port"}},
 		{"envoy nack", "custos.control.failure", map[string]any{"custos.component": "envoy", "error.type": "xds_envoy_rejected",
 			"custos.xds.type_url": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "custos.xds.version": "c2"}},
+		{"node refused", "custos.xds.request_refused", map[string]any{"custos.outcome": "denied", "error.type": "xds_node_refused",
+			"custos.xds.node_ids": []any{"stranger"}, "client.address": "10.0.0.9:41000"}},
 	}
 	for _, tt := range tests {
 		if got := find(recs, tt.event, tt.want); len(got) != 1 {

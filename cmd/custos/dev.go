@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/custos-dev/custos/internal/config"
@@ -27,7 +28,22 @@ const (
 	defaultDevGRPCListen    = "127.0.0.1:9901"
 	defaultDevAdminListen   = "127.0.0.1:9902"
 	devIssuerPath           = "/dev-oidc"
+	// devEnvoyClient names Envoy's client certificate for the gRPC
+	// listener (common name and file names); its URI SAN is the one
+	// client identity dev mode's gRPC listener allows.
+	devEnvoyClient    = "envoy"
+	devEnvoyClientURI = "spiffe://custos-dev/envoy"
 )
+
+// devGRPCHosts are the names of dev mode's gRPC certificate: loopback,
+// and the host --grpc-listen binds when it is a particular one.
+func devGRPCHosts(listen string) []string {
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	if h := hostOf(listen); h != "" && h != "0.0.0.0" && h != "::" && !slices.Contains(hosts, h) {
+		hosts = append(hosts, h)
+	}
+	return hosts
+}
 
 // runDev runs custos on embedded defaults: an in-process OIDC issuer, a
 // throwaway PostgreSQL with demo card data, and the pgfilter listener.
@@ -39,6 +55,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	envoyPGListen := fs.String("envoy-pg-listen", defaultDevEnvoyPGListen, "Postgres listener for the local Envoy only (PROXY protocol required from loopback; empty: none)")
 	grpcListen := fs.String("grpc-listen", defaultDevGRPCListen, "gRPC listener (health; Envoy services)")
 	adminListen := fs.String("admin-listen", defaultDevAdminListen, "admin HTTP listener (/healthz, /readyz, /metrics, dev issuer)")
+	pprofListen := fs.String("pprof-listen", "", "listener for Go's profiles (/debug/pprof/), loopback only; empty: not served")
 	upstreamPort := fs.Int("upstream-port", 0, "port of the demo PostgreSQL (0 picks a free one)")
 	policyDir := fs.String("policy-dir", "", "Rego policy directory (default: the embedded PCI policy)")
 	noPolicy := fs.Bool("no-policy", false, "relay statements without policy (benchmark baseline only)")
@@ -83,6 +100,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if _, err := selfsigned.LoadOrCreate(certFile, keyFile, []string{"localhost", "127.0.0.1", "::1"}); err != nil {
 		return err
 	}
+	// Mutual TLS between Envoy and the gRPC listener.
+	grpcTLS, err := selfsigned.LoadOrCreateMutualTLS(filepath.Join(dir, "tls", "grpc"),
+		devGRPCHosts(*grpcListen), devEnvoyClient, devEnvoyClientURI)
+	if err != nil {
+		return err
+	}
 
 	cfg := &config.Config{
 		DataDir: dir,
@@ -91,8 +114,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 				Address: *pgListen,
 				TLS:     config.TLSFiles{CertFile: certFile, KeyFile: keyFile},
 			},
-			GRPC:  config.Listener{Address: *grpcListen},
+			GRPC: config.GRPCListener{Address: *grpcListen, TLS: config.GRPCTLS{
+				CertFile: grpcTLS.ServerCertFile, KeyFile: grpcTLS.ServerKeyFile,
+				ClientCAFile: grpcTLS.CAFile, AllowedClients: []string{devEnvoyClientURI},
+			}},
 			Admin: config.Listener{Address: *adminListen},
+			Pprof: config.PprofListener{Address: *pprofListen},
 		},
 	}
 	lns, err := listen(cfg)
@@ -125,7 +152,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	cfg.Policy.Dir = *policyDir
 	adminURL := "http://" + lns.admin.Addr().String()
 	cfg.Approvals.PublicURL = adminURL
-	devXDS(cfg, lns)
+	devXDS(cfg, lns, config.EnvoyClientTLS{CAFile: grpcTLS.CAFile, CertFile: grpcTLS.ClientCertFile, KeyFile: grpcTLS.ClientKeyFile})
 	cfg.Audit.SyncInterval = *auditSync
 	cfg.Audit.CommitDelay = commitDelay
 	if *noAudit {
@@ -151,6 +178,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		{"CUSTOS_PG_HOST", hostOf(pgAddr)},
 		{"CUSTOS_PG_PORT", portOf(pgAddr)},
 		{"CUSTOS_GRPC_ADDR", lns.grpc.Addr().String()},
+		// What Envoy (envoy/bootstrap-ads.yaml) presents to the gRPC
+		// listener, and the CA that verifies custos there.
+		{"CUSTOS_GRPC_CA_FILE", grpcTLS.CAFile},
+		{"CUSTOS_ENVOY_CERT_FILE", grpcTLS.ClientCertFile},
+		{"CUSTOS_ENVOY_KEY_FILE", grpcTLS.ClientKeyFile},
 		{"CUSTOS_ADMIN_URL", adminURL},
 		{"CUSTOS_ISSUER", issuerURL},
 		{"CUSTOS_DATABASE", devenv.Database},

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
 	"sync"
@@ -69,7 +68,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 // listeners are bound before anything else so that ":0" addresses are
 // known to whoever needs them (the dev issuer's URL, dev.env).
 type listeners struct {
-	pg, grpc, admin net.Listener
+	pg, grpc, admin, pprof net.Listener
 	// pgEnvoy (dev only) is a second Postgres listener that only the
 	// local Envoy reaches: PROXY protocol required from loopback.
 	pgEnvoy net.Listener
@@ -93,11 +92,17 @@ func listen(cfg *config.Config) (*listeners, error) {
 			return nil, fmt.Errorf("listeners.admin.address: %w", err)
 		}
 	}
+	if a := cfg.Listeners.Pprof.Address; a != "" {
+		if lns.pprof, err = net.Listen("tcp", a); err != nil {
+			lns.close()
+			return nil, fmt.Errorf("listeners.pprof.address: %w", err)
+		}
+	}
 	return &lns, nil
 }
 
 func (l *listeners) close() {
-	for _, ln := range []net.Listener{l.pg, l.grpc, l.admin, l.pgEnvoy} {
+	for _, ln := range []net.Listener{l.pg, l.grpc, l.admin, l.pprof, l.pgEnvoy} {
 		if ln != nil {
 			_ = ln.Close()
 		}
@@ -113,6 +118,8 @@ type gateway struct {
 	grpc   *grpc.Server
 	health *health.Server
 	admin  *http.Server
+	// pprof serves Go's profiles on a listener of its own (nil: off).
+	pprof  *http.Server
 	policy *policy.Engine
 	// approvals parks statements the policy sends for approval (nil
 	// without policy).
@@ -239,7 +246,18 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 	gw := &gateway{cfg: cfg, log: log, lns: lns, pg: pg, policy: eng, approvals: apr, audit: aud, tracing: tr}
 	gw.discovery = newDiscoverer(cfg, eng, log.With("component", "discovery"), aud.discoveryEvent)
 	if lns.grpc != nil {
-		gw.grpc = grpc.NewServer(gatewayGRPCOptions(tr)...)
+		creds, err := grpcCredentials(cfg.Listeners.GRPC, log.With("component", "grpc"))
+		if err != nil {
+			if apr != nil {
+				apr.close()
+			}
+			return nil, err
+		}
+		if !cfg.Listeners.GRPC.MutualTLS() {
+			log.Warn("grpc listener asks for no client certificate: whoever reaches it gets decisions and the xds configuration",
+				"address", lns.grpc.Addr().String(), "tls", cfg.Listeners.GRPC.ServesTLS())
+		}
+		gw.grpc = grpc.NewServer(append(gatewayGRPCOptions(tr), creds...)...)
 		gw.health = health.NewServer()
 		healthpb.RegisterHealthServer(gw.grpc, gw.health)
 		if err := serveXDS(ctx, gw.grpc, cfg, gopts.configPath, log, reg, aud.xdsEvent); err != nil {
@@ -266,10 +284,6 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		})
 		mux.HandleFunc("GET /readyz", gw.readyz)
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-		// Profiles for operators, on the admin listener only.
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		if apr != nil {
 			h := approvalapi.NewHandler(apr.svc, verifier, approvalapi.Options{
 				Logger: log.With("component", "approvalapi"), BaseURL: cfg.Approvals.PublicURL,
@@ -282,6 +296,9 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 			gopts.extraAdmin(mux)
 		}
 		gw.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
+	if lns.pprof != nil {
+		gw.pprof = newPprofServer()
 	}
 	built = true
 	return gw, nil
@@ -316,7 +333,7 @@ func (g *gateway) serve(ctx context.Context) error {
 	if g.discovery != nil {
 		g.discovery.Start(ctx, rediscover)
 	}
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	var wg sync.WaitGroup
 	start := func(name string, f func() error) {
 		wg.Add(1)
@@ -348,6 +365,15 @@ func (g *gateway) serve(ctx context.Context) error {
 	if g.admin != nil {
 		start("admin", func() error {
 			if err := g.admin.Serve(g.lns.admin); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	if g.pprof != nil {
+		g.log.Warn("go profiles served without authentication", "address", g.lns.pprof.Addr().String())
+		start("pprof", func() error {
+			if err := g.pprof.Serve(g.lns.pprof); !errors.Is(err, http.ErrServerClosed) {
 				return err
 			}
 			return nil
@@ -404,6 +430,9 @@ func (g *gateway) serve(ctx context.Context) error {
 	}
 	if g.admin != nil {
 		_ = g.admin.Shutdown(sctx)
+	}
+	if g.pprof != nil {
+		_ = g.pprof.Close()
 	}
 	wg.Wait()
 	g.audit.close()      // last: it records the end of everything above

@@ -15,12 +15,11 @@ import (
 	"testing"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	sotw "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/devissuer"
@@ -95,7 +94,9 @@ func TestXdsDev(t *testing.T) {
 	}
 	defer g.Close()
 	cfg := &config.Config{
-		Listeners: config.Listeners{Postgres: config.PostgresListener{Address: "127.0.0.1:0"}, GRPC: config.Listener{Address: "127.0.0.1:0"}},
+		Listeners: config.Listeners{Postgres: config.PostgresListener{Address: "127.0.0.1:0"}, GRPC: config.GRPCListener{Address: "127.0.0.1:0", TLS: config.GRPCTLS{
+			CertFile: "/data/tls/grpc/server.crt", KeyFile: "/data/tls/grpc/server.key", ClientCAFile: "/data/tls/grpc/ca.crt",
+		}}},
 		OIDC:      config.OIDC{Issuers: []config.Issuer{{URL: "http://127.0.0.1/dev-oidc", Audiences: []string{"custos"}}}},
 		Resources: []config.Resource{{Name: "payments", Address: "127.0.0.1:5432", Database: "payments", User: "u", Password: config.Secret{Env: "PW"}}},
 	}
@@ -104,7 +105,8 @@ func TestXdsDev(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pe.Close()
-	devXDS(cfg, &listeners{pg: pg, grpc: g, pgEnvoy: pe})
+	envoyTLS := config.EnvoyClientTLS{CAFile: "/data/tls/grpc/ca.crt", CertFile: "/data/tls/grpc/envoy.crt", KeyFile: "/data/tls/grpc/envoy.key"}
+	devXDS(cfg, &listeners{pg: pg, grpc: g, pgEnvoy: pe}, envoyTLS)
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -122,7 +124,10 @@ func TestXdsDev(t *testing.T) {
 	}
 	clusters := snap.GetResources(resourcev3.ClusterType)
 	if clusters[xds.ClusterGRPC] == nil || clusters[xds.ClusterPgfilter] == nil {
-		t.Errorf("clusters = %v", clusters)
+		t.Fatalf("clusters = %v", clusters)
+	}
+	if ts := clusters[xds.ClusterGRPC].(*clusterv3.Cluster).GetTransportSocket(); !strings.Contains(ts.String(), "/data/tls/grpc/envoy.crt") {
+		t.Errorf("custos-grpc does not present Envoy's client certificate: %v", ts)
 	}
 	// Envoy's PROXY header goes to the listener that requires it.
 	if cfg.XDS.GRPCAddress != g.Addr().String() || cfg.XDS.PgfilterAddress != pe.Addr().String() {
@@ -147,12 +152,13 @@ func TestXdsServeReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	pgAddr, grpcAddr, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	mtls := newTestMTLS(t)
 	cfgText := func(port int) string {
 		return fmt.Sprintf(`
 data_dir: %q
 listeners:
   postgres: {address: %q}
-  grpc: {address: %q}
+  grpc: {address: %q, tls: %s}
   admin: {address: %q}
 oidc:
   issuers: [{url: %q, audiences: [custos]}]
@@ -162,7 +168,8 @@ resources:
 xds:
   node_ids: [edge]
   postgres_ports: {payments-db: %d}
-`, filepath.Join(dir, "data"), pgAddr, grpcAddr, adminAddr, iss.URL(), port)
+  grpc_tls: %s
+`, filepath.Join(dir, "data"), pgAddr, grpcAddr, mtls.listenerYAML(), adminAddr, iss.URL(), port, mtls.envoyYAML())
 	}
 	cfgFile := filepath.Join(dir, "custos.yaml")
 	if err := os.WriteFile(cfgFile, []byte(cfgText(15432)), 0o600); err != nil {
@@ -176,11 +183,7 @@ xds:
 	go func() { done <- run(ctx, []string{"serve", "--config", cfgFile}, &out, errOut) }()
 	waitHTTP(t, "http://"+adminAddr+"/healthz")
 
-	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := mtls.dial(t, grpcAddr, mtls.envoy)
 	c := sotw.NewADSClient(ctx, &corev3.Node{Id: "edge"}, resourcev3.ListenerType)
 	if err := c.InitConnect(conn); err != nil {
 		t.Fatal(err)

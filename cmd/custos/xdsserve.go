@@ -98,8 +98,9 @@ func fileHash(path string) []byte {
 // clusters, at the addresses its listeners are bound to. Envoy's
 // Postgres cluster sends the PROXY protocol, so it goes to dev's second
 // Postgres listener (--envoy-pg-listen), which requires it from loopback;
-// clients connecting directly use the first, which takes none.
-func devXDS(cfg *config.Config, lns *listeners) {
+// clients connecting directly use the first, which takes none. envoyTLS is
+// how Envoy reaches the gRPC listener.
+func devXDS(cfg *config.Config, lns *listeners, envoyTLS config.EnvoyClientTLS) {
 	if lns.grpc == nil || lns.pgEnvoy == nil || len(cfg.Resources) == 0 {
 		return
 	}
@@ -109,5 +110,6 @@ func devXDS(cfg *config.Config, lns *listeners) {
 		PgfilterAddress: lns.pgEnvoy.Addr().String(),
 		ListenHost:      "127.0.0.1",
 		PostgresPorts:   map[string]int{cfg.Resources[0].Name: devEnvoyPGPort},
+		GRPCTLS:         envoyTLS,
 	}
 }

@@ -10,13 +10,16 @@
 //	SECRETS/tls/ca.crt                    the stack's CA (its key is not kept)
 //	SECRETS/custos/tls.crt, tls.key       custos' Postgres listener: custos, localhost, 127.0.0.1
 //	SECRETS/custos/gateway-password       the upstream role's password, for custos
+//	SECRETS/envoy/tls.crt, tls.key        Envoy's client certificate for custos' gRPC listener:
+//	                                      CN envoy, URI SAN spiffe://custos.compose/envoy
 //	SECRETS/postgres/tls.crt, tls.key     PostgreSQL's server certificate: postgres
 //	SECRETS/postgres/gateway-password     the same password, for the init script
 //	SECRETS/postgres/superuser-password   the postgres superuser's password
 //	PROBE/stackinit                       this binary, for healthchecks
 //
 // Each service's directory is mode 0700 and owned by that service's user
-// (--custos-uid, --postgres-uid), so no container reads another's key;
+// (--custos-uid, --postgres-uid, --envoy-uid), so no container reads
+// another's key;
 // AUDIT is made writable by the collector (--collector-uid).
 //
 // probe GETs URL and exits 0 on a 2xx answer, 1 otherwise.
@@ -39,6 +42,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -88,9 +92,13 @@ func probe(ctx context.Context, url string) error {
 }
 
 type initFlags struct {
-	secrets, probeDir, audit          string
-	custosUID, postgresUID, collector int
+	secrets, probeDir, audit                    string
+	custosUID, postgresUID, collector, envoyUID int
 }
+
+// envoyClientURI is the identity of Envoy's client certificate, the one
+// compose/custos.yaml allows on custos' gRPC listener.
+const envoyClientURI = "spiffe://custos.compose/envoy"
 
 func runInit(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("stackinit init", flag.ContinueOnError)
@@ -101,6 +109,7 @@ func runInit(args []string, stdout io.Writer) error {
 	fs.IntVar(&f.custosUID, "custos-uid", 65532, "custos' user and group id")
 	fs.IntVar(&f.postgresUID, "postgres-uid", 999, "PostgreSQL's user and group id")
 	fs.IntVar(&f.collector, "collector-uid", 10001, "the OpenTelemetry collector's user and group id")
+	fs.IntVar(&f.envoyUID, "envoy-uid", 101, "Envoy's user and group id")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -128,11 +137,12 @@ func initSecrets(f initFlags) error {
 	tlsDir := filepath.Join(f.secrets, "tls")
 	custosDir := filepath.Join(f.secrets, "custos")
 	pgDir := filepath.Join(f.secrets, "postgres")
+	envoyDir := filepath.Join(f.secrets, "envoy")
 	for _, d := range []struct {
 		path string
 		mode fs.FileMode
 		uid  int
-	}{{tlsDir, 0o755, 0}, {custosDir, 0o700, f.custosUID}, {pgDir, 0o700, f.postgresUID}} {
+	}{{tlsDir, 0o755, 0}, {custosDir, 0o700, f.custosUID}, {pgDir, 0o700, f.postgresUID}, {envoyDir, 0o700, f.envoyUID}} {
 		if err := os.MkdirAll(d.path, d.mode); err != nil {
 			return err
 		}
@@ -146,21 +156,29 @@ func initSecrets(f initFlags) error {
 		}
 	}
 	caFile := filepath.Join(tlsDir, "ca.crt")
-	if !exists(caFile) {
-		// A new CA reissues every certificate; its key is never stored.
+	leaves := []struct {
+		dir    string
+		uid    int
+		hosts  []string
+		client string // a client certificate's URI SAN
+	}{
+		{custosDir, f.custosUID, []string{"custos", "localhost", "127.0.0.1", "::1"}, ""},
+		{pgDir, f.postgresUID, []string{"postgres", "localhost"}, ""},
+		{envoyDir, f.envoyUID, []string{"envoy"}, envoyClientURI},
+	}
+	complete := exists(caFile)
+	for _, leaf := range leaves {
+		complete = complete && exists(filepath.Join(leaf.dir, "tls.crt")) && exists(filepath.Join(leaf.dir, "tls.key"))
+	}
+	if !complete {
+		// A new CA reissues every certificate (a volume of an older stack
+		// has no Envoy certificate); its key is never stored.
 		ca, err := newCA()
 		if err != nil {
 			return err
 		}
-		for _, leaf := range []struct {
-			dir   string
-			uid   int
-			hosts []string
-		}{
-			{custosDir, f.custosUID, []string{"custos", "localhost", "127.0.0.1", "::1"}},
-			{pgDir, f.postgresUID, []string{"postgres", "localhost"}},
-		} {
-			certPEM, keyPEM, err := ca.issue(leaf.hosts)
+		for _, leaf := range leaves {
+			certPEM, keyPEM, err := ca.issue(leaf.hosts, leaf.client)
 			if err != nil {
 				return err
 			}
@@ -287,9 +305,10 @@ func newCA() (*certAuthority, error) {
 	return &certAuthority{cert: cert, key: key, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
 }
 
-// issue returns a server certificate for hosts (DNS names or IPs) and its
-// PKCS #8 key, both PEM.
-func (ca *certAuthority) issue(hosts []string) (certPEM, keyPEM []byte, err error) {
+// issue returns a server certificate for hosts (DNS names or IPs), or
+// with clientURI a client certificate named hosts[0] and clientURI, and
+// its PKCS #8 key, both PEM.
+func (ca *certAuthority) issue(hosts []string, clientURI string) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
@@ -302,6 +321,15 @@ func (ca *certAuthority) issue(hosts []string) (certPEM, keyPEM []byte, err erro
 		NotAfter:     now.Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	if clientURI != "" {
+		u, err := url.Parse(clientURI)
+		if err != nil {
+			return nil, nil, err
+		}
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+		tmpl.URIs = []*url.URL{u}
+		hosts = nil // a client is named by its URI and common name
 	}
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {

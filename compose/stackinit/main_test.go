@@ -18,7 +18,7 @@ func TestInit(t *testing.T) {
 	dir := t.TempDir()
 	uid := strconv.Itoa(os.Getuid())
 	args := []string{"init", "--secrets", filepath.Join(dir, "secrets"), "--probe", filepath.Join(dir, "probe"), "--audit", filepath.Join(dir, "audit"),
-		"--custos-uid", uid, "--postgres-uid", uid, "--collector-uid", uid}
+		"--custos-uid", uid, "--postgres-uid", uid, "--collector-uid", uid, "--envoy-uid", uid}
 	if err := run(context.Background(), args, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +57,33 @@ func TestInit(t *testing.T) {
 			t.Errorf("%s: mode %v, %v", tc.dir, fi.Mode(), err)
 		}
 	}
+	// Envoy's client certificate, for custos' gRPC listener.
+	pair, err := tls.X509KeyPair(read("envoy/tls.crt"), read("envoy/tls.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("envoy client certificate: %v", err)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+		t.Error("envoy's client certificate also serves")
+	}
+	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != envoyClientURI || leaf.Subject.CommonName != "envoy" {
+		t.Errorf("envoy client certificate names %v %q", leaf.URIs, leaf.Subject.CommonName)
+	}
+	for _, p := range []string{"envoy", "envoy/tls.key"} {
+		want := os.FileMode(0o700)
+		if p != "envoy" {
+			want = 0o600
+		}
+		if fi, err := os.Stat(filepath.Join(s, p)); err != nil || fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, %v", p, fi.Mode(), err)
+		}
+	}
 	gw := read("postgres/gateway-password")
 	if len(gw) < 32 || !bytes.Equal(gw, read("custos/gateway-password")) {
 		t.Errorf("gateway passwords differ or are short")
@@ -75,6 +102,29 @@ func TestInit(t *testing.T) {
 	}
 	if !bytes.Equal(ca, read("tls/ca.crt")) || !bytes.Equal(key, read("custos/tls.key")) || !bytes.Equal(gw, read("custos/gateway-password")) {
 		t.Error("a second run changed the secrets")
+	}
+	// A volume of an older stack, without Envoy's certificate: a new CA
+	// issues everything again.
+	if err := os.RemoveAll(filepath.Join(s, "envoy")); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(context.Background(), args, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(ca, read("tls/ca.crt")) || bytes.Equal(key, read("custos/tls.key")) {
+		t.Error("a missing Envoy certificate did not reissue the set")
+	}
+	roots = x509.NewCertPool()
+	roots.AppendCertsFromPEM(read("tls/ca.crt"))
+	for _, dir := range []string{"custos", "envoy"} {
+		pair, err := tls.X509KeyPair(read(dir+"/tls.crt"), read(dir+"/tls.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, _ := x509.ParseCertificate(pair.Certificate[0])
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+			t.Errorf("%s after the reissue: %v", dir, err)
+		}
 	}
 }
 

@@ -173,7 +173,8 @@ const (
 // for the HTTP services, and the clusters behind them.
 type XDS struct {
 	// NodeIDs are the Envoy node ids (node.id in Envoy's bootstrap) that
-	// are served the configuration. Empty: custos configures no Envoy.
+	// are served the configuration; an xDS request from any other node is
+	// refused. Empty: custos configures no Envoy.
 	NodeIDs []string `yaml:"node_ids"`
 	// GRPCAddress is custos' gRPC listener as Envoy reaches it (ext_authz,
 	// ext_proc). Default: listeners.grpc.address, a wildcard host
@@ -192,7 +193,30 @@ type XDS struct {
 	// PostgresPorts gives each Postgres resource, by name, the port of its
 	// Envoy listener. Every Postgres resource needs one when node_ids is set.
 	PostgresPorts map[string]int `yaml:"postgres_ports"`
+	// GRPCTLS is how Envoy reaches custos' gRPC listener (cluster
+	// custos-grpc, for ext_authz and ext_proc): required when the listener
+	// speaks TLS. Files on Envoy's host.
+	GRPCTLS EnvoyClientTLS `yaml:"grpc_tls"`
 }
+
+// EnvoyClientTLS is the TLS of an Envoy cluster that calls custos: the
+// CA that verifies custos' certificate and the client certificate Envoy
+// presents. Paths are on Envoy's host.
+type EnvoyClientTLS struct {
+	// CAFile verifies custos' server certificate.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are Envoy's client certificate and key; required
+	// when the listener requires client certificates.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName is the SNI sent and the name custos' certificate must
+	// carry (default: the host of grpc_address; an IP address is matched
+	// as an IP SAN and sends no SNI).
+	ServerName string `yaml:"server_name"`
+}
+
+// IsZero reports whether nothing is set.
+func (e EnvoyClientTLS) IsZero() bool { return e == EnvoyClientTLS{} }
 
 // Enabled reports whether custos configures any Envoy.
 func (x *XDS) Enabled() bool { return len(x.NodeIDs) > 0 }
@@ -266,8 +290,60 @@ type Masking struct {
 // Listeners are the addresses custos serves on.
 type Listeners struct {
 	Postgres PostgresListener `yaml:"postgres"`
-	GRPC     Listener         `yaml:"grpc"`
+	GRPC     GRPCListener     `yaml:"grpc"`
 	Admin    Listener         `yaml:"admin"`
+	// Pprof serves Go's runtime profiles; off unless its address is set.
+	Pprof PprofListener `yaml:"pprof"`
+}
+
+// GRPCListener is the listener Envoy calls: ext_authz, ext_proc, xDS
+// (ADS) and gRPC health. Whoever reaches it can ask for decisions and
+// read the whole Envoy configuration, so it requires mutual TLS: a client
+// certificate issued by TLS.ClientCAFile (and, with
+// TLS.AllowedClients, naming an allowed identity).
+type GRPCListener struct {
+	Address string `yaml:"address"`
+	// TLS is custos' certificate and the CA of the clients' certificates.
+	TLS GRPCTLS `yaml:"tls"`
+	// InsecureNoClientAuth accepts callers without a client certificate:
+	// anyone who reaches the listener gets decisions and the xDS
+	// configuration. With tls.cert_file the listener still speaks TLS;
+	// without, plaintext. Only for a listener no one else can reach.
+	InsecureNoClientAuth bool `yaml:"insecure_no_client_auth"`
+}
+
+// GRPCTLS is the mutual TLS of the gRPC listener.
+type GRPCTLS struct {
+	// CertFile and KeyFile are custos' server certificate and key (PEM).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile holds the CA certificates (PEM) a client certificate
+	// must chain to.
+	ClientCAFile string `yaml:"client_ca_file"`
+	// AllowedClients, when set, are the client identities accepted: a
+	// certificate is accepted when one of its URI SANs, DNS SANs or its
+	// subject common name equals an entry. Empty: any certificate
+	// ClientCAFile issued.
+	AllowedClients []string `yaml:"allowed_clients"`
+}
+
+// MutualTLS reports whether the gRPC listener requires client
+// certificates.
+func (g *GRPCListener) MutualTLS() bool { return g.Address != "" && !g.InsecureNoClientAuth }
+
+// ServesTLS reports whether the gRPC listener speaks TLS.
+func (g *GRPCListener) ServesTLS() bool { return g.Address != "" && g.TLS.CertFile != "" }
+
+// PprofListener serves Go's profiles (/debug/pprof/: goroutine dumps,
+// heap, CPU profiles, execution traces) on a listener of its own, never
+// on the admin listener.
+type PprofListener struct {
+	// Address is where profiles are served; empty (the default) serves
+	// none. It must be a loopback address unless InsecureAllowRemote.
+	Address string `yaml:"address"`
+	// InsecureAllowRemote accepts an address other hosts reach: profiles
+	// then answer anyone who reaches it, without authentication.
+	InsecureAllowRemote bool `yaml:"insecure_allow_remote"`
 }
 
 // Listener is a plain TCP listen address.
@@ -604,6 +680,8 @@ func (c *Config) Validate() error {
 	checkAddr("listeners.postgres.address", pl.Address, true)
 	checkAddr("listeners.grpc.address", c.Listeners.GRPC.Address, false)
 	checkAddr("listeners.admin.address", c.Listeners.Admin.Address, false)
+	errs = append(errs, c.validateGRPCListener()...)
+	errs = append(errs, c.validatePprof()...)
 	if (pl.TLS.CertFile == "") != (pl.TLS.KeyFile == "") {
 		add("listeners.postgres.tls", "cert_file and key_file go together")
 	}
@@ -930,6 +1008,7 @@ func (c *Config) validateXDS() []error {
 	if (x.HTTPTLS.CertFile == "") != (x.HTTPTLS.KeyFile == "") {
 		add("xds.http_tls", "cert_file and key_file go together")
 	}
+	errs = append(errs, c.validateXDSGRPCTLS()...)
 	portOwner := map[int]string{}
 	if len(c.HTTPServices) > 0 {
 		portOwner[x.HTTPPort] = "xds.http_port"

@@ -103,7 +103,7 @@ func TestExampleConfigLoads(t *testing.T) {
 // xdsYAML is validYAML with a gRPC listener and an HTTP service, served to
 // an Envoy over xDS.
 var xdsYAML = strings.Replace(validYAML, "    address: 127.0.0.1:6543\n",
-	"    address: 127.0.0.1:6543\n  grpc:\n    address: 0.0.0.0:9901\n", 1) + `
+	"    address: 127.0.0.1:6543\n  grpc:\n    address: 0.0.0.0:9901\n"+grpcTLSYAML, 1) + `
 http_services:
   - name: payments-api
     domains: [api.example.com]
@@ -113,7 +113,11 @@ http_services:
 xds:
   node_ids: [edge]
   postgres_ports: {payments-db: 5432}
+  grpc_tls: {ca_file: /etc/envoy/custos-ca.crt, cert_file: /etc/envoy/envoy.crt, key_file: /etc/envoy/envoy.key}
 `
+
+// grpcTLSYAML is the gRPC listener's mutual TLS.
+const grpcTLSYAML = "    tls: {cert_file: /etc/custos/grpc.crt, key_file: /etc/custos/grpc.key, client_ca_file: /etc/custos/envoy-ca.crt}\n"
 
 func TestParseXDSDefaults(t *testing.T) {
 	t.Parallel()
@@ -185,7 +189,7 @@ func TestValidateXDSNamesFields(t *testing.T) {
 		{"body without headers", "labels: {pci: cde}", "labels: {pci: cde}\n    processing: {response_headers: skip}", "http_services[0].processing.response_headers: must be send"},
 		{"empty node id", "node_ids: [edge]", "node_ids: ['']", "xds.node_ids[0]: must not be empty"},
 		{"node id twice", "node_ids: [edge]", "node_ids: [edge, edge]", "xds.node_ids[1]: \"edge\" is listed twice"},
-		{"no grpc listener", "  grpc:\n    address: 0.0.0.0:9901\n", "", "need listeners.grpc.address"},
+		{"no grpc listener", "  grpc:\n    address: 0.0.0.0:9901\n" + grpcTLSYAML, "", "need listeners.grpc.address"},
 		{"grpc port 0", "address: 0.0.0.0:9901", "address: 127.0.0.1:0", "xds.grpc_address: \"127.0.0.1:0\": Envoy needs the port"},
 		{"bad pgfilter address", "node_ids: [edge]", "node_ids: [edge]\n  pgfilter_address: pgfilter", "xds.pgfilter_address"},
 		{"listen host not an IP", "node_ids: [edge]", "node_ids: [edge]\n  listen_host: localhost", "xds.listen_host"},
@@ -211,7 +215,7 @@ func TestValidateXDSNamesFields(t *testing.T) {
 		})
 	}
 	// Without node ids the ports are not required.
-	y := strings.Replace(xdsYAML, "node_ids: [edge]\n  postgres_ports: {payments-db: 5432}", "http_port: 8081", 1)
+	y := strings.Replace(xdsYAML, "node_ids: [edge]\n  postgres_ports: {payments-db: 5432}\n  grpc_tls: {ca_file: /etc/envoy/custos-ca.crt, cert_file: /etc/envoy/envoy.crt, key_file: /etc/envoy/envoy.key}", "http_port: 8081", 1)
 	if _, err := Parse(strings.NewReader(y)); err != nil {
 		t.Fatalf("xds without node ids: %v", err)
 	}
