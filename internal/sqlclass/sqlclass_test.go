@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
 
 // want is the expected classification of one statement. reads, writes and flags are always
@@ -241,6 +243,46 @@ var cases = []tc{
 	{q: "WITH x AS (SELECT * FROM cards) SELECT pan FROM x", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:output")}},
 	{q: "SELECT * FROM (cards c JOIN tokens t USING (id)) AS j WHERE j.pan LIKE '4%'", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.tokens"), cols: s("public.cards.*:output", "public.cards.id:filter", "public.cards.pan:filter", "public.tokens.*:output", "public.tokens.id:filter", "public.tokens.pan:filter")}},
 	{q: "VALUES (1, 'a')", w: want{cmd: "SELECT", ro: true}},
+	// lineage: only a column PostgreSQL reports with its origin is output
+	{q: "SELECT cvv FROM cards UNION ALL SELECT NULL", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived,setop")}},
+	{q: "SELECT (SELECT cvv FROM cards LIMIT 1)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived")}},
+	{q: "SELECT x FROM (SELECT cvv AS x FROM cards) s", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:output")}},
+	{q: "WITH c AS (SELECT cvv FROM cards) SELECT cvv AS x FROM c", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:output")}},
+	{q: "SELECT v.x FROM cards c, LATERAL (VALUES (c.cvv)) v(x)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived")}},
+	{q: "SELECT x FROM cards c, LATERAL (SELECT c.cvv AS x) l", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s(".x:output", "public.cards.cvv:output")}},
+	{q: "SELECT * FROM (SELECT cvv FROM cards UNION SELECT '1') u", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived,setop")}},
+	{q: "SELECT ROW(cvv) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived,function")}},
+	{q: "SELECT s FROM (SELECT cvv FROM cards) s", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s(".s:derived", "public.cards.cvv:derived")}},
+	{q: "SELECT array_agg(cvv), json_agg(cvv), string_agg(cvv, ',') FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:aggregate,derived")}},
+	{q: "SELECT format('%s', cvv), cvv || '', COALESCE(cvv, ''), CASE WHEN true THEN cvv END FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived,function")}},
+	{q: "SELECT j.cvv FROM (cards JOIN customers ON customers.card_id = cards.id) j", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.customers"), cols: s("public.cards.cvv:output", "public.cards.id:filter", "public.customers.card_id:filter", "public.customers.cvv:output")}},
+	{q: "SELECT cvv FROM cards FULL JOIN old_cards USING (cvv)", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.old_cards"), cols: s(".cvv:derived", "public.cards.cvv:filter", "public.old_cards.cvv:filter")}},
+	// inference: every clause that compares, orders or groups records it
+	{q: "WITH RECURSIVE r AS (SELECT id FROM cards) SEARCH DEPTH FIRST BY id SET ord SELECT id FROM r", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:function,order,output")}},
+	{q: "WITH RECURSIVE r(p) AS (SELECT pan FROM cards UNION ALL SELECT p FROM r) SEARCH BREADTH FIRST BY p SET ord SELECT 1 FROM r ORDER BY ord", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:function,order,setop")}},
+	{q: "WITH RECURSIVE r(p) AS (SELECT pan FROM cards UNION ALL SELECT p FROM r) CYCLE p SET loop USING path SELECT path FROM r", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:derived,filter,function,setop")}},
+	{q: "SELECT EXISTS (SELECT pan FROM cards INTERSECT SELECT '4242424242424242')", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:setop")}},
+	{q: "SELECT 1 WHERE EXISTS (SELECT pan FROM cards EXCEPT SELECT $1)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:setop")}},
+	{q: "SELECT DISTINCT pan FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:group,output")}},
+	{q: "SELECT count(*) FROM cards GROUP BY CUBE (pan), GROUPING SETS ((cvv), ())", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:group", "public.cards.pan:group")}},
+	{q: "SELECT rank() OVER w FROM cards WINDOW w AS (PARTITION BY cvv ORDER BY pan)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:group", "public.cards.pan:order")}},
+	{q: "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY pan) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:aggregate,derived,order")}},
+	{q: "SELECT id FROM cards LIMIT (SELECT ascii(pan) FROM cards LIMIT 1) OFFSET length(current_user)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s(".pan:function", "public.cards.id:output")}},
+	{q: "SELECT id FROM customers WHERE card_id IN (SELECT length(pan) FROM cards)", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.customers"), cols: s(".pan:filter,function", "public.customers.card_id:filter", "public.customers.id:output")}},
+	{q: "SELECT id FROM cards WHERE pan > ALL (SELECT '4')", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
+	{q: "SELECT id FROM cards WHERE (pan, id) > ('4', 1)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:filter,output", "public.cards.pan:filter")}},
+	{q: "SELECT id FROM cards WHERE pan = $1", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter_eq_param")}},
+	{q: "SELECT id FROM cards WHERE $1::text = pan OR cards.pan = $2", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter_eq_param")}},
+	{q: "SELECT id FROM cards WHERE pan = ANY($1)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
+	{q: "SELECT id FROM cards WHERE pan = $1::text[]", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
+	{q: "SELECT id FROM cards WHERE pan = '4242424242424242'", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
+	{q: "SELECT id FROM cards WHERE substr(pan, 1, 1) = $1", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter,function")}},
+	{q: "SELECT id FROM cards TABLESAMPLE BERNOULLI (50) REPEATABLE (1) WHERE pan < '5'", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
+	{q: "SELECT x.n FROM cards c, XMLTABLE('/r' PASSING xmlparse(document c.pan) COLUMNS n text PATH 'n') x", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:function")}},
+	{q: "SELECT jt.* FROM cards c, JSON_TABLE(c.pan::jsonb, '$' COLUMNS (n text PATH '$.n')) jt", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:function")}},
+	{q: "INSERT INTO cards (id, pan) VALUES (1, 'x') ON CONFLICT (pan) WHERE cvv > '1' DO UPDATE SET holder = 'y' WHERE cards.exp < '1' RETURNING cvv", w: want{cmd: "INSERT", reads: s(cards), writes: s(cards), cols: s(".cvv:filter", "public.cards.cvv:returning", "public.cards.exp:filter", "public.cards.holder:write", "public.cards.id:write", "public.cards.pan:filter,write")}},
+	{q: "MERGE INTO cards c USING old_cards o ON c.pan = o.pan WHEN NOT MATCHED BY SOURCE AND c.cvv < '5' THEN DELETE RETURNING c.id", w: want{cmd: "MERGE", reads: s(cards, "public.old_cards"), writes: s(cards), cols: s("public.cards.cvv:filter", "public.cards.id:returning", "public.cards.pan:filter", "public.old_cards.pan:filter")}},
+	{q: "UPDATE cards SET holder = 'x' WHERE pan = $1", w: want{cmd: "UPDATE", writes: s(cards), cols: s("public.cards.holder:write", "public.cards.pan:filter_eq_param")}},
 	{q: "TABLE cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.*:output")}},
 }
 
@@ -592,4 +634,49 @@ func TestConcurrentClassify(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestWalkResolvesEveryColumnRef checks that the walk itself resolves every column reference
+// of the SELECT and DML cases: the sweep is a safety net for clauses the walker does not
+// know, not how known clauses get their usage.
+func TestWalkResolvesEveryColumnRef(t *testing.T) {
+	t.Parallel()
+	for _, c := range cases {
+		tree, err := pg_query.Parse(c.q)
+		if err != nil {
+			t.Fatalf("%s: %v", c.q, err)
+		}
+		for _, raw := range tree.Stmts {
+			switch raw.Stmt.GetNode().(type) {
+			case *pg_query.Node_SelectStmt, *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt,
+				*pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt:
+			default:
+				continue
+			}
+			w := newWalker()
+			var st Statement
+			w.stmt(raw.Stmt, &st)
+			before := len(w.seen)
+			w.sweep(raw.Stmt)
+			if after := len(w.seen); after != before {
+				t.Errorf("%s: the sweep found %d column references the walk missed", c.q, after-before)
+			}
+		}
+	}
+}
+
+// TestSweepRecordsUnknownClauses checks the sweep on a clause the walk skips on purpose.
+func TestSweepRecordsUnknownClauses(t *testing.T) {
+	t.Parallel()
+	tree, err := pg_query.Parse("SELECT pan FROM cards")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := tree.Stmts[0].Stmt.GetSelectStmt()
+	// A clause the walker does not read: the sweep still finds its column.
+	sel.IntoClause = &pg_query.IntoClause{Rel: &pg_query.RangeVar{Relname: "t"}, ViewQuery: pg_query.MakeColumnRefNode([]*pg_query.Node{pg_query.MakeStrNode("cvv")}, 0)}
+	st := classifyStmt(tree.Stmts[0].Stmt)
+	if got := colStrings(st.Columns); !slices.Contains(got, ".cvv:function") {
+		t.Errorf("columns = %q, want .cvv:function", got)
+	}
 }
