@@ -323,9 +323,14 @@ restricted_table(table) if {
 	sprintf("pg_catalog.%s", [substring(table, count("public."), -1)]) in config.agent_restricted_tables
 }
 
-# Cardholder-data columns: an agent may only select them (they are then
-# masked). A filter, join, ordering, grouping, aggregate, function or server
-# side copy reveals digits without returning the value.
+# Cardholder-data columns: an agent may only select them as plain columns
+# PostgreSQL reports with their origin (usage "output"), where the masker's
+# column rules apply. Any other use is refused unless
+# cardholder_column_grants allows it: a filter, join, ordering, grouping,
+# set operation (setop), aggregate, function or server side copy reveals
+# digits without returning the value, and a value that reaches the client
+# without its origin (derived: a set operation, scalar subquery, VALUES,
+# whole row, expression) escapes the column rules (a CVV would come through).
 sql_denials contains sprintf("column %s.%s may only be selected, not used in %s", [table, column, concat(" or ", usages)]) if {
 	role == "agent"
 	some [table, column, _] in column_misuse
@@ -335,8 +340,15 @@ sql_denials contains sprintf("column %s.%s may only be selected, not used in %s"
 column_misuse contains [table, column, usage] if {
 	some [table, column, usage] in cardholder_column_uses
 	usage != "output"
-	not usage in object.get(config.cardholder_column_grants, [table, column], [])
+	not column_use_granted(table, column, usage)
 }
+
+column_use_granted(table, column, usage) if usage in object.get(config.cardholder_column_grants, [table, column], [])
+
+# filter_eq_param (column = $n, one guess per execution) is the narrowest
+# filter: a grant of filter covers it, a grant of filter_eq_param alone
+# allows nothing wider.
+column_use_granted(table, column, "filter_eq_param") if "filter" in object.get(config.cardholder_column_grants, [table, column], [])
 
 # statement_columns holds [table, column, usages, statement index in nodes]
 # for the column entries of all statements ("" for a table sqlclass could not

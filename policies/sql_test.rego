@@ -310,6 +310,34 @@ test_agent_sql[note] if {
 			"statements": [execute(pan_in(["filter"]))],
 			"want": "deny", "reasons": ["column public.cards.pan may only be selected, not used in filter"],
 		},
+		"CVV through a set operation": {
+			"statements": [stmt({"reads": ["public.cards"], "columns": [{"table": "public.cards", "column": "cvv", "usage": ["derived", "setop"]}]})],
+			"want": "deny", "reasons": ["column public.cards.cvv may only be selected, not used in derived or setop"],
+		},
+		"CVV through a scalar subquery": {
+			"statements": [stmt({"reads": ["public.cards"], "columns": [{"table": "public.cards", "column": "cvv", "usage": ["derived"]}]})],
+			"want": "deny", "reasons": ["column public.cards.cvv may only be selected, not used in derived"],
+		},
+		"PAN probed by INTERSECT in EXISTS": {
+			"statements": [pan_in(["setop"])],
+			"want": "deny", "reasons": ["column public.cards.pan may only be selected, not used in setop"],
+		},
+		"PAN sorted by a recursive CTE's SEARCH": {
+			"statements": [pan_in(["function", "order", "setop"])],
+			"want": "deny", "reasons": ["column public.cards.pan may only be selected, not used in function or order or setop"],
+		},
+		"PAN compared to a bound parameter": {
+			"statements": [pan_in(["filter_eq_param"])],
+			"want": "deny", "reasons": ["column public.cards.pan may only be selected, not used in filter_eq_param"],
+		},
+		"derived CVV of an unknown table": {
+			"statements": [stmt({"reads": ["public.cards"], "columns": [{"table": "", "column": "cvv", "usage": ["derived"]}]})],
+			"want": "deny", "reasons": ["column public.cards.cvv may only be selected, not used in derived"],
+		},
+		"derived whole row of an unknown table": {
+			"statements": [stmt({"reads": ["public.cards"], "columns": [{"table": "", "column": "*", "usage": ["derived", "group"]}]})],
+			"want": "deny", "reasons": ["column public.cards.* may only be selected, not used in derived or group"],
+		},
 		"other columns of a cardholder table in a filter": {
 			"statements": [stmt({"reads": ["public.cards"], "columns": [{"table": "public.cards", "column": "holder", "usage": ["filter", "order"]}]})],
 			"want": "allow",
@@ -486,4 +514,22 @@ test_runs_and_nodes if {
 	# EXECUTE runs its EXPLAIN, which runs nothing.
 	count(runs) == 4
 	not inner in runs
+}
+
+test_filter_eq_param_grants if {
+	eq := {"public.cards": {"pan": ["filter_eq_param"]}}
+	allowed := custos.decision with input as sql_input(agent, [pan_in(["output", "filter_eq_param"])])
+		with data.custos.config.cardholder_column_grants as eq
+	allowed.allow
+	not allowed.require_approval
+
+	# A grant of equality to a parameter allows no other filter, ordering or derived value.
+	denied := custos.decision with input as sql_input(agent, [pan_in(["filter", "filter_eq_param", "derived"])])
+		with data.custos.config.cardholder_column_grants as eq
+	denied.reasons == ["column public.cards.pan may only be selected, not used in derived or filter"]
+
+	# A grant of filter covers its narrowest form.
+	wide := custos.decision with input as sql_input(agent, [pan_in(["filter_eq_param"])])
+		with data.custos.config.cardholder_column_grants as {"public.cards": {"pan": ["filter"]}}
+	wide.allow
 }

@@ -11,6 +11,7 @@ func classifyStmt(n *pg_query.Node) Statement {
 	w := newWalker()
 	var st Statement
 	w.stmt(n, &st)
+	w.sweep(n)
 	w.finish(&st)
 	return st
 }
@@ -91,7 +92,7 @@ func (w *walker) stmt(n *pg_query.Node, st *Statement) {
 			w.write(qualify(into.Rel))
 			w.apply(sh, uCopy, false)
 		} else {
-			w.apply(sh, uOutput, true)
+			w.output(sh)
 		}
 	case *pg_query.Node_InsertStmt:
 		st.Command = "INSERT"
@@ -169,7 +170,7 @@ func (w *walker) stmt(n *pg_query.Node, st *Statement) {
 		st.Name = x.DeclareCursorStmt.Portalname
 		// The rows reach the client through FETCH: they are this statement's output.
 		sh := w.query(x.DeclareCursorStmt.Query, nil)
-		w.apply(sh, uOutput, true)
+		w.output(sh)
 	case *pg_query.Node_FetchStmt:
 		st.Command = "FETCH"
 		if x.FetchStmt.Ismove {

