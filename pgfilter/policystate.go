@@ -12,6 +12,11 @@ import (
 // the batches sent before it, when what it names depends on them.
 const settleTimeout = 30 * time.Second
 
+// maxBatch bounds the messages custos remembers of a batch that never
+// ends; past it the oldest are dropped and names not found among the
+// rest are unknown.
+const maxBatch = 4096
+
 // What custos knows of the session's prepared statements and portals
 // changes only when the server confirms it: ParseComplete, BindComplete,
 // CloseComplete, the CommandComplete of PREPARE, DEALLOCATE, DISCARD ALL
@@ -69,6 +74,7 @@ type sessionState struct {
 	queue      []*stateOp // sent, not yet answered, in order
 	boundaries int        // boundary ops in queue
 	batch      []*stateOp // sent since the last boundary (client side)
+	truncated  bool       // batch lost its oldest ops (see maxBatch)
 	skipping   bool       // the server skips until the next Sync
 	copyOp     *stateOp   // the last Query or Execute, until CopyDone
 	lost       bool       // custos no longer follows the server's answers
@@ -100,9 +106,19 @@ func (s *sessionState) push(op *stateOp) {
 		}
 	}
 	if op.kind.boundary() {
+		clear(s.batch)
 		s.batch = s.batch[:0]
+		s.truncated = false
 	} else {
-		s.batch = append(s.batch, op)
+		if len(s.batch) >= maxBatch {
+			n := copy(s.batch, s.batch[maxBatch/2:])
+			clear(s.batch[n:])
+			s.batch = s.batch[:n]
+			s.truncated = true
+		}
+		if op.kind != stDescribe && (op.kind != stExecute || touchesNames(op.effects)) {
+			s.batch = append(s.batch, op) // only what lookups look at
+		}
 	}
 	if s.skipping && op.kind != stSync {
 		return // the server will not answer it
@@ -182,7 +198,7 @@ func (s *sessionState) lookupStmt(name string, settle func() bool) (*stmtInfo, b
 			}
 		}
 	}
-	if !settle() {
+	if s.truncated || !settle() {
 		return nil, false
 	}
 	info := s.stmts[name]
@@ -208,7 +224,7 @@ func (s *sessionState) lookupPortal(name string, settle func() bool) *portalInfo
 			}
 		}
 	}
-	if !settle() {
+	if s.truncated || !settle() {
 		return nil
 	}
 	return s.portals[name]
@@ -228,6 +244,18 @@ func touchesStmt(stmts []sqlclass.Statement, name string) bool {
 		}
 	}
 	return false
+}
+
+// touchesNames reports whether running stmts may change any statement or
+// portal.
+func touchesNames(stmts []sqlclass.Statement) bool {
+	for _, st := range stmts {
+		switch st.Command {
+		case "PREPARE", "DEALLOCATE", "DISCARD":
+			return true
+		}
+	}
+	return touchesPortals(stmts)
 }
 
 // touchesPortals reports whether running stmts may close or create
