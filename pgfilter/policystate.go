@@ -325,7 +325,7 @@ func (s *sessionState) server(typ byte, body []byte) {
 	switch typ {
 	case '1', '2', '3':
 		want := map[byte]stateOpKind{'1': stParse, '2': stBind, '3': stCloseStmt}[typ]
-		if op == nil || (op.kind != want && !(typ == '3' && op.kind == stClosePortal)) {
+		if op == nil || (op.kind != want && (typ != '3' || op.kind != stClosePortal)) {
 			s.lose()
 			return
 		}
