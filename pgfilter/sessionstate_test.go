@@ -359,3 +359,30 @@ func TestFlushPipelineWithoutSync(t *testing.T) {
 		t.Fatalf("table has %d rows", n)
 	}
 }
+
+// TestMaskerKeepsTheBoundPortal: a Bind the server refused (42P03) must
+// not change how the masker reads the old portal's rows (here the CVV,
+// dropped by its column rule, would come through as the other
+// statement's harmless column).
+func TestMaskerKeepsTheBoundPortal(t *testing.T) {
+	t.Parallel()
+	env := maskedEnv(t)
+	s := newRawSession(t, env.ConnString("alice", env.Token(t, "alice")))
+	wantNoError(t, "begin", s.send(query("BEGIN")))
+	wantNoError(t, "bind", s.send(parse("a", "SELECT cvv FROM cards WHERE id = 1"), parse("b", "SELECT 'x'::text AS note"),
+		&pgproto3.Describe{ObjectType: 'S', Name: "a"}, &pgproto3.Describe{ObjectType: 'S', Name: "b"}, bindTo("p", "a"), syncMsg))
+	wantNoError(t, "savepoint", s.send(query("SAVEPOINT sp")))
+	if rs := s.send(bindTo("p", "b"), syncMsg); len(errorsOf(rs)) != 1 || errorsOf(rs)[0].code != "42P03" {
+		t.Fatalf("second bind: %v", rs)
+	}
+	wantNoError(t, "rollback to", s.send(query("ROLLBACK TO SAVEPOINT sp")))
+	rs := s.send(execute("p"), syncMsg)
+	for _, r := range rs {
+		if r.typ == "Row" && r.text != "" {
+			t.Fatalf("the CVV came through: %v", rs)
+		}
+	}
+	if len(errorsOf(rs)) > 0 {
+		t.Fatalf("execute: %v", rs)
+	}
+}
