@@ -386,3 +386,23 @@ func TestMaskerKeepsTheBoundPortal(t *testing.T) {
 		t.Fatalf("execute: %v", rs)
 	}
 }
+
+// TestMaskerForgetsSQLRedefinitions: a statement described through the
+// protocol, then deallocated and prepared again in SQL, is read with its
+// new columns.
+func TestMaskerForgetsSQLRedefinitions(t *testing.T) {
+	t.Parallel()
+	env := maskedEnv(t)
+	s := newRawSession(t, env.ConnString("alice", env.Token(t, "alice")))
+	wantNoError(t, "parse", s.send(parse("s", "SELECT 'x'::text AS note"), &pgproto3.Describe{ObjectType: 'S', Name: "s"}, syncMsg))
+	wantNoError(t, "redefine", s.send(query("DEALLOCATE s; PREPARE s AS SELECT cvv FROM cards WHERE id = 1")))
+	rs := s.send(bindTo("", "s"), execute(""), syncMsg)
+	for _, r := range rs {
+		if r.typ == "Row" && r.text != "" {
+			t.Fatalf("the CVV came through: %v", rs)
+		}
+	}
+	if len(errorsOf(rs)) > 0 {
+		t.Fatalf("execute: %v", rs)
+	}
+}
