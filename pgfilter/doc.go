@@ -40,6 +40,35 @@
 // rejects, and the server's error rewritten into custos' refusal, so the
 // client sees the server's true transaction state.
 //
+// Session state (policystate.go): what custos knows of prepared statements
+// (protocol and SQL-level share one namespace) and portals changes only when
+// the server confirms it. Each client message is queued as it goes upstream;
+// the server's answers settle it in order:
+//
+//	client                         custos                          upstream
+//	  | Parse s, Bind p, Execute p, Sync -> pending: s, p (this batch)|
+//	  |                             |  Execute decided on pending s ->|
+//	  |                             |  <- ParseComplete: s known      |
+//	  |                             |  <- BindComplete: p known (bound to s as it was)
+//	  |                             |  <- ErrorResponse: pending ops dropped up to Sync
+//	  |                             |  <- CommandComplete PREPARE / DEALLOCATE / DISCARD ALL
+//	  |                             |  <- COMMIT, ROLLBACK (TO), CLOSE, DECLARE, CALL: portals forgotten
+//	  |                             |  <- ReadyForQuery 'I': portals forgotten
+//
+// A message is decided on definitions sent earlier in its own batch (if one
+// fails the server skips to Sync, this message too), else on confirmed ones:
+// when earlier batches are still unanswered it flushes them upstream and
+// waits (up to 30s) for their answers. Redefining a name custos knows of (a
+// Parse or PREPARE of an existing statement, a Bind of an existing named
+// portal) is refused (42P05, 42P03, with a decision id) by swapping in a
+// message the server rejects; unnamed statements and portals are replaced
+// freely. An Execute custos cannot tie to a definition is refused (42501).
+// If the answers stop matching what was sent, custos forgets everything and
+// trusts only same-batch definitions from then on. Sync messages sent during
+// COPY FROM STDIN, which the server ignores, are not waited for. The masker
+// follows the same rule for the row shapes it keeps (a portal is known at
+// its BindComplete; one still uncertain is described by the server first).
+//
 // Approvals (approvalpark.go, park.go): when the decision requires
 // approval, the client-to-server goroutine records an approval request,
 // sends a NoticeResponse at once (approval id, approvers, how to approve)

@@ -51,15 +51,13 @@ type policyHook struct {
 	token      string        // names the objects denied messages refer to
 	masker     *resultMasker // receives an allowed statement's mask rules
 
-	mu       sync.Mutex
-	stmts    map[string]*stmtInfo // extended-protocol statements
-	portals  map[string]*portalInfo
-	prepared map[string]*sqlclass.Statement
-	denials  map[int]*pgproto3.ErrorResponse
-	next     int
-	fcall    *pgproto3.ErrorResponse // a refused FunctionCall's answer
-	encoded  map[*sqlclass.Result]json.RawMessage
-	decided  map[*sqlclass.Result]rememberedDecision
+	mu      sync.Mutex
+	state   *sessionState // statements and portals, as the server confirmed them
+	denials map[int]*pgproto3.ErrorResponse
+	next    int
+	fcall   *pgproto3.ErrorResponse // a refused FunctionCall's answer
+	encoded map[*sqlclass.Result]json.RawMessage
+	decided map[*sqlclass.Result]rememberedDecision
 }
 
 type stmtInfo struct {
@@ -69,11 +67,11 @@ type stmtInfo struct {
 	pan  bool // the text holds something like a card number
 }
 
-// portalInfo is what custos knows of a bound portal: its statement and,
-// when statements may be parked, a copy of the Bind that pins its
-// parameters (the buffer is reused by the next Bind of the same name).
+// portalInfo is what custos knows of a bound portal: the statement it was
+// bound to (nil when custos knew of none) and, when statements may be
+// parked, a copy of the Bind that pins its parameters.
 type portalInfo struct {
-	stmt string
+	info *stmtInfo
 	bind []byte
 }
 
@@ -82,13 +80,11 @@ func newPolicyHook(s *Server, ses *Session) *policyHook {
 	_, _ = rand.Read(b[:])
 	return &policyHook{
 		srv: s, ses: ses, cls: s.opts.Classifier, eng: s.opts.Policy,
-		token:    "custos_denied_" + hex.EncodeToString(b[:]) + "_",
-		stmts:    map[string]*stmtInfo{},
-		portals:  map[string]*portalInfo{},
-		prepared: map[string]*sqlclass.Statement{},
-		denials:  map[int]*pgproto3.ErrorResponse{},
-		encoded:  map[*sqlclass.Result]json.RawMessage{},
-		decided:  map[*sqlclass.Result]rememberedDecision{},
+		token:   "custos_denied_" + hex.EncodeToString(b[:]) + "_",
+		state:   newSessionState(),
+		denials: map[int]*pgproto3.ErrorResponse{},
+		encoded: map[*sqlclass.Result]json.RawMessage{},
+		decided: map[*sqlclass.Result]rememberedDecision{},
 	}
 }
 
@@ -96,12 +92,16 @@ func newPolicyHook(s *Server, ses *Session) *policyHook {
 func (h *policyHook) Wants(d Direction, typ byte) bool {
 	if d == ClientToServer {
 		switch typ {
-		case 'Q', 'P', 'B', 'E', 'F', 'C':
+		case 'Q', 'P', 'B', 'E', 'F', 'C', 'S', 'D', 'c', 'f':
 			return true
 		}
-		return typ == 'S' && h.led != nil
+		return false
 	}
-	return typ == 'E' || typ == 'Z'
+	switch typ {
+	case 'E', 'Z', '1', '2', '3', 'C', 'I', 's', 'T', 'n', 'G':
+		return true
+	}
+	return false
 }
 
 // Close implements Hook.
@@ -113,53 +113,116 @@ func (h *policyHook) Handle(ctx context.Context, d Direction, m *Message, _ Conn
 	defer h.mu.Unlock()
 	if d == ServerToClient {
 		h.server(m)
+		h.state.server(m.Type, m.Body)
 		return Forward, nil
 	}
 	switch m.Type {
 	case 'Q':
-		if err := h.query(ctx, m); err != nil {
+		op := &stateOp{kind: stQuery}
+		err := h.query(ctx, m, op)
+		h.state.push(op)
+		if err != nil {
 			return Forward, err
 		}
 	case 'P':
-		h.parse(m)
+		h.parse(ctx, m)
 	case 'B':
-		name, rest, ok := cstring(m.Body)
-		if ok {
-			if stmt, _, ok := cstring(rest); ok {
-				p := h.portals[name]
-				if p == nil {
-					p = &portalInfo{}
-					h.portals[name] = p
-				}
-				p.stmt = stmt
-				if h.srv.opts.Approvals != nil || h.led != nil {
-					p.bind = append(p.bind[:0], m.Body...)
-				}
-			}
-		}
+		h.bind(ctx, m)
 	case 'E':
-		if err := h.execute(ctx, m); err != nil {
+		op := &stateOp{kind: stExecute}
+		err := h.execute(ctx, m, op)
+		h.state.push(op)
+		if err != nil {
 			return Forward, err
 		}
 	case 'F':
 		h.functionCall(ctx, m)
+		h.state.push(&stateOp{kind: stFunc})
 	case 'S':
-		h.led.push(&stmtEntry{kind: kindSync})
+		if h.led != nil {
+			h.led.push(&stmtEntry{kind: kindSync})
+		}
+		h.state.push(&stateOp{kind: stSync})
+	case 'D':
+		h.state.push(&stateOp{kind: stDescribe})
 	case 'C':
 		if len(m.Body) > 1 {
 			name, _, _ := cstring(m.Body[1:])
+			kind := stClosePortal
 			if m.Body[0] == 'S' {
-				delete(h.stmts, name)
-			} else {
-				delete(h.portals, name)
+				kind = stCloseStmt
 			}
+			h.state.push(&stateOp{kind: kind, name: name})
 		}
+	case 'c', 'f':
+		h.state.copyEnded()
 	}
 	return Forward, nil
 }
 
-// query decides a simple-protocol query string.
-func (h *policyHook) query(ctx context.Context, m *Message) error {
+// settle waits for the server's answers to earlier batches (see
+// sessionState); h.mu is held on entry and return.
+func (h *policyHook) settle(ctx context.Context) func() bool {
+	return func() bool { return h.state.settle(ctx, h.mu.Unlock, h.mu.Lock, h.flushServer) }
+}
+
+// flushServer sends upstream what the relay still buffers.
+func (h *policyHook) flushServer() {
+	if h.relay != nil {
+		_ = h.relay.SendToServer() // a write error ends the session elsewhere
+	}
+}
+
+// bind notes the portal a Bind creates, bound to the statement the server
+// will use. A Bind that would replace a named portal custos knows of is
+// refused: it is replaced by a Bind of a statement that does not exist.
+func (h *policyHook) bind(ctx context.Context, m *Message) {
+	name, rest, ok := cstring(m.Body)
+	if !ok {
+		return
+	}
+	stmt, tail, ok := cstring(rest)
+	if !ok {
+		return
+	}
+	if name != "" && h.state.lookupPortal(name, h.settle(ctx)) != nil {
+		resp := h.nameRefusal("42P03", fmt.Sprintf("portal %q already exists", name),
+			"custos does not let a named portal be bound again before it is closed")
+		n := h.addDenial(resp)
+		body := append([]byte(name), 0)
+		body = append(body, h.token+strconv.Itoa(n)...)
+		body = append(body, 0)
+		m.Body = append(body, tail...)
+		h.state.push(&stateOp{kind: stBind, name: name, portal: &portalInfo{}})
+		return
+	}
+	info, _ := h.state.lookupStmt(stmt, h.settle(ctx))
+	p := &portalInfo{info: info}
+	if h.srv.opts.Approvals != nil || h.led != nil {
+		p.bind = append([]byte(nil), m.Body...)
+	}
+	h.state.push(&stateOp{kind: stBind, name: name, portal: p})
+}
+
+// nameRefusal is the client's answer to a message custos refused because
+// it would redefine a name: code is the server's own for the case.
+func (h *policyHook) nameRefusal(code, what, why string) *pgproto3.ErrorResponse {
+	dec := &policy.Decision{ID: policy.NewDecisionID(), Reasons: []string{why}}
+	id := dec.ID
+	h.srv.metrics.decided(dec)
+	h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", h.ses.Principal.Subject,
+		"decision_id", id, "outcome", dec.Label(), "reasons", dec.Reasons)
+	return &pgproto3.ErrorResponse{
+		Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code,
+		Message: "custos: " + what + "; " + why + " (decision " + id + ")",
+		Detail:  "decision id: " + id,
+		Hint:    "Close it first, or use another name.",
+	}
+}
+
+// query decides a simple-protocol query string; op receives its
+// statements when it goes upstream as sent.
+func (h *policyHook) query(ctx context.Context, m *Message, op *stateOp) error {
 	q, _, ok := cstring(m.Body)
 	if !ok {
 		return nil // the server will reject the malformed message
@@ -180,13 +243,17 @@ func (h *policyHook) query(ctx context.Context, m *Message) error {
 		}
 		return nil
 	}
-	stmts := h.resolve(res.Statements)
+	stmts, shadow := h.resolve(ctx, res.Statements)
 	if e != nil {
 		e.describe(res, stmts)
-		if h.rec.Admit(h.ses) != nil {
-			h.refuseQuery(m, h.failed(e, auditRefusal()))
-			return nil
-		}
+	}
+	if shadow != nil {
+		h.refuseQuery(m, h.refused(e, shadow))
+		return nil
+	}
+	if e != nil && h.rec.Admit(h.ses) != nil {
+		h.refuseQuery(m, h.failed(e, auditRefusal()))
+		return nil
 	}
 	dec := h.decide(ctx, res, stmts)
 	h.noteDecision(e, dec)
@@ -203,7 +270,7 @@ func (h *policyHook) query(ctx context.Context, m *Message) error {
 		h.refuseQuery(m, h.refused(e, resp))
 		return nil
 	}
-	h.track(res.Statements)
+	op.effects = res.Statements
 	h.handMask(dec)
 	h.sent(e)
 	return nil
@@ -285,29 +352,47 @@ func (h *policyHook) handMask(dec *policy.Decision) {
 }
 
 // parse classifies an extended-protocol statement; one that does not
-// parse is replaced by text the server cannot parse either.
-func (h *policyHook) parse(m *Message) {
+// parse is replaced by text the server cannot parse either, and so is the
+// Parse of a named statement custos knows to exist (the server would
+// refuse it, but custos does not let a name be redefined before it is
+// closed).
+func (h *policyHook) parse(ctx context.Context, m *Message) {
+	op := &stateOp{kind: stParse}
+	defer h.state.push(op)
 	name, rest, ok := cstring(m.Body)
 	if !ok {
 		return
 	}
+	op.name = name
 	q, tail, ok := cstring(rest)
 	if !ok {
 		return
 	}
-	res, err := h.cls.Classify(q)
-	h.stmts[name] = &stmtInfo{text: q, res: res, err: err, pan: h.led != nil && mask.Contains(rest)}
-	if err != nil {
-		n := h.addDenial(syntaxRefusal(err))
-		body := append([]byte(name), 0)
-		body = append(body, h.token+strconv.Itoa(n)...)
-		body = append(body, 0)
-		m.Body = append(body, tail...)
+	var resp *pgproto3.ErrorResponse
+	if name != "" {
+		if _, exists := h.state.lookupStmt(name, h.settle(ctx)); exists {
+			resp = h.nameRefusal("42P05", fmt.Sprintf("prepared statement %q already exists", name),
+				"custos does not let a prepared statement be defined again before it is closed")
+		}
 	}
+	if resp == nil {
+		res, err := h.cls.Classify(q)
+		op.stmt = &stmtInfo{text: q, res: res, err: err, pan: h.led != nil && mask.Contains(rest)}
+		if err == nil {
+			return
+		}
+		resp = syntaxRefusal(err)
+	}
+	n := h.addDenial(resp)
+	body := append([]byte(name), 0)
+	body = append(body, h.token+strconv.Itoa(n)...)
+	body = append(body, 0)
+	m.Body = append(body, tail...)
 }
 
-// execute decides the statement behind a portal at the moment it would run.
-func (h *policyHook) execute(ctx context.Context, m *Message) error {
+// execute decides the statement behind a portal at the moment it would
+// run; op receives its statements when it goes upstream as sent.
+func (h *policyHook) execute(ctx context.Context, m *Message, op *stateOp) error {
 	portal, _, ok := cstring(m.Body)
 	if !ok {
 		return nil
@@ -315,10 +400,10 @@ func (h *policyHook) execute(ctx context.Context, m *Message) error {
 	e := h.entry(kindExec)
 	defer h.enqueue(e)
 	var resp *pgproto3.ErrorResponse
-	p := h.portals[portal]
+	p := h.state.lookupPortal(portal, h.settle(ctx))
 	var info *stmtInfo
 	if p != nil {
-		info = h.stmts[p.stmt]
+		info = p.info
 	}
 	if e != nil && info != nil {
 		if info.pan {
@@ -330,9 +415,10 @@ func (h *policyHook) execute(ctx context.Context, m *Message) error {
 	}
 	switch {
 	case info == nil:
-		// custos saw no Bind or Parse for it: the server will refuse it
-		// too, but nothing unknown runs.
-		resp = h.refused(e, denyResponse("custos has no record of what this portal runs", ""))
+		// custos cannot tie the portal to a definition the server
+		// confirmed or that this batch makes: nothing unknown runs.
+		resp = h.refused(e, denyResponse("custos has no record of what this portal runs", policy.NewDecisionID()))
+		resp.Hint = "Bind the portal again (after a Sync, or in the same batch as its Execute)."
 		if e != nil {
 			e.text = "(unknown portal)"
 		}
@@ -345,13 +431,17 @@ func (h *policyHook) execute(ctx context.Context, m *Message) error {
 		}
 		return nil
 	default:
-		stmts := h.resolve(info.res.Statements)
+		stmts, shadow := h.resolve(ctx, info.res.Statements)
 		if e != nil {
 			e.describe(info.res, stmts)
-			if h.rec.Admit(h.ses) != nil {
-				resp = h.failed(e, auditRefusal())
-				break
-			}
+		}
+		if shadow != nil {
+			resp = h.refused(e, shadow)
+			break
+		}
+		if e != nil && h.rec.Admit(h.ses) != nil {
+			resp = h.failed(e, auditRefusal())
+			break
 		}
 		dec := h.decide(ctx, info.res, stmts)
 		h.noteDecision(e, dec)
@@ -365,7 +455,7 @@ func (h *policyHook) execute(ctx context.Context, m *Message) error {
 			resp = refusal(dec)
 		}
 		if resp == nil {
-			h.track(info.res.Statements)
+			op.effects = info.res.Statements
 			h.handMask(dec)
 			h.sent(e)
 			return nil
@@ -425,41 +515,61 @@ func (h *policyHook) functionCall(ctx context.Context, m *Message) {
 	h.sent(e)
 }
 
-// resolve substitutes, for SQL-level EXECUTE, the statement it runs.
-func (h *policyHook) resolve(stmts []sqlclass.Statement) []sqlclass.Statement {
+// resolve substitutes, for SQL-level EXECUTE, the statement it runs: the
+// definition the server confirmed, or one an earlier statement of the same
+// string (or batch) gives. It returns custos' refusal instead when a
+// PREPARE would define a name that exists.
+func (h *policyHook) resolve(ctx context.Context, stmts []sqlclass.Statement) ([]sqlclass.Statement, *pgproto3.ErrorResponse) {
 	out := stmts
-	for i, st := range stmts {
-		if st.Command != "EXECUTE" {
-			continue
+	var local map[string]*sqlclass.Statement // names this string defines (nil: deallocated)
+	allGone := false
+	lookup := func(name string) (*sqlclass.Statement, bool) {
+		if st, ok := local[name]; ok {
+			return st, st != nil
 		}
-		if p := h.prepared[strings.ToLower(st.Name)]; p != nil {
-			if &out[0] == &stmts[0] {
-				out = append([]sqlclass.Statement(nil), stmts...)
-			}
-			out[i] = *p
+		if allGone {
+			return nil, false
 		}
+		info, exists := h.state.lookupStmt(name, h.settle(ctx))
+		if info == nil || info.err != nil || info.res == nil || len(info.res.Statements) != 1 {
+			return nil, exists
+		}
+		return &info.res.Statements[0], exists
 	}
-	return out
-}
-
-// track remembers SQL-level PREPARE and forgets DEALLOCATE, once allowed.
-func (h *policyHook) track(stmts []sqlclass.Statement) {
-	for _, st := range stmts {
+	for i, st := range stmts {
 		switch st.Command {
-		case "PREPARE":
-			if st.Prepared != nil {
-				h.prepared[strings.ToLower(st.Name)] = st.Prepared
+		case "EXECUTE":
+			if p, _ := lookup(st.Name); p != nil {
+				if &out[0] == &stmts[0] {
+					out = append([]sqlclass.Statement(nil), stmts...)
+				}
+				out[i] = *p
 			}
+		case "PREPARE":
+			if _, exists := lookup(st.Name); exists {
+				return out, h.nameRefusal("42P05", fmt.Sprintf("prepared statement %q already exists", st.Name),
+					"custos does not let a prepared statement be defined again before it is deallocated")
+			}
+			if local == nil {
+				local = map[string]*sqlclass.Statement{}
+			}
+			local[st.Name] = st.Prepared
 		case "DEALLOCATE":
-			if st.Name == "*" || st.Name == "" {
-				clear(h.prepared)
+			if local == nil {
+				local = map[string]*sqlclass.Statement{}
+			}
+			if st.Name == "*" {
+				clear(local)
+				allGone = true
 			} else {
-				delete(h.prepared, strings.ToLower(st.Name))
+				local[st.Name] = nil
 			}
 		case "DISCARD":
-			clear(h.prepared)
+			clear(local)
+			allGone = true
 		}
 	}
+	return out, nil
 }
 
 // decide asks the policy about the statements; nil without a policy

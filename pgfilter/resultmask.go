@@ -75,6 +75,9 @@ type portal struct {
 	formats   []int16
 	fields    []field // from a Describe of the portal: real formats
 	described bool    // a Describe of the portal is on its way
+	// stmtFields are the statement's fields as custos knew them when the
+	// server bound the portal (the name may be redefined later).
+	stmtFields []field
 }
 
 type opKind uint8
@@ -88,6 +91,7 @@ const (
 	opDescribeInternal
 	opExecute
 	opParse // ParseComplete drops what was known of the statement
+	opBind  // BindComplete makes the portal known
 )
 
 type pendingOp struct {
@@ -123,7 +127,7 @@ func (rm *resultMasker) Wants(d Direction, typ byte) bool {
 		return false
 	}
 	switch typ {
-	case 'T', 'n', 'D', 'C', 'I', 's', 'E', 'N', 'Z', 'H', 'd', 'A', 'S', 'V', '1':
+	case 'T', 'n', 'D', 'C', 'I', 's', 'E', 'N', 'Z', 'H', 'd', 'A', 'S', 'V', '1', '2':
 		return true
 	}
 	return false
@@ -181,9 +185,11 @@ func (rm *resultMasker) client(m *Message, c Conn) error {
 		rm.push(pendingOp{kind: opParse, name: name})
 		delete(rm.describing, name)
 	case 'B':
+		// The portal is known once the server confirms it (a Bind of a
+		// name that exists fails, and the old portal stays).
 		p, name, ok := parseBind(b)
 		if ok {
-			rm.portals[name] = p
+			rm.push(pendingOp{kind: opBind, name: name, p: p})
 		}
 	case 'D':
 		if len(b) < 2 {
@@ -194,11 +200,7 @@ func (rm *resultMasker) client(m *Message, c Conn) error {
 			rm.describing[name] = true
 			rm.push(pendingOp{kind: opDescribeStmt, name: name})
 		} else {
-			p := rm.portals[name]
-			if p == nil {
-				p = &portal{}
-				rm.portals[name] = p
-			}
+			p := rm.portalFor(name)
 			p.described = true
 			rm.push(pendingOp{kind: opDescribePortal, name: name, p: p})
 		}
@@ -207,11 +209,7 @@ func (rm *resultMasker) client(m *Message, c Conn) error {
 		if !ok {
 			return nil
 		}
-		p := rm.portals[name]
-		if p == nil {
-			p = &portal{}
-			rm.portals[name] = p
-		}
+		p := rm.portalFor(name)
 		if !p.described && !rm.describing[p.stmt] {
 			// Nothing says what this portal returns: ask the server
 			// first, so its rows can be inspected.
@@ -229,11 +227,39 @@ func (rm *resultMasker) client(m *Message, c Conn) error {
 		name, _, _ := cstring(b[1:])
 		if b[0] == 'S' {
 			delete(rm.stmts, name)
+			delete(rm.describing, name)
 		} else {
 			delete(rm.portals, name)
 		}
 	}
 	return nil
+}
+
+// portalFor returns the portal an Execute or Describe of name will reach:
+// one bound earlier in the same batch, else the one the server confirmed.
+// When a Bind of the name in an earlier batch is still unanswered, or
+// custos knows no such portal, it returns a new portal nothing is known
+// of, so that its rows are described by the server first.
+func (rm *resultMasker) portalFor(name string) *portal {
+	boundary := false
+	for i := len(rm.pending) - 1; i >= 0; i-- {
+		op := rm.pending[i]
+		switch op.kind {
+		case opSync, opSimple, opFunc:
+			boundary = true
+		case opBind:
+			if op.name == name {
+				if boundary {
+					return &portal{} // it may or may not succeed
+				}
+				return op.p
+			}
+		}
+	}
+	if p := rm.portals[name]; p != nil {
+		return p
+	}
+	return &portal{}
 }
 
 func (rm *resultMasker) takeRules() *maskRules {
@@ -343,7 +369,16 @@ func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error)
 			delete(rm.stmts, op.name)
 			rm.pop()
 		}
+	case '2':
+		if op.kind == opBind {
+			op.p.stmtFields = rm.stmts[op.p.stmt]
+			rm.portals[op.name] = op.p
+			rm.pop()
+		}
 	case 'C', 'I', 's':
+		if m.Type == 'C' {
+			rm.forget(m.Body)
+		}
 		switch op.kind {
 		case opExecute:
 			rm.pop()
@@ -362,6 +397,9 @@ func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error)
 	case 'N':
 		rm.maskFields(m)
 	case 'Z':
+		if len(m.Body) > 0 && m.Body[0] == 'I' {
+			clear(rm.portals) // they end with the transaction
+		}
 		for len(rm.pending) > 0 {
 			k := rm.pending[0].kind
 			rm.pop()
@@ -386,6 +424,22 @@ func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error)
 		rm.functionResult(m)
 	}
 	return Forward, nil
+}
+
+// forget drops what a CommandComplete may have made stale: portals after
+// transaction ends and cursor commands, statements after SQL-level
+// PREPARE, DEALLOCATE and DISCARD ALL (custos does not follow their names
+// here; the next Execute is described by the server again).
+func (rm *resultMasker) forget(body []byte) {
+	tag, _, _ := cstring(body)
+	if portalTags[tag] {
+		clear(rm.portals)
+	}
+	switch tag {
+	case "PREPARE", "DEALLOCATE", "DEALLOCATE ALL", "DISCARD ALL":
+		clear(rm.stmts)
+		clear(rm.describing)
+	}
 }
 
 // rowDescription reads a RowDescription, resolving which columns hold
@@ -468,6 +522,9 @@ func (rm *resultMasker) rowShape(op pendingOp) ([]field, []int16) {
 		p := op.p
 		if p.fields != nil {
 			return p.fields, nil
+		}
+		if p.stmtFields != nil {
+			return p.stmtFields, p.formats
 		}
 		return rm.stmts[p.stmt], p.formats
 	}
