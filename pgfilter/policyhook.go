@@ -717,6 +717,10 @@ func denyResponse(reason, decisionID string) *pgproto3.ErrorResponse {
 
 func syntaxRefusal(err error) *pgproto3.ErrorResponse {
 	msg := err.Error()
+	if errors.Is(err, sqlclass.ErrTooComplex) {
+		return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "54001",
+			Message: "custos refused the statement: " + msg, Hint: "Split the statement or reduce its nesting."}
+	}
 	if !errors.Is(err, sqlclass.ErrSyntax) {
 		msg = "custos could not classify the statement: " + msg
 	}

@@ -16,7 +16,9 @@ const maxCachedQueryBytes = 16 << 10
 // Classifier classifies query strings and caches the results by exact text. It is safe for
 // concurrent use.
 type Classifier struct {
-	max int // 0: no cache
+	max      int // 0: no cache
+	maxDepth int
+	maxBytes int
 
 	mu      sync.RWMutex
 	byQuery map[string]*cacheEntry
@@ -35,23 +37,31 @@ type cacheEntry struct {
 // New returns a Classifier whose cache holds up to cacheEntries query texts (0 means
 // DefaultCacheEntries, a negative number disables the cache). When full, the less recently
 // used of two random entries is evicted, which approximates LRU without a lock on hits.
-func New(cacheEntries int) *Classifier {
+//
+// Options set the limits on what reaches the parser (WithMaxDepth, WithMaxBytes).
+func New(cacheEntries int, opts ...Option) *Classifier {
 	switch {
 	case cacheEntries == 0:
 		cacheEntries = DefaultCacheEntries
 	case cacheEntries < 0:
 		cacheEntries = 0
 	}
-	return &Classifier{max: cacheEntries, byQuery: make(map[string]*cacheEntry)}
+	c := &Classifier{max: cacheEntries, maxDepth: DefaultMaxDepth, maxBytes: DefaultMaxBytes, byQuery: make(map[string]*cacheEntry)}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // Classify classifies every statement of query. A text that does not parse yields an error
 // wrapping ErrSyntax (a *SyntaxError); an empty text (or only comments and semicolons) yields
-// a Result without statements, as PostgreSQL answers it with EmptyQueryResponse. The Result is
+// a Result without statements, as PostgreSQL answers it with EmptyQueryResponse. A text over
+// the size or depth limit yields an error wrapping ErrTooComplex (a *LimitError) without being
+// parsed. The Result is
 // shared: callers must not modify it.
 func (c *Classifier) Classify(query string) (*Result, error) {
 	if c.max == 0 || len(query) > maxCachedQueryBytes {
-		return classify(query)
+		return classify(query, c.maxBytes, c.maxDepth)
 	}
 	c.mu.RLock()
 	e := c.byQuery[query]
@@ -60,7 +70,7 @@ func (c *Classifier) Classify(query string) (*Result, error) {
 		e.used.Store(c.clock.Add(1))
 		return e.res, e.err
 	}
-	res, err := classify(query)
+	res, err := classify(query, c.maxBytes, c.maxDepth)
 	c.store(query, res, err)
 	return res, err
 }

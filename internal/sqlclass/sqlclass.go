@@ -131,8 +131,12 @@ const (
 	FlagOpaque             = "opaque" // DO, CALL, EXECUTE: what runs cannot be seen
 )
 
-// classify parses query and classifies every statement. It does not use the cache.
-func classify(query string) (*Result, error) {
+// classify parses query and classifies every statement. It does not use the cache. A text
+// over the limits never reaches the parser, whose C code would overflow its stack on it.
+func classify(query string, maxBytes, maxDepth int) (*Result, error) {
+	if err := checkLimits(query, maxBytes, maxDepth); err != nil {
+		return nil, err
+	}
 	if i := strings.IndexByte(query, 0); i >= 0 {
 		return nil, &SyntaxError{Message: "query string contains a zero byte", Position: i + 1}
 	}

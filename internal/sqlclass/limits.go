@@ -1,0 +1,361 @@
+package sqlclass
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ErrTooComplex is wrapped by the error Classify returns for a text refused before it reaches
+// the parser because it is too long or nests too deeply (SQLSTATE 54001). The wrapping error
+// is a *LimitError naming the limit.
+//
+// PostgreSQL's parser (pg_query, in C) builds arbitrarily deep trees from left-deep chains
+// such as 1+1+…+1, and its output, normalization and fingerprint code recurse over them on
+// the C stack of the calling thread, which a Go program cannot grow or recover: a deep enough
+// statement kills the process. The pre-scan below bounds the depth before the parser runs.
+var ErrTooComplex = errors.New("statement too complex")
+
+// Default limits. Measured (pg_query v6, x86-64): parse and normalize overflow a 1 MiB C
+// stack at about 2,700 levels of the cheapest chains and a 2 MiB stack (the thread default
+// when RLIMIT_STACK is unlimited) at about 5,400; an 8 MiB stack at about 11,000 to 22,000.
+// The depth bound, an over-estimate of the tree depth, keeps a wide margin below all of them.
+const (
+	DefaultMaxDepth = 1000
+	DefaultMaxBytes = 4 << 20
+)
+
+// LimitError is a statement refused by a limit: Limit is "depth" or "size", Max its value.
+type LimitError struct {
+	Limit string
+	Max   int
+}
+
+func (e *LimitError) Error() string {
+	if e.Limit == "size" {
+		return fmt.Sprintf("%s: longer than %d bytes", ErrTooComplex, e.Max)
+	}
+	return fmt.Sprintf("%s: nesting deeper than %d levels", ErrTooComplex, e.Max)
+}
+
+// Unwrap makes errors.Is(err, ErrTooComplex) hold.
+func (e *LimitError) Unwrap() error { return ErrTooComplex }
+
+// Option configures a Classifier.
+type Option func(*Classifier)
+
+// WithMaxDepth sets the bound on the estimated parse tree depth (0 or less: DefaultMaxDepth).
+func WithMaxDepth(n int) Option {
+	return func(c *Classifier) {
+		if n > 0 {
+			c.maxDepth = n
+		}
+	}
+}
+
+// WithMaxBytes sets the longest text classified (0 or less: DefaultMaxBytes).
+func WithMaxBytes(n int) Option {
+	return func(c *Classifier) {
+		if n > 0 {
+			c.maxBytes = n
+		}
+	}
+}
+
+// checkLimits refuses a text over the size limit or whose estimated tree depth is over the
+// depth limit.
+func checkLimits(query string, maxBytes, maxDepth int) error {
+	if len(query) > maxBytes {
+		return &LimitError{Limit: "size", Max: maxBytes}
+	}
+	if _, ok := estimateDepth(query, maxDepth); !ok {
+		return &LimitError{Limit: "depth", Max: maxDepth}
+	}
+	return nil
+}
+
+// frame is one level of brackets: ( ), [ ] or CASE … END. Within a frame, a segment is the
+// text between two separators that end a subtree (commas, AND, OR, semicolons, and WHEN,
+// THEN, ELSE within CASE): PostgreSQL keeps lists and AND/OR chains flat, so only what a
+// segment chains (operators, operator keywords) adds to the depth. Set operations and joins
+// nest across commas and are counted for the whole frame.
+type frame struct {
+	isCase  bool
+	nesting int // set operations and joins in the frame
+	boolean bool
+	seg     int // weight of the chain in the current segment
+	child   int // deepest child frame in the current segment
+	best    int // deepest finished segment
+}
+
+func (f *frame) endSegment() {
+	f.best = max(f.best, f.seg+f.child)
+	f.seg, f.child = 0, 0
+}
+
+func (f *frame) depth() int {
+	d := max(f.best, f.seg+f.child) + f.nesting
+	if f.boolean {
+		d += 2 // OR over AND over the operands
+	}
+	return d
+}
+
+// estimateDepth returns an upper bound of the depth of the tree PostgreSQL's parser builds
+// from query, in units of one chained operator, and false as soon as it exceeds limit. It
+// follows PostgreSQL's lexical rules so that nothing inside a string, a quoted identifier, a
+// dollar-quoted body or a comment counts, and errs towards counting where in doubt.
+func estimateDepth(query string, limit int) (int, bool) {
+	stack := make([]frame, 1, 16)
+	worst := 0
+	n := len(query)
+	// over reports whether the open frames alone already exceed the limit.
+	over := func() bool {
+		top := &stack[len(stack)-1]
+		return len(stack)-1+top.seg+top.nesting > limit
+	}
+	closeFrame := func() {
+		d := stack[len(stack)-1].depth() + 1
+		stack = stack[:len(stack)-1]
+		p := &stack[len(stack)-1]
+		p.child = max(p.child, d)
+	}
+	for i := 0; i < n; {
+		c := query[i]
+		top := &stack[len(stack)-1]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			i++
+		case c == '-' && i+1 < n && query[i+1] == '-':
+			j := strings.IndexAny(query[i:], "\n\r")
+			if j < 0 {
+				i = n
+			} else {
+				i += j
+			}
+		case c == '/' && i+1 < n && query[i+1] == '*':
+			i = skipComment(query, i+2)
+		case c == '\'':
+			i = skipQuoted(query, i+1, '\'', false)
+		case c == '"':
+			i = skipQuoted(query, i+1, '"', false)
+		case c == '$':
+			i = skipDollar(query, i)
+		case c == '(' || c == '[':
+			top.seg++ // the bracket's own node
+			stack = append(stack, frame{})
+			i++
+		case c == ')' || c == ']':
+			if len(stack) > 1 && !stack[len(stack)-1].isCase {
+				closeFrame()
+			} else if len(stack) > 1 {
+				// ")" inside CASE: a syntax error; close both, counting both.
+				closeFrame()
+				if len(stack) > 1 {
+					closeFrame()
+				}
+			}
+			i++
+		case c == ',':
+			top.endSegment()
+			i++
+		case c == ';':
+			if len(stack) == 1 {
+				worst = max(worst, top.depth())
+				stack[0] = frame{}
+			} else {
+				top.endSegment()
+			}
+			i++
+		case c == ':' && i+1 < n && query[i+1] == ':':
+			top.seg++
+			i += 2
+		case isOpChar(c) || c == ':':
+			top.seg++
+			i++
+		case c >= '0' && c <= '9' || c == '.':
+			for i++; i < n && (isIdentChar(query[i]) && query[i] != '$' || query[i] == '.'); i++ {
+			}
+		case isIdentStart(c):
+			j := i + 1
+			for j < n && isIdentChar(query[j]) {
+				j++
+			}
+			word := query[i:j]
+			if j < n && (query[j] == '\'' || query[j] == '"') {
+				switch {
+				case len(word) == 1 && (c == 'e' || c == 'E') && query[j] == '\'':
+					i = skipQuoted(query, j+1, '\'', true)
+					continue
+				case len(word) == 1 && strings.ContainsRune("bBxXnN", rune(c)) && query[j] == '\'':
+					i = skipQuoted(query, j+1, '\'', false)
+					continue
+				}
+			}
+			if len(word) == 1 && (c == 'u' || c == 'U') && j+1 < n && query[j] == '&' && (query[j+1] == '\'' || query[j+1] == '"') {
+				i = skipQuoted(query, j+2, query[j+1], false)
+				continue
+			}
+			i = j
+			switch k := keyword(word); k {
+			case kwNone:
+			case kwCase:
+				top.seg++
+				stack = append(stack, frame{isCase: true})
+			case kwEnd:
+				if top.isCase && len(stack) > 1 {
+					closeFrame()
+				}
+			case kwWhen:
+				if top.isCase {
+					top.endSegment()
+				}
+			case kwAndOr:
+				top.endSegment()
+				top.boolean = true
+			case kwNesting:
+				top.nesting += 2
+			default:
+				top.seg += int(k)
+			}
+		default:
+			i++ // other bytes: the parser refuses what it cannot lex
+		}
+		if over() {
+			return limit + 1, false
+		}
+	}
+	for len(stack) > 1 {
+		closeFrame()
+	}
+	worst = max(worst, stack[0].depth())
+	return worst, worst <= limit
+}
+
+// Keyword classes; a positive value is the weight the keyword adds to its segment.
+const (
+	kwNone    = 0
+	kwCase    = -1
+	kwEnd     = -2
+	kwWhen    = -3 // WHEN, THEN, ELSE
+	kwAndOr   = -4
+	kwNesting = -5 // UNION, INTERSECT, EXCEPT, JOIN
+)
+
+// keyword classifies an identifier that matters to the depth estimate.
+func keyword(w string) int {
+	if len(w) < 2 || len(w) > 9 {
+		return kwNone
+	}
+	var buf [9]byte
+	for i := 0; i < len(w); i++ {
+		c := w[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf[i] = c
+	}
+	switch string(buf[:len(w)]) {
+	case "case":
+		return kwCase
+	case "end":
+		return kwEnd
+	case "when", "then", "else":
+		return kwWhen
+	case "and", "or":
+		return kwAndOr
+	case "union", "intersect", "except", "join":
+		return kwNesting
+	case "is", "isnull", "notnull", "like", "ilike", "similar", "between", "in",
+		"overlaps", "collate", "escape", "operator", "array", "row", "exists", "any", "all", "some":
+		return 1
+	case "not", "at", "select", "values", "lateral", "cast", "treat":
+		return 2 // NOT, AT TIME ZONE and subqueries cost more stack per level
+	}
+	return kwNone
+}
+
+func isOpChar(c byte) bool {
+	switch c {
+	case '~', '!', '@', '#', '^', '&', '|', '`', '?', '+', '-', '*', '/', '%', '<', '>', '=':
+		return true
+	}
+	return false
+}
+
+func isIdentStart(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80
+}
+
+func isIdentChar(c byte) bool {
+	return isIdentStart(c) || c >= '0' && c <= '9' || c == '$'
+}
+
+// skipComment returns the position after the /* */ comment whose body starts at i; comments
+// nest. An unterminated comment runs to the end, as the parser refuses it.
+func skipComment(s string, i int) int {
+	depth := 1
+	for i < len(s) {
+		switch {
+		case s[i] == '/' && i+1 < len(s) && s[i+1] == '*':
+			depth++
+			i += 2
+		case s[i] == '*' && i+1 < len(s) && s[i+1] == '/':
+			depth--
+			i += 2
+			if depth == 0 {
+				return i
+			}
+		default:
+			i++
+		}
+	}
+	return i
+}
+
+// skipQuoted returns the position after the string or quoted identifier whose body starts at
+// i: a doubled quote stands for one, and with backslash escapes (E'…') a backslash escapes the
+// next byte.
+func skipQuoted(s string, i int, quote byte, backslash bool) int {
+	for i < len(s) {
+		switch c := s[i]; {
+		case backslash && c == '\\':
+			i += 2
+		case c == quote:
+			if i+1 < len(s) && s[i+1] == quote {
+				i += 2
+				continue
+			}
+			return i + 1
+		default:
+			i++
+		}
+	}
+	return len(s)
+}
+
+// skipDollar returns the position after a $tag$…$tag$ string starting at i, or after the $
+// of a parameter ($1) or a lone $.
+func skipDollar(s string, i int) int {
+	j := i + 1
+	if j < len(s) && s[j] >= '0' && s[j] <= '9' {
+		for j < len(s) && s[j] >= '0' && s[j] <= '9' {
+			j++
+		}
+		return j
+	}
+	if j < len(s) && isIdentStart(s[j]) {
+		for j < len(s) && (isIdentStart(s[j]) || s[j] >= '0' && s[j] <= '9') {
+			j++
+		}
+	}
+	if j >= len(s) || s[j] != '$' {
+		return i + 1
+	}
+	delim := s[i : j+1]
+	k := strings.Index(s[j+1:], delim)
+	if k < 0 {
+		return len(s)
+	}
+	return j + 1 + k + len(delim)
+}
