@@ -173,6 +173,10 @@ func checkHTTP(t *testing.T, b *bootstrapv3.Bootstrap, l *listenerv3.Listener, c
 		t.Fatal("no routes")
 	}
 	for _, vh := range routes {
+		// The client's credential never reaches the upstream.
+		if got := vh.GetRequestHeadersToRemove(); !slices.Equal(got, envoyctx.CredentialHeaders) {
+			t.Errorf("virtual host %s: request_headers_to_remove %v, want %v", vh.GetName(), got, envoyctx.CredentialHeaders)
+		}
 		for _, r := range vh.GetRoutes() {
 			if c := r.GetRoute().GetCluster(); clusters[c] == nil {
 				t.Errorf("route %s: cluster %q does not exist", r.GetName(), c)

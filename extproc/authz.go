@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -140,6 +141,9 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 	if p.Act != nil {
 		g.Act = p.Act.Subject
 	}
+	// Sealed for this request as ext_proc will see it: its x-request-id
+	// (not the stream id, which ext_proc never sees), method and path.
+	b := s.sealer.bind(headers["x-request-id"], method, rawPath)
 	return &authv3.CheckResponse{
 		Status: &rpcstatus.Status{Code: int32(codes.OK)},
 		HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{
@@ -147,8 +151,10 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 				header(envoyctx.HeaderPrincipal, p.Subject),
 				header(envoyctx.HeaderDecisionID, dec.ID),
 			},
+			// The token stops here: no upstream gets it.
+			HeadersToRemove: slices.Clone(envoyctx.CredentialHeaders),
 		}},
-		DynamicMetadata: g.toStruct(),
+		DynamicMetadata: g.toStruct(b, s.sealer.seal(g, b)),
 	}
 }
 

@@ -1,6 +1,7 @@
 package extproc_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/x509"
@@ -13,7 +14,9 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -41,6 +44,11 @@ type env struct {
 	approvals *approval.Service
 	up        *upstream
 	reg       *prometheus.Registry
+	// grantKey is the key custos seals grants with.
+	grantKey []byte
+	// minted are the tokens token() made: no upstream may ever see one.
+	mintedMu sync.Mutex
+	minted   []string
 }
 
 type envOptions struct {
@@ -56,6 +64,8 @@ type envOptions struct {
 	audit extproc.Recorder
 	// tracer records spans (nil: none).
 	tracer trace.Tracer
+	// now is custos' clock for grant seals (nil: time.Now).
+	now func() time.Time
 }
 
 func newEnv(t testing.TB, opts envOptions) *env {
@@ -87,7 +97,8 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{issuer: iss, issuerURL: issuerURL, issuerDir: filepath.Join(dir, "issuer"), reg: prometheus.NewRegistry()}
+	e := &env{issuer: iss, issuerURL: issuerURL, issuerDir: filepath.Join(dir, "issuer"), reg: prometheus.NewRegistry(),
+		grantKey: []byte(newID() + newID() + newID() + newID())}
 	if !opts.noApprovals {
 		store, err := approval.OpenSQLite(filepath.Join(dir, "approvals.db"))
 		if err != nil {
@@ -112,6 +123,8 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	}
 	e.up = newUpstream(t, h)
 	o := extproc.Options{
+		GrantKey:          e.grantKey,
+		Now:               opts.now,
 		Verifier:          verifier,
 		Policy:            eng,
 		Masker:            masker,
@@ -131,7 +144,31 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		}
 	})
 	e.envoy = newEnvoy(t, conn, e.up.URL)
+	t.Cleanup(func() { e.upstreamNeverSawATokenOrCredential(t) })
 	return e
+}
+
+// upstreamNeverSawATokenOrCredential fails the test when the upstream
+// received a credential header, or any token this env minted anywhere in
+// a request (line, headers, body). Every test checks it on cleanup.
+func (e *env) upstreamNeverSawATokenOrCredential(t testing.TB) {
+	t.Helper()
+	e.mintedMu.Lock()
+	minted := slices.Clone(e.minted)
+	e.mintedMu.Unlock()
+	reqs := e.up.requests()
+	for i, raw := range e.up.raws() {
+		for _, h := range []string{"authorization", "proxy-authorization"} {
+			if reqs[i].Header.Get(h) != "" {
+				t.Errorf("upstream request %d carries %s", i, h)
+			}
+		}
+		for _, tok := range minted {
+			if bytes.Contains(raw, []byte(tok)) {
+				t.Errorf("upstream request %d carries a bearer token:\n%s", i, raw)
+			}
+		}
+	}
 }
 
 // token mints a one-hour token.
@@ -141,6 +178,9 @@ func (e *env) token(t testing.TB, sub string, groups ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.mintedMu.Lock()
+	e.minted = append(e.minted, tok)
+	e.mintedMu.Unlock()
 	return tok
 }
 

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,6 +62,10 @@ type route struct {
 	// noProtocolConfig leaves protocol_config out of the first message
 	// (older Envoys).
 	noProtocolConfig bool
+	// requestHeadersToRemove are the route's (virtual host's)
+	// request_headers_to_remove, applied by the router as the request
+	// leaves for the upstream.
+	requestHeadersToRemove []string
 }
 
 func defaultMode() *filterv3.ProcessingMode {
@@ -83,6 +88,9 @@ func paymentsRoute() route {
 			envoyctx.ContextLabelPrefix + "pci": "cde",
 		},
 		maxMessageTimeout: 15 * time.Minute,
+		// What custos' xDS serves on every virtual host
+		// (xds.TestSnapshotRoutes).
+		requestHeadersToRemove: envoyctx.CredentialHeaders,
 	}
 }
 
@@ -160,10 +168,21 @@ func (rq *request) requestHeaders(requestID string) [][2]string {
 // do sends rq through the stand-in.
 func (e *envoy) do(rt route, rq request) *reply {
 	e.t.Helper()
+	hs, md, r := e.authorize(rt, rq, newID())
+	if r != nil {
+		return r
+	}
+	return e.process(rt, rq, hs, md)
+}
+
+// authorize runs ext_authz for rq: it returns the request headers as
+// ext_proc sees them and the metadata_context Envoy forwards, or the
+// client's reply when the Check refused.
+func (e *envoy) authorize(rt route, rq request, requestID string) ([][2]string, *corev3.Metadata, *reply) {
+	e.t.Helper()
 	if rq.header == nil {
 		rq.header = http.Header{}
 	}
-	requestID := newID()
 	hs := rq.requestHeaders(requestID)
 
 	// ext_authz: values in value, repeated headers joined by commas.
@@ -197,7 +216,7 @@ func (e *envoy) do(rt route, rq request) *reply {
 	cancel()
 	if err != nil {
 		// status_on_error defaults to 403.
-		return &reply{status: http.StatusForbidden, header: http.Header{}, from: "envoy", body: []byte(err.Error())}
+		return nil, nil, &reply{status: http.StatusForbidden, header: http.Header{}, from: "envoy", body: []byte(err.Error())}
 	}
 	if codes.Code(cr.GetStatus().GetCode()) != codes.OK {
 		d := cr.GetDeniedResponse()
@@ -208,7 +227,7 @@ func (e *envoy) do(rt route, rq request) *reply {
 		for _, h := range d.GetHeaders() {
 			r.header.Set(h.GetHeader().GetKey(), h.GetHeader().GetValue())
 		}
-		return r
+		return nil, nil, r
 	}
 	ok := cr.GetOkResponse()
 	for _, h := range ok.GetHeaders() {
@@ -217,14 +236,20 @@ func (e *envoy) do(rt route, rq request) *reply {
 		}
 		hs = setHeader(hs, h.GetHeader().GetKey(), h.GetHeader().GetValue())
 	}
+	// After the headers to add, as Envoy does; pseudo-headers and host
+	// cannot be removed, names match whatever their case.
 	for _, k := range ok.GetHeadersToRemove() {
+		k = strings.ToLower(k)
+		if strings.HasPrefix(k, ":") || k == "host" {
+			continue
+		}
 		hs = removeHeader(hs, k)
 	}
 	md := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{}}
 	if dm := cr.GetDynamicMetadata(); dm != nil {
 		md.FilterMetadata[envoyctx.ExtAuthzNamespace] = dm
 	}
-	return e.process(rt, rq, hs, md)
+	return hs, md, nil
 }
 
 // process runs the ext_proc stream of one request and forwards it.
@@ -288,7 +313,10 @@ func (e *envoy) process(rt route, rq request, hs [][2]string, md *corev3.Metadat
 		}
 	}
 
-	// Upstream.
+	// Upstream: the router applies the route's header removals.
+	for _, k := range rt.requestHeadersToRemove {
+		hs = removeHeader(hs, strings.ToLower(k))
+	}
 	ureq, err := http.NewRequest(rq.method, e.upstream+rq.path, bytes.NewReader(upstreamBody))
 	if err != nil {
 		e.t.Fatal(err)
@@ -666,15 +694,20 @@ type upstream struct {
 	got []*http.Request
 	// bodies are the request bodies, in order.
 	bodies [][]byte
+	// raw are the requests as they came, line, headers and body.
+	raw [][]byte
 }
 
 func newUpstream(t testing.TB, h http.Handler) *upstream {
 	u := &upstream{}
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		raw, _ := httputil.DumpRequest(r, true)
 		u.mu.Lock()
 		u.got = append(u.got, r)
 		u.bodies = append(u.bodies, b)
+		u.raw = append(u.raw, raw)
 		u.mu.Unlock()
 		r.Body = io.NopCloser(bytes.NewReader(b))
 		h.ServeHTTP(w, r)
@@ -688,6 +721,13 @@ func (u *upstream) requests() []*http.Request {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return append([]*http.Request(nil), u.got...)
+}
+
+// raws returns the requests received so far as they came.
+func (u *upstream) raws() [][]byte {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([][]byte(nil), u.raw...)
 }
 
 func (u *upstream) lastBody() []byte {

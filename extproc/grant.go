@@ -65,8 +65,8 @@ func strList(ss []string) *structpb.Value {
 	return structpb.NewListValue(&structpb.ListValue{Values: vs})
 }
 
-// toStruct is the grant as dynamic metadata.
-func (g *grant) toStruct() *structpb.Struct {
+// toStruct is the grant as dynamic metadata, sealed by mac for b.
+func (g *grant) toStruct(b binding, mac []byte) *structpb.Struct {
 	f := map[string]*structpb.Value{
 		mdVersion:       structpb.NewNumberValue(grantVersion),
 		mdDecisionID:    structpb.NewStringValue(g.DecisionID),
@@ -79,6 +79,10 @@ func (g *grant) toStruct() *structpb.Struct {
 		mdResource:      structpb.NewStringValue(g.Resource),
 		mdResourceType:  structpb.NewStringValue(g.ResourceType),
 		mdReasons:       strList(g.Reasons),
+		mdRequestID:     structpb.NewStringValue(b.RequestID),
+		mdSealedAt:      structpb.NewNumberValue(float64(b.SealedAt)),
+		mdExpires:       structpb.NewNumberValue(float64(b.Expires)),
+		mdSeal:          structpb.NewStringValue(encodeSeal(mac)),
 	}
 	if g.Act != "" {
 		f[mdAct] = structpb.NewStringValue(g.Act)
@@ -104,10 +108,41 @@ func (g *grant) toStruct() *structpb.Struct {
 	return &structpb.Struct{Fields: f}
 }
 
-// grantFrom reads the grant out of an ext_proc message's metadata_context.
-// Anything missing or of the wrong type is an error: the caller fails
-// closed.
-func grantFrom(md *corev3.Metadata) (*grant, error) {
+// grantFrom reads the grant and its seal out of an ext_proc message's
+// metadata_context; nothing of it is verified yet (sealer.verify). The
+// seal is nil when the metadata has none. Anything missing or of the wrong
+// type is an error wrapping errGrantMissing or errGrantMalformed: the
+// caller fails closed.
+func grantFrom(md *corev3.Metadata) (*grant, *sealState, error) {
+	g, err := readGrant(md)
+	if err != nil {
+		if !errors.Is(err, errNoGrant) {
+			err = fmt.Errorf("%w: %w", errGrantMalformed, err)
+		} else {
+			err = fmt.Errorf("%w: %w", errGrantMissing, err)
+		}
+		return nil, nil, err
+	}
+	s := md.GetFilterMetadata()[envoyctx.ExtAuthzNamespace]
+	if _, ok := s.Fields[mdSeal]; !ok {
+		return g, nil, nil
+	}
+	r := fieldReader{s: s}
+	st := &sealState{
+		requestID: r.str(mdRequestID),
+		sealedAt:  int64(r.number(mdSealedAt)),
+		expires:   int64(r.number(mdExpires)),
+	}
+	mac, err := decodeSeal(r.str(mdSeal))
+	if err = errors.Join(r.err, err); err != nil {
+		return nil, nil, fmt.Errorf("%w: decision metadata: %w", errGrantMalformed, err)
+	}
+	st.mac = mac
+	return g, st, nil
+}
+
+// readGrant reads the grant's own fields.
+func readGrant(md *corev3.Metadata) (*grant, error) {
 	s := md.GetFilterMetadata()[envoyctx.ExtAuthzNamespace]
 	if s == nil || s.Fields[mdVersion] == nil {
 		return nil, errNoGrant

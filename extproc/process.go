@@ -3,7 +3,7 @@ package extproc
 import (
 	"context"
 	"errors"
-	"google.golang.org/protobuf/types/known/durationpb"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/custos-dev/custos/internal/audit"
 	"github.com/custos-dev/custos/internal/mask"
@@ -78,11 +79,16 @@ type procStream struct {
 	ctx context.Context
 	log *slog.Logger
 
-	// grant is the ext_authz decision, read from the first message that
-	// carries metadata; grantErr says why there is none.
-	grant     *grant
-	grantErr  error
-	grantSeen bool
+	// claimed is the ext_authz decision read from the first message that
+	// carries metadata, with its seal; claimErr says why there is none.
+	// Nothing of it is used before verifyGrant moves it to grant.
+	claimed     *grant
+	claimedSeal *sealState
+	claimErr    error
+	grantSeen   bool
+	// grant is the verified decision; nil until the request headers
+	// arrived and the seal checked out.
+	grant *grant
 
 	// Body modes from the first message's protocol_config; modesKnown is
 	// false when Envoy sent none.
@@ -123,13 +129,19 @@ func (st *procStream) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Proce
 	}
 	if !st.grantSeen && req.GetMetadataContext() != nil {
 		st.grantSeen = true
-		st.grant, st.grantErr = grantFrom(req.GetMetadataContext())
-		if st.grant != nil {
-			st.log = st.log.With(slog.String("decision_id", st.grant.DecisionID))
-		}
+		st.claimed, st.claimedSeal, st.claimErr = grantFrom(req.GetMetadataContext())
 	}
 	if req.GetObservabilityMode() {
 		return nil, nil // replies would be ignored
+	}
+	if st.grant == nil {
+		// The decision is checked against the request headers: until
+		// they came and it checked out, nothing goes through.
+		if h := req.GetRequestHeaders(); h != nil {
+			return st.requestHeaders(h)
+		}
+		return st.refuseGrant(fmt.Errorf("%w: custos checks the decision against the request headers, and the stream did not start with them",
+			errGrantUnbound)), nil
 	}
 	switch r := req.GetRequest().(type) {
 	case *extprocv3.ProcessingRequest_RequestHeaders:
@@ -170,14 +182,9 @@ func (st *procStream) requestHeaders(h *extprocv3.HttpHeaders) (*extprocv3.Proce
 	st.log = st.log.With(slog.String("request_id", st.requestID), slog.String("method", st.method),
 		slog.String("path", st.s.maskText(pathOnly(st.path))))
 	if st.grant == nil {
-		err := st.grantErr
-		if err == nil {
-			err = errNoGrant
+		if err := st.verifyGrant(); err != nil {
+			return st.refuseGrant(err), nil
 		}
-		st.log.Warn("http request refused: no usable authorization decision", slog.Any("error", err))
-		return st.immediate(typev3.StatusCode_Forbidden, map[string]any{
-			"reason": "custos has no authorization decision for this request; it was not sent",
-		}), nil
 	}
 	if st.grant.Outcome != policy.OutcomeApprove {
 		return requestHeadersResponse(nil), nil

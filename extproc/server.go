@@ -2,6 +2,7 @@ package extproc
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"time"
@@ -41,6 +42,13 @@ const (
 
 // Options are what the Envoy callouts need.
 type Options struct {
+	// GrantKey keys the seal (HMAC-SHA256) of the decision ext_authz hands
+	// ext_proc through Envoy's dynamic metadata; required, at least
+	// MinGrantKeyBytes bytes. Every replica Envoy may call must have the
+	// same key: Check on one replica and ext_proc on another must agree.
+	GrantKey []byte
+	// Now is the clock of grant seals (default time.Now).
+	Now func() time.Time
 	// Verifier checks bearer tokens; required.
 	Verifier *authn.Verifier
 	// Policy decides requests and connections; required.
@@ -97,6 +105,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	tokens  *tokenCache
+	sealer  *sealer
 }
 
 // New checks opts and returns a Server.
@@ -110,6 +119,10 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Masker == nil {
 		missing = append(missing, errors.New("extproc: Options.Masker is required"))
+	}
+	sl, err := newSealer(opts.GrantKey, opts.Now)
+	if err != nil {
+		missing = append(missing, fmt.Errorf("extproc: Options.GrantKey: %w", err))
 	}
 	if err := errors.Join(missing...); err != nil {
 		return nil, err
@@ -130,6 +143,7 @@ func New(opts Options) (*Server, error) {
 	return &Server{
 		opts: opts, log: log, metrics: newMetrics(opts.Registerer),
 		tokens: newTokenCache(opts.Verifier, opts.TokenCacheTTL),
+		sealer: sl,
 	}, nil
 }
 
@@ -177,6 +191,7 @@ type metrics struct {
 	bodies       *prometheus.CounterVec
 	masked       *prometheus.CounterVec
 	parked       *prometheus.CounterVec
+	grants       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -202,9 +217,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Namespace: "custos", Subsystem: "extproc", Name: "parked_total",
 			Help: "HTTP requests parked for approval, by result (requested, approved, denied, expired, withdrawn, cancelled, timeout, failed).",
 		}, []string{"result"}),
+		grants: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "custos", Subsystem: "extproc", Name: "grants_refused_total",
+			Help: "ext_proc streams refused because their authorization decision did not verify, by reason (grant_missing, grant_malformed, grant_unsealed, grant_unbound, grant_request_mismatch, grant_forged, grant_expired, grant_replayed).",
+		}, []string{"reason"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.checks, m.checkSeconds, m.bodies, m.masked, m.parked)
+		reg.MustRegister(m.checks, m.checkSeconds, m.bodies, m.masked, m.parked, m.grants)
 	}
 	return m
 }

@@ -83,12 +83,17 @@ func (st *procStream) startSpan(hs []*corev3.HeaderValue) {
 		attribute.String("url.path", st.s.maskText(pathOnly(st.path))),
 		attribute.String("custos.request_id", st.requestID),
 	}
-	if g := st.grant; g != nil {
-		attrs = append(attrs, attribute.String("user.id", g.Sub), attribute.String("custos.decision_id", g.DecisionID),
-			attribute.String("custos.resource", g.Resource))
-	}
 	st.ctx, st.span = tr.Start(ctx, SpanProcess, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithTimestamp(st.started), trace.WithAttributes(attrs...))
+}
+
+// spanGrant names the verified grant's principal, decision and resource on
+// the stream's span.
+func (st *procStream) spanGrant() {
+	if g := st.grant; g != nil && st.span != nil {
+		st.span.SetAttributes(attribute.String("user.id", g.Sub), attribute.String("custos.decision_id", g.DecisionID),
+			attribute.String("custos.resource", g.Resource))
+	}
 }
 
 // endSpan ends the stream's span with the response status and masking.

@@ -265,7 +265,12 @@ func (b *builder) virtualHost(s config.HTTPService) (*routev3.VirtualHost, error
 	if err != nil {
 		return nil, err
 	}
-	vh := &routev3.VirtualHost{Name: s.Name, Domains: slices.Clone(s.Domains)}
+	vh := &routev3.VirtualHost{
+		Name: s.Name, Domains: slices.Clone(s.Domains),
+		// The client's credential never reaches the upstream, even if
+		// ext_authz's removal (headers_to_remove) did not happen.
+		RequestHeadersToRemove: slices.Clone(envoyctx.CredentialHeaders),
+	}
 	for _, prefix := range s.PathPrefixes {
 		vh.Routes = append(vh.Routes, &routev3.Route{
 			Name:  s.Name + " " + prefix,

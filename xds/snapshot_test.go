@@ -316,6 +316,12 @@ func TestSnapshotRoutes(t *testing.T) {
 	if md[envoyctx.HeaderResource] != "payments-api" {
 		t.Errorf("ext_proc metadata = %v", md)
 	}
+	// No upstream gets the client's credential, on any virtual host.
+	for _, vh := range rc.GetVirtualHosts() {
+		if got := vh.GetRequestHeadersToRemove(); !slices.Equal(got, []string{"authorization", "proxy-authorization"}) {
+			t.Errorf("virtual host %s request_headers_to_remove = %v", vh.GetName(), got)
+		}
+	}
 	// card-vault: the default prefix and processing mode.
 	vh = rc.GetVirtualHosts()[1]
 	if len(vh.GetRoutes()) != 1 || vh.GetRoutes()[0].GetMatch().GetPrefix() != "/" {

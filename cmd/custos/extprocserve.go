@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"strings"
 
@@ -55,7 +56,16 @@ func serveExtproc(g *grpc.Server, cfg *config.Config, d extprocDeps, log *slog.L
 	if d.policy == nil {
 		return nil
 	}
-	_, err := extproc.Register(g, extproc.Options{
+	key, err := grantKey(cfg)
+	if err != nil {
+		return err
+	}
+	if cfg.ExtProc.GrantKey == nil && cfg.Approvals.Store == config.StorePostgres {
+		log.Warn("extproc.grant_key is not set: this replica seals decisions with its own key, which replicas sharing one Envoy must share",
+			"grant_key_file", extproc.GrantKeyFile(cfg.DataDir))
+	}
+	_, err = extproc.Register(g, extproc.Options{
+		GrantKey:          key,
 		Verifier:          d.verifier,
 		Policy:            d.policy,
 		Masker:            d.masker,
@@ -70,4 +80,25 @@ func serveExtproc(g *grpc.Server, cfg *config.Config, d extprocDeps, log *slog.L
 		Propagator:        d.tracing.propagator(),
 	})
 	return err
+}
+
+// grantKey is the key that seals the decisions ext_authz hands ext_proc:
+// extproc.grant_key, else DATA_DIR/extproc/grant.key (generated when
+// missing, which suits a single custos).
+func grantKey(cfg *config.Config) ([]byte, error) {
+	if k := cfg.ExtProc.GrantKey; k != nil {
+		v, err := k.Read()
+		if err != nil {
+			return nil, fmt.Errorf("extproc.grant_key: %w", err)
+		}
+		if len(v) < extproc.MinGrantKeyBytes {
+			return nil, fmt.Errorf("extproc.grant_key: %d bytes, at least %d are required", len(v), extproc.MinGrantKeyBytes)
+		}
+		return []byte(v), nil
+	}
+	key, err := extproc.LoadOrCreateGrantKey(extproc.GrantKeyFile(cfg.DataDir))
+	if err != nil {
+		return nil, fmt.Errorf("extproc: %w", err)
+	}
+	return key, nil
 }

@@ -40,6 +40,19 @@ type Config struct {
 	Audit Audit `yaml:"audit"`
 	// Discovery finds card numbers in columns not declared cardholder data.
 	Discovery Discovery `yaml:"discovery"`
+	// ExtProc configures the Envoy callouts (ext_authz and ext_proc).
+	ExtProc ExtProc `yaml:"extproc"`
+}
+
+// ExtProc configures custos' Envoy callouts.
+type ExtProc struct {
+	// GrantKey keys the seal (HMAC-SHA256) of the decision ext_authz hands
+	// ext_proc through Envoy's dynamic metadata, bound to the request's
+	// x-request-id and valid for a minute; ext_proc refuses a request
+	// whose decision it cannot verify. At least 32 bytes. Every replica
+	// one Envoy calls must have the same key. Empty:
+	// DATA_DIR/extproc/grant.key, generated when missing (one custos only).
+	GrantKey *Secret `yaml:"grant_key"`
 }
 
 // Audit configures the audit journal (DATA_DIR/audit): every
@@ -810,6 +823,9 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateHTTPServices(seenRes)...)
 	errs = append(errs, c.validateXDS()...)
 	errs = append(errs, c.validateAudit()...)
+	if k := c.ExtProc.GrantKey; k != nil && (k.Env == "") == (k.File == "") {
+		errs = append(errs, &FieldError{Field: "extproc.grant_key", Msg: "set exactly one of env or file"})
+	}
 	return errors.Join(errs...)
 }
 
@@ -957,6 +973,9 @@ func (c *Config) validateHTTPServices(seenNames map[string]bool) []error {
 			default:
 				add(f+".processing."+m.field, "must be none, streamed, buffered or buffered_partial, not %q", m.v)
 			}
+		}
+		if p.RequestHeaders == ProcessSkip {
+			add(f+".processing.request_headers", "must be send: custos verifies the authorization decision against the request headers and parks writes on them")
 		}
 		if p.ResponseBody != ProcessNone && p.ResponseHeaders == ProcessSkip {
 			add(f+".processing.response_headers", "must be send when response_body is %s: masking needs the content type and encoding", p.ResponseBody)

@@ -185,6 +185,7 @@ func TestValidateXDSNamesFields(t *testing.T) {
 		{"bad tls mode", "tls: {ca_file: /etc/ca.pem}", "tls: {mode: prefer}", "http_services[0].tls.mode"},
 		{"empty label name", "labels: {pci: cde}", "labels: {'': cde}", "http_services[0].labels"},
 		{"bad header mode", "labels: {pci: cde}", "labels: {pci: cde}\n    processing: {request_headers: maybe}", "http_services[0].processing.request_headers"},
+		{"request headers skipped", "labels: {pci: cde}", "labels: {pci: cde}\n    processing: {request_headers: skip}", "http_services[0].processing.request_headers: must be send: custos verifies the authorization decision"},
 		{"bad body mode", "labels: {pci: cde}", "labels: {pci: cde}\n    processing: {request_body: all}", "http_services[0].processing.request_body"},
 		{"body without headers", "labels: {pci: cde}", "labels: {pci: cde}\n    processing: {response_headers: skip}", "http_services[0].processing.response_headers: must be send"},
 		{"empty node id", "node_ids: [edge]", "node_ids: ['']", "xds.node_ids[0]: must not be empty"},

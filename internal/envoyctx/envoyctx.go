@@ -55,3 +55,11 @@ const (
 	TypePostgres = "postgres"
 	TypeHTTP     = "http"
 )
+
+// CredentialHeaders are the request headers that may carry a client's
+// credential (custos reads the bearer token from Authorization). No
+// upstream gets them: ext_authz's OK response removes them
+// (headers_to_remove) and every route custos serves strips them again
+// (request_headers_to_remove), so a token custos accepts cannot be
+// replayed by whoever runs an upstream.
+var CredentialHeaders = []string{"authorization", "proxy-authorization"}
