@@ -31,6 +31,7 @@ type catalog struct {
 	conn       *pgconn.PgConn
 	tables     map[uint32]*catalogTable
 	composites map[uint32]compositeEntry
+	relations  map[string]compositeEntry // a table's columns by "schema.name"
 }
 
 type catalogTable struct {
@@ -39,7 +40,7 @@ type catalogTable struct {
 }
 
 func newCatalog(s *Server, up *upstream) *catalog {
-	return &catalog{srv: s, up: up, tables: map[uint32]*catalogTable{}, composites: map[uint32]compositeEntry{}}
+	return &catalog{srv: s, up: up, tables: map[uint32]*catalogTable{}, composites: map[uint32]compositeEntry{}, relations: map[string]compositeEntry{}}
 }
 
 // lookup returns the column at (table, attnum); ok is false for a table or
@@ -139,6 +140,52 @@ const compositeQuery = `SELECT a.attname, a.atttypid
 FROM pg_catalog.pg_type t
 JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid
 WHERE t.oid = $1 AND t.typtype = 'c' AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum`
+
+// tableColumns returns the columns COPY table TO copies (all but dropped
+// and generated ones), in order, with their types; nil when there is no
+// such table.
+func (c *catalog) tableColumns(ctx context.Context, schema, table string) ([]attr, error) {
+	key := schema + "." + table
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.relations[key]; ok && time.Since(e.loaded) < catalogTTL {
+		return e.attrs, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var attrs []attr
+	for attempt := 0; ; attempt++ {
+		if err := c.connect(ctx); err != nil {
+			return nil, err
+		}
+		rr := c.conn.ExecParams(ctx, relationQuery, [][]byte{[]byte(schema), []byte(table)}, nil, nil, nil)
+		attrs = attrs[:0]
+		for rr.NextRow() {
+			v := rr.Values()
+			t, _ := strconv.ParseUint(string(v[1]), 10, 32)
+			attrs = append(attrs, attr{name: string(v[0]), typ: uint32(t)})
+		}
+		if _, err := rr.Close(); err != nil {
+			if attempt == 0 && c.conn.IsClosed() {
+				continue
+			}
+			return nil, fmt.Errorf("catalog lookup of table %s: %w", key, err)
+		}
+		break
+	}
+	if len(attrs) == 0 {
+		attrs = nil
+	}
+	c.relations[key] = compositeEntry{loaded: time.Now(), attrs: attrs}
+	return attrs, nil
+}
+
+const relationQuery = `SELECT a.attname, a.atttypid
+FROM pg_catalog.pg_attribute a
+JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 ORDER BY a.attnum`
 
 type compositeEntry struct {

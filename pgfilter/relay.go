@@ -147,7 +147,7 @@ func (ss *session) run() {
 	if s.opts.Masker != nil {
 		up := s.upstreams[ss.Resource.Name]
 		factories = append(factories[:len(factories):len(factories)], func(sess *Session) (Hook, error) {
-			rm := newResultMasker(s.opts.Masker, up.catalog, sess)
+			rm := newResultMasker(s.opts.Masker, up.catalog, sess, s.opts.Classifier)
 			ss.masker = rm
 			if ss.policy != nil {
 				ss.policy.masker = rm

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/custos-dev/custos/internal/mask"
+	"github.com/custos-dev/custos/internal/sqlclass"
 )
 
 // resultMasker is the built-in hook that keeps full card numbers and
@@ -52,10 +53,16 @@ type resultMasker struct {
 	// rules are the current op's rules while its rows are masked.
 	rules *maskRules
 
-	copyBinary bool
-	copyHeader bool // the binary COPY header is still to come
-	out        []byte
-	counts     mask.Counts
+	// cls classifies COPY statements (their table and options); cp is the
+	// COPY TO STDOUT being relayed; copyStmts are the COPY statements
+	// prepared by name; tableColumns looks a table's columns up (the
+	// catalog's).
+	cls          *sqlclass.Classifier
+	cp           *copyStream
+	copyStmts    map[string]*copyQueue
+	tableColumns func(ctx context.Context, schema, table string) ([]attr, error)
+	out          []byte
+	counts       mask.Counts
 }
 
 type field struct {
@@ -99,6 +106,9 @@ type pendingOp struct {
 	name  string
 	p     *portal    // the portal as it was bound when the op was sent
 	rules *maskRules // the decision's rules for the rows this op returns
+	// copies are the COPY TO STDOUT statements the op runs (a Parse: the
+	// statement's).
+	copies *copyQueue
 }
 
 // maskRules are a policy decision's masking rules for one statement.
@@ -113,8 +123,18 @@ type maskRules struct {
 	reveal mask.Strategy
 }
 
-func newResultMasker(m *mask.Masker, cat *catalog, s *Session) *resultMasker {
-	return &resultMasker{m: m, cat: cat, ses: s, stmts: map[string][]field{}, describing: map[string]bool{}, portals: map[string]*portal{}}
+// newResultMasker returns the masking hook of one session; cls (nil: one
+// of its own) classifies COPY statements.
+func newResultMasker(m *mask.Masker, cat *catalog, s *Session, cls *sqlclass.Classifier) *resultMasker {
+	if cls == nil {
+		cls = sqlclass.New(64)
+	}
+	rm := &resultMasker{m: m, cat: cat, ses: s, cls: cls, stmts: map[string][]field{}, describing: map[string]bool{},
+		portals: map[string]*portal{}, copyStmts: map[string]*copyQueue{}}
+	if cat != nil {
+		rm.tableColumns = cat.tableColumns
+	}
+	return rm
 }
 
 // Wants implements Hook.
@@ -127,7 +147,7 @@ func (rm *resultMasker) Wants(d Direction, typ byte) bool {
 		return false
 	}
 	switch typ {
-	case 'T', 'n', 'D', 'C', 'I', 's', 'E', 'N', 'Z', 'H', 'd', 'A', 'S', 'V', '1', '2':
+	case 'T', 'n', 'D', 'C', 'I', 's', 'E', 'N', 'Z', 'H', 'd', 'c', 'A', 'S', 'V', '1', '2':
 		return true
 	}
 	return false
@@ -169,7 +189,8 @@ func (rm *resultMasker) client(m *Message, c Conn) error {
 	b := m.Body
 	switch m.Type {
 	case 'Q':
-		rm.push(pendingOp{kind: opSimple, rules: rm.takeRules()})
+		q, _, _ := cstring(b)
+		rm.push(pendingOp{kind: opSimple, rules: rm.takeRules(), copies: rm.copyStatements(q)})
 	case 'F':
 		rm.push(pendingOp{kind: opFunc})
 	case 'S':
@@ -182,7 +203,11 @@ func (rm *resultMasker) client(m *Message, c Conn) error {
 		// What is known of a statement changes in the server's order
 		// (at its ParseComplete); what the client has asked for so far,
 		// now.
-		rm.push(pendingOp{kind: opParse, name: name})
+		var copies *copyQueue
+		if q, _, ok := cstring(b[len(name)+1:]); ok {
+			copies = rm.copyStatements(q)
+		}
+		rm.push(pendingOp{kind: opParse, name: name, copies: copies})
 		delete(rm.describing, name)
 	case 'B':
 		// The portal is known once the server confirms it (a Bind of a
@@ -219,7 +244,11 @@ func (rm *resultMasker) client(m *Message, c Conn) error {
 				return err
 			}
 		}
-		rm.push(pendingOp{kind: opExecute, name: name, p: p, rules: rm.takeRules()})
+		var copies *copyQueue
+		if cq := rm.copyStmts[p.stmt]; cq != nil {
+			copies = &copyQueue{copies: cq.copies}
+		}
+		rm.push(pendingOp{kind: opExecute, name: name, p: p, rules: rm.takeRules(), copies: copies})
 	case 'C':
 		if len(b) < 2 {
 			return nil
@@ -228,6 +257,7 @@ func (rm *resultMasker) client(m *Message, c Conn) error {
 		if b[0] == 'S' {
 			delete(rm.stmts, name)
 			delete(rm.describing, name)
+			delete(rm.copyStmts, name)
 		} else {
 			delete(rm.portals, name)
 		}
@@ -367,6 +397,11 @@ func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error)
 	case '1':
 		if op.kind == opParse {
 			delete(rm.stmts, op.name)
+			if op.copies != nil {
+				rm.copyStmts[op.name] = op.copies
+			} else {
+				delete(rm.copyStmts, op.name)
+			}
 			rm.pop()
 		}
 	case '2':
@@ -385,8 +420,14 @@ func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error)
 		case opSimple:
 			rm.simple = nil
 		}
-		rm.copyBinary = false
+		if m.Type == 'C' {
+			if err := rm.copyComplete(m); err != nil {
+				return Forward, err
+			}
+		}
+		rm.cp = nil
 	case 'E':
+		rm.cp = nil
 		rm.maskFields(m)
 		if op.kind != opSimple && op.kind != opFunc {
 			// The server skips to the next Sync.
@@ -409,10 +450,11 @@ func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error)
 		}
 		rm.simple = nil
 	case 'H':
-		rm.copyBinary = len(m.Body) > 0 && m.Body[0] == 1
-		rm.copyHeader = rm.copyBinary
+		rm.startCopy(ctx, m, op)
 	case 'd':
-		rm.copyData(m)
+		return rm.copyData(m), nil
+	case 'c':
+		return rm.copyDone(), nil
 	case 'A':
 		// pid, channel, payload
 		if len(m.Body) > 4 {
@@ -1196,74 +1238,6 @@ func (rm *resultMasker) maskCStrings(m *Message, offset int) {
 		}
 	}
 	if changed {
-		m.Body = out
-	}
-}
-
-// copyData masks a COPY TO STDOUT row: text and csv as text; binary by
-// walking the tuple, masking each field by what it looks like.
-func (rm *resultMasker) copyData(m *Message) {
-	if !rm.copyBinary {
-		if nv := rm.maskText(m.Body); !sameBytes(nv, m.Body) {
-			m.Body = nv
-		}
-		return
-	}
-	b := m.Body
-	pos := 0
-	if rm.copyHeader {
-		// PGCOPY\n\377\r\n\0, flags, extension length and data.
-		if len(b) < 19 || !bytes.HasPrefix(b, []byte("PGCOPY\n\xff\r\n\x00")) {
-			m.Body = rm.maskText(b)
-			return
-		}
-		pos = 19 + int(binary.BigEndian.Uint32(b[15:]))
-		rm.copyHeader = false
-	}
-	var out []byte
-	changed := false
-	for pos+2 <= len(b) {
-		n := int(int16(binary.BigEndian.Uint16(b[pos:])))
-		if n < 0 { // trailer
-			break
-		}
-		if changed {
-			out = append(out, b[pos:pos+2]...)
-		}
-		pos += 2
-		for range n {
-			if len(b) < pos+4 {
-				m.Body = rm.maskText(b)
-				return
-			}
-			start := pos
-			l := int(int32(binary.BigEndian.Uint32(b[pos:])))
-			pos += 4
-			if l < 0 {
-				if changed {
-					out = append(out, b[start:pos]...)
-				}
-				continue
-			}
-			if len(b) < pos+l {
-				m.Body = rm.maskText(b)
-				return
-			}
-			v := b[pos : pos+l]
-			pos += l
-			nv := rm.maskCopyField(v)
-			if !changed && !sameBytes(nv, v) {
-				changed = true
-				out = append(out, b[:start]...)
-			}
-			if changed {
-				out = binary.BigEndian.AppendUint32(out, uint32(len(nv)))
-				out = append(out, nv...)
-			}
-		}
-	}
-	if changed {
-		out = append(out, b[pos:]...)
 		m.Body = out
 	}
 }

@@ -18,7 +18,7 @@ func newTestMasker(t testing.TB) *resultMasker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newResultMasker(m, nil, &Session{})
+	return newResultMasker(m, nil, &Session{}, nil)
 }
 
 func TestNumericCodec(t *testing.T) {

@@ -566,3 +566,90 @@ strictest(strategies) := unknown[0] if {
 	unknown := sort([s | some s in strategies; not s in strictness])
 	count(unknown) > 0
 } else := [s | some s in strictness; s in strategies][0]
+
+# ---------------------------------------------------------------------------
+# COPY to the client. COPY has no RowDescription: custos masks its rows by
+# the table's columns (COPY table TO STDOUT) and by detection, parsing them
+# by the statement's format options. Options only shape the bytes, and a
+# client choosing them (QUOTE '9', DELIMITER, NULL, ESCAPE, ENCODING) can
+# wrap or split a card number: agents get the formats and HEADER only on
+# cardholder data. A COPY (query) has no column origins custos can follow,
+# so none may carry sensitive authentication data, whoever asks.
+
+# copy_allowed_options are the COPY options agents may give on cardholder data.
+copy_allowed_options := {"format", "header"}
+
+copy_formats := {"text", "csv", "binary"}
+
+# copies holds [statement index in runs, copy] for the COPY ... TO the client
+# statements that run.
+copies contains [i, cp] if {
+	some i, node in runs
+	node.command == "COPY"
+	cp := object.get(node, "copy", null)
+	is_object(cp)
+	object.get(cp, "direction", "") == "to"
+	object.get(cp, "target", "") == "client"
+}
+
+# copy_cardholder_tables are the cardholder-data tables a COPY reads.
+copy_cardholder_tables(i) := {table |
+	some table in runs[i].reads
+	cardholder_tables[table]
+}
+
+sql_denials contains sprintf("COPY option %s is not allowed for agents on cardholder data (%s): only FORMAT text, csv or binary and HEADER", [upper(option), concat(", ", sort(tables))]) if {
+	role == "agent"
+	some [i, cp] in copies
+	tables := copy_cardholder_tables(i)
+	count(tables) > 0
+	some option in object.get(cp, "options", [])
+	not option in copy_allowed_options
+}
+
+sql_denials contains sprintf("COPY format %v is not allowed for agents on cardholder data (%s)", [object.get(cp, "format", null), concat(", ", sort(tables))]) if {
+	role == "agent"
+	some [i, cp] in copies
+	tables := copy_cardholder_tables(i)
+	count(tables) > 0
+	not object.get(cp, "format", null) in copy_formats
+}
+
+sql_denials contains sprintf("COPY (query) would send sensitive authentication data (%s); COPY the table or SELECT, which drop it", [concat(", ", sort(columns))]) if {
+	some [i, cp] in copies
+	object.get(cp, "query", false) == true
+	columns := {sprintf("%s.%s", [table, column]) | some [table, column] in copy_sad_uses(i)}
+	count(columns) > 0
+}
+
+# copy_sad_uses(i) holds [table, column] for the uses, in any clause, of a
+# column the policy drops or nulls (sensitive authentication data) by the
+# COPY statement runs[i]: named, through "*", or unattributed by name.
+copy_sad_uses(i) := {[table, column] |
+	some col in runs[i].columns
+	[table, column] := copy_sad_column(i, object.get(col, "table", ""), object.get(col, "column", ""))[_]
+}
+
+copy_sad_column(_, table, column) := [[table, column]] if {
+	table != ""
+	cardholder_tables[table][column] in sad_strategies
+}
+
+copy_sad_column(_, table, "*") := [[table, column] |
+	some column, strategy in cardholder_tables[table]
+	strategy in sad_strategies
+] if table != ""
+
+copy_sad_column(i, "", column) := [[table, column] |
+	some table in runs[i].reads
+	cardholder_tables[table][column] in sad_strategies
+] if column != "*"
+
+copy_sad_column(i, "", "*") := [[table, column] |
+	some table in runs[i].reads
+	some column, strategy in cardholder_tables[table]
+	strategy in sad_strategies
+]
+
+# sad_strategies are the strategies that never show a value.
+sad_strategies := {"drop", "null"}

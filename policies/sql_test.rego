@@ -533,3 +533,132 @@ test_filter_eq_param_grants if {
 		with data.custos.config.cardholder_column_grants as {"public.cards": {"pan": ["filter"]}}
 	wide.allow
 }
+
+# ---------------------------------------------------------------------------
+# COPY to the client.
+
+copy_stmt(table, copy, columns) := stmt({
+	"command": "COPY", "reads": [table], "flags": ["copy_to"], "columns": columns,
+	"copy": object.union(
+		{
+			"direction": "to", "target": "client", "table": table, "columns": [], "query": false,
+			"format": "text", "options": [], "header": false,
+		},
+		copy,
+	),
+})
+
+copy_cards(copy) := copy_stmt("public.cards", copy, [{"table": "public.cards", "column": "*", "usage": ["output"]}])
+
+copy_query(reads, columns) := object.union(copy_stmt("", {"query": true}, columns), {"reads": reads})
+
+copy_cases := {
+	"COPY cards, text": {"statements": [copy_cards({})], "agent": "allow", "dba": "allow"},
+	"COPY cards, csv with a header": {
+		"statements": [copy_cards({"format": "csv", "options": ["format", "header"], "header": true})],
+		"agent": "allow", "dba": "allow",
+	},
+	"COPY cards, binary": {"statements": [copy_cards({"format": "binary", "options": ["format"]})], "agent": "allow", "dba": "allow"},
+	"COPY cards with QUOTE": {
+		"statements": [copy_cards({"format": "csv", "options": ["format", "quote"], "quote": "9"})],
+		"agent": "deny", "dba": "allow",
+		"reasons": ["COPY option QUOTE is not allowed for agents on cardholder data (public.cards): only FORMAT text, csv or binary and HEADER"],
+	},
+	"COPY cards with DELIMITER, NULL and ESCAPE": {
+		"statements": [copy_cards({"format": "csv", "options": ["delimiter", "escape", "format", "null"]})],
+		"agent": "deny", "dba": "allow",
+		"reasons": [
+			"COPY option DELIMITER is not allowed for agents on cardholder data (public.cards): only FORMAT text, csv or binary and HEADER",
+			"COPY option ESCAPE is not allowed for agents on cardholder data (public.cards): only FORMAT text, csv or binary and HEADER",
+			"COPY option NULL is not allowed for agents on cardholder data (public.cards): only FORMAT text, csv or binary and HEADER",
+		],
+	},
+	"COPY cards with FORCE_QUOTE and ENCODING": {
+		"statements": [copy_cards({"options": ["encoding", "force_quote"]})],
+		"agent": "deny", "dba": "allow",
+		"reasons": [
+			"COPY option ENCODING is not allowed for agents on cardholder data (public.cards): only FORMAT text, csv or binary and HEADER",
+			"COPY option FORCE_QUOTE is not allowed for agents on cardholder data (public.cards): only FORMAT text, csv or binary and HEADER",
+		],
+	},
+	"COPY cards in an unknown format": {
+		"statements": [copy_cards({"format": "xml", "options": ["format"]})],
+		"agent": "deny", "dba": "allow",
+		"reasons": ["COPY format xml is not allowed for agents on cardholder data (public.cards)"],
+	},
+	"COPY of another table with options": {
+		"statements": [copy_stmt("public.orders", {"format": "csv", "options": ["format", "quote"]}, [])],
+		"agent": "allow", "dba": "allow",
+	},
+	"COPY FROM with options is not an output": {
+		"statements": [object.union(copy_cards({"direction": "from", "options": ["quote"]}), {"flags": ["copy_from"], "read_only": false, "writes": ["public.cards"]})],
+		"agent": "approve", "dba": "approve",
+	},
+	"COPY (query) of the PAN": {
+		"statements": [copy_query(["public.cards"], [{"table": "public.cards", "column": "pan", "usage": ["output"]}])],
+		"agent": "allow", "dba": "allow",
+	},
+	"COPY (query) of the CVV": {
+		"statements": [copy_query(["public.cards"], [{"table": "public.cards", "column": "cvv", "usage": ["output"]}])],
+		"agent": "deny", "dba": "deny",
+		"reasons": ["COPY (query) would send sensitive authentication data (public.cards.cvv); COPY the table or SELECT, which drop it"],
+	},
+	"COPY (query) of every column": {
+		"statements": [copy_query(["public.cards"], [{"table": "public.cards", "column": "*", "usage": ["output"]}])],
+		"agent": "deny", "dba": "deny",
+		"reasons": ["COPY (query) would send sensitive authentication data (public.cards.cvv, public.cards.track_data); COPY the table or SELECT, which drop it"],
+	},
+	"COPY (query) of a CVV in a function": {
+		"statements": [copy_query(["public.cards"], [{"table": "public.cards", "column": "cvv", "usage": ["function"]}])],
+		"agent": "deny", "dba": "deny",
+	},
+	"COPY (query) of an unattributed CVV": {
+		"statements": [copy_query(["public.cards", "public.orders"], [{"table": "", "column": "cvv", "usage": ["output"]}])],
+		"agent": "deny", "dba": "deny",
+		"reasons": ["COPY (query) would send sensitive authentication data (public.cards.cvv); COPY the table or SELECT, which drop it"],
+	},
+	"COPY (query) of an unattributed star": {
+		"statements": [copy_query(["public.cards"], [{"table": "", "column": "*", "usage": ["output"]}])],
+		"agent": "deny", "dba": "deny",
+	},
+	"COPY (query) of an unattributed harmless column": {
+		"statements": [copy_query(["public.cards"], [{"table": "", "column": "holder", "usage": ["output"]}])],
+		"agent": "allow", "dba": "allow",
+	},
+	"COPY (query) of another table": {
+		"statements": [copy_query(["public.orders"], [{"table": "public.orders", "column": "*", "usage": ["output"]}])],
+		"agent": "allow", "dba": "allow",
+	},
+	"COPY (query) of cards with QUOTE": {
+		"statements": [object.union(copy_query(["public.cards"], [{"table": "public.cards", "column": "pan", "usage": ["output"]}]), {"copy": {"direction": "to", "target": "client", "query": true, "format": "csv", "options": ["format", "quote"]}})],
+		"agent": "deny", "dba": "allow",
+	},
+}
+
+test_copy_decisions if {
+	failures := {sprintf("%s as %s: got %s %v", [note, who, outcome(d), d.reasons]) |
+		some note, tc in copy_cases
+		some who, principal in {"agent": agent, "dba": dba}
+		d := custos.decision with input as sql_input(principal, tc.statements)
+		not copy_case_holds(tc, who, d)
+	}
+	print(failures)
+	count(failures) == 0
+}
+
+copy_case_holds(tc, who, d) if {
+	outcome(d) == tc[who]
+	copy_reasons_hold(tc, who, d)
+}
+
+copy_reasons_hold(tc, _, _) if not tc.reasons
+
+copy_reasons_hold(tc, who, _) if {
+	tc.reasons
+	tc[who] != "deny"
+}
+
+copy_reasons_hold(tc, who, d) if {
+	tc[who] == "deny"
+	tc.reasons == d.reasons
+}

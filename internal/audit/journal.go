@@ -856,10 +856,11 @@ func (j *Journal) encode(t *Template, ev *Event) ([]byte, error) {
 	return tail, nil
 }
 
-// cleanAttrs scrubs attrs in place (lists are copied before they change)
-// and returns how many PANs it removed.
+// cleanAttrs drops sensitive authentication data from attrs and scrubs
+// their PANs, in place (lists are copied before they change), and returns
+// how many values it removed.
 func (j *Journal) cleanAttrs(attrs []Attr) int {
-	scrubbed := 0
+	scrubbed := j.scrub.dropSAD(attrs)
 	for i := range attrs {
 		a := &attrs[i]
 		var n int

@@ -1,10 +1,11 @@
 package audit
 
 import (
-	"unsafe"
-
+	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
+	"unsafe"
 
 	"github.com/custos-dev/custos/internal/mask"
 )
@@ -186,4 +187,128 @@ func containsPAN(s string) bool {
 		return false
 	}
 	return mask.Contains(unsafe.Slice(unsafe.StringData(s), len(s)))
+}
+
+// The attributes of a statement record that hold its captured result: the
+// column names, and each row as a JSON array of strings or nulls.
+const (
+	attrResultColumns = "custos.result.columns"
+	attrResultRows    = "custos.result.rows"
+)
+
+// dropSAD removes sensitive authentication data (PCI DSS 3.3.1: never
+// stored, not even masked) from attrs, in place (a list is copied before
+// it changes), and returns how many values it removed:
+//
+//   - in a captured result, every value of a column named like SAD
+//     (mask.IsSADColumn: cvv, pin, track2, ...) becomes null, and JSON
+//     values lose (null) their members named like SAD;
+//   - an attribute whose own name is SAD-like keeps no value.
+//
+// Track data anywhere is removed by the PAN scrubbing that follows. This
+// is the journal's own check: what custos keeps of results inherits every
+// leak of the paths before it, and the journal is append-only.
+func (s *Scrubber) dropSAD(attrs []Attr) int {
+	dropped := 0
+	var cols []string
+	rows := -1
+	for i := range attrs {
+		a := &attrs[i]
+		switch {
+		case a.Key == attrResultColumns && a.Value.Kind() == KindStrings:
+			cols = a.Value.l
+		case a.Key == attrResultRows && a.Value.Kind() == KindStrings:
+			rows = i
+		case sadAttrName(a.Key):
+			switch a.Value.Kind() {
+			case KindString:
+				if a.Value.s != "" {
+					a.Value.s = ""
+					dropped++
+				}
+			case KindStrings:
+				if len(a.Value.l) > 0 {
+					a.Value.l = []string{}
+					dropped++
+				}
+			}
+		}
+	}
+	if rows < 0 {
+		return dropped
+	}
+	sad := make([]bool, len(cols))
+	for i, c := range cols {
+		sad[i] = mask.IsSADColumn(c)
+	}
+	a := &attrs[rows]
+	var l []string
+	for k, row := range a.Value.l {
+		nr, n := s.dropSADRow(row, sad)
+		if n == 0 {
+			continue
+		}
+		dropped += n
+		if l == nil {
+			l = slices.Clone(a.Value.l)
+		}
+		l[k] = nr
+	}
+	if l != nil {
+		a.Value.l = l
+	}
+	return dropped
+}
+
+// sadAttrName reports whether an attribute's name (its last dotted part)
+// names sensitive authentication data.
+func sadAttrName(key string) bool {
+	if i := strings.LastIndexByte(key, '.'); i >= 0 {
+		key = key[i+1:]
+	}
+	return mask.IsSADColumn(key)
+}
+
+// dropSADRow nulls a captured row's values in SAD columns and SAD members
+// of its JSON values. A row that is not a JSON array of strings is dropped
+// whole ("[]"): what cannot be inspected is not kept.
+func (s *Scrubber) dropSADRow(row string, sad []bool) (string, int) {
+	var vals []*string
+	if err := json.Unmarshal([]byte(row), &vals); err != nil {
+		return "[]", 1
+	}
+	n := 0
+	for i, v := range vals {
+		if v == nil {
+			continue
+		}
+		if i < len(sad) && sad[i] {
+			vals[i] = nil
+			n++
+			continue
+		}
+		t := strings.TrimSpace(*v)
+		if len(t) < 2 || (t[0] != '{' && t[0] != '[') || !json.Valid([]byte(t)) {
+			continue
+		}
+		out, c, err := s.m.JSON([]byte(t), nil, false)
+		if err != nil {
+			vals[i] = nil
+			n++
+			continue
+		}
+		if c.SAD > 0 {
+			str := string(out)
+			vals[i] = &str
+			n += c.SAD
+		}
+	}
+	if n == 0 {
+		return row, 0
+	}
+	b, err := json.Marshal(vals)
+	if err != nil {
+		return "[]", n
+	}
+	return string(b), n
 }

@@ -1,6 +1,7 @@
 package sqlclass
 
 import (
+	"strconv"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -108,7 +109,7 @@ func (w *walker) stmt(n *pg_query.Node, st *Statement) {
 		w.merge(x.MergeStmt, nil)
 	case *pg_query.Node_CopyStmt:
 		st.Command = "COPY"
-		w.copyStmt(x.CopyStmt)
+		st.Copy = w.copyStmt(x.CopyStmt)
 	case *pg_query.Node_TruncateStmt:
 		st.Command = "TRUNCATE"
 		for _, r := range x.TruncateStmt.Relations {
@@ -241,8 +242,9 @@ func (w *walker) opaque() {
 	w.readOnly = false
 }
 
-func (w *walker) copyStmt(c *pg_query.CopyStmt) {
-	toClient := !c.IsProgram && c.Filename == ""
+func (w *walker) copyStmt(c *pg_query.CopyStmt) *Copy {
+	cp := copyOf(c)
+	toClient := cp.Target == CopyClient
 	if c.IsProgram {
 		w.flag(FlagCopyProgram)
 		w.readOnly = false
@@ -254,7 +256,7 @@ func (w *walker) copyStmt(c *pg_query.CopyStmt) {
 	if c.IsFrom {
 		w.flag(FlagCopyFrom)
 		if c.Relation == nil {
-			return
+			return cp
 		}
 		t := qualify(c.Relation)
 		w.write(t)
@@ -266,7 +268,7 @@ func (w *walker) copyStmt(c *pg_query.CopyStmt) {
 		}
 		sc := &scope{entries: []*entry{{name: c.Relation.Relname, table: t}}}
 		w.walkExpr(sc, c.WhereClause, exprCtx{use: uFilter, pred: true})
-		return
+		return cp
 	}
 	w.flag(FlagCopyTo)
 	use, plainOnly := uCopy, false
@@ -278,10 +280,10 @@ func (w *walker) copyStmt(c *pg_query.CopyStmt) {
 			w.flag(FlagDataModifyingCTE)
 		}
 		w.apply(w.query(c.Query, nil), use, plainOnly)
-		return
+		return cp
 	}
 	if c.Relation == nil {
-		return
+		return cp
 	}
 	t := qualify(c.Relation)
 	w.read(t)
@@ -291,6 +293,141 @@ func (w *walker) copyStmt(c *pg_query.CopyStmt) {
 	for _, col := range cols {
 		w.record([]origin{{t, col}}, use)
 	}
+	return cp
+}
+
+// Copy describes a COPY statement: where the data goes and the format options the client
+// chose. PostgreSQL applies the options to the bytes it sends, so they decide how the output
+// must be read: a proxy inspecting COPY data parses it by these, and a policy may refuse
+// options it does not want.
+type Copy struct {
+	// Direction is "to" (COPY ... TO) or "from" (COPY ... FROM).
+	Direction string `json:"direction"`
+	// Target is where the data goes or comes from: "client" (STDOUT, STDIN), "file" or
+	// "program".
+	Target string `json:"target"`
+	// Table is the schema-qualified table copied, as in reads and writes; "" for COPY (query).
+	Table string `json:"table"`
+	// Columns is the column list as written (lower case unless quoted), [] for all of the
+	// table's columns in their order.
+	Columns []string `json:"columns"`
+	// Query is true for COPY (query) TO.
+	Query bool `json:"query"`
+	// Format is "text", "csv" or "binary" (old spellings BINARY and CSV included); "text" when
+	// not given.
+	Format string `json:"format"`
+	// Options are the lower-case names of the options given (format, header, delimiter, null,
+	// default, quote, escape, force_quote, force_not_null, force_null, encoding, freeze,
+	// on_error, log_verbosity, ...), sorted, each once.
+	Options []string `json:"options"`
+	// Header is true when HEADER is on (true, on, 1, match or no value), as PostgreSQL reads
+	// it.
+	Header bool `json:"header"`
+	// Delimiter, Null, Quote, Escape and Encoding are the values given, absent when not
+	// given (PostgreSQL's defaults then apply).
+	Delimiter *string `json:"delimiter,omitempty"`
+	Null      *string `json:"null,omitempty"`
+	Quote     *string `json:"quote,omitempty"`
+	Escape    *string `json:"escape,omitempty"`
+	Encoding  *string `json:"encoding,omitempty"`
+	// ForceQuote is FORCE_QUOTE's column list, ["*"] for all columns.
+	ForceQuote []string `json:"force_quote,omitempty"`
+}
+
+// COPY directions and targets.
+const (
+	CopyTo      = "to"
+	CopyFrom    = "from"
+	CopyClient  = "client"
+	CopyFile    = "file"
+	CopyProgram = "program"
+)
+
+// copyOf reads a COPY statement's target and options.
+func copyOf(c *pg_query.CopyStmt) *Copy {
+	cp := &Copy{Direction: CopyTo, Target: CopyClient, Columns: stringsOf(c.Attlist), Format: "text", Options: []string{}}
+	if c.IsFrom {
+		cp.Direction = CopyFrom
+	}
+	switch {
+	case c.IsProgram:
+		cp.Target = CopyProgram
+	case c.Filename != "":
+		cp.Target = CopyFile
+	}
+	if c.Relation != nil {
+		cp.Table = qualify(c.Relation)
+	}
+	cp.Query = c.Query != nil
+	for _, o := range c.Options {
+		d := o.GetDefElem()
+		if d == nil {
+			continue
+		}
+		name := strings.ToLower(d.Defname)
+		cp.Options = addSorted(cp.Options, name)
+		switch name {
+		case "format":
+			cp.Format = strings.ToLower(defString(d))
+		case "header":
+			cp.Header = copyHeader(d)
+		case "delimiter":
+			cp.Delimiter = ptr(defString(d))
+		case "null":
+			cp.Null = ptr(defString(d))
+		case "quote":
+			cp.Quote = ptr(defString(d))
+		case "escape":
+			cp.Escape = ptr(defString(d))
+		case "encoding":
+			cp.Encoding = ptr(defString(d))
+		case "force_quote":
+			if _, star := d.Arg.GetNode().(*pg_query.Node_AStar); star {
+				cp.ForceQuote = []string{"*"}
+			} else {
+				cp.ForceQuote = stringsOf(d.Arg.GetList().GetItems())
+			}
+		}
+	}
+	return cp
+}
+
+func ptr(s string) *string { return &s }
+
+// defString is an option's value as PostgreSQL's defGetString reads it ("" for none).
+func defString(d *pg_query.DefElem) string {
+	switch a := d.Arg.GetNode().(type) {
+	case *pg_query.Node_String_:
+		return a.String_.Sval
+	case *pg_query.Node_Integer:
+		return strconv.Itoa(int(a.Integer.Ival))
+	case *pg_query.Node_Float:
+		return a.Float.Fval
+	case *pg_query.Node_Boolean:
+		if a.Boolean.Boolval {
+			return "true"
+		}
+		return "false"
+	case *pg_query.Node_TypeName:
+		return strings.Join(stringsOf(a.TypeName.Names), ".")
+	}
+	return ""
+}
+
+// copyHeader reads HEADER as PostgreSQL's defGetCopyHeaderChoice does: no value, 1, true,
+// on and match turn it on (a value PostgreSQL refuses fails the statement there).
+func copyHeader(d *pg_query.DefElem) bool {
+	if d.Arg == nil {
+		return true
+	}
+	if i, ok := d.Arg.GetNode().(*pg_query.Node_Integer); ok {
+		return i.Integer.Ival == 1
+	}
+	switch strings.ToLower(defString(d)) {
+	case "true", "on", "match":
+		return true
+	}
+	return false
 }
 
 func (w *walker) variableSet(v *pg_query.VariableSetStmt, st *Statement) {

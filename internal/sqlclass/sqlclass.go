@@ -70,6 +70,8 @@ type Statement struct {
 	Explains *Statement `json:"explains,omitempty"`
 	// Prepared is, for PREPARE name AS ..., the statement prepared.
 	Prepared *Statement `json:"prepared,omitempty"`
+	// Copy is, for COPY, what is copied where and with which format options.
+	Copy *Copy `json:"copy,omitempty"`
 	// Name is the prepared statement name (PREPARE, EXECUTE, DEALLOCATE; DEALLOCATE ALL is
 	// "*"), the cursor name (DECLARE, FETCH, MOVE, CLOSE; CLOSE ALL is "*") or the channel
 	// (LISTEN, NOTIFY, UNLISTEN; UNLISTEN * is "*").
