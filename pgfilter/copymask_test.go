@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/custos-dev/custos/internal/mask"
 )
 
@@ -374,4 +376,71 @@ func FuzzCopyRows(f *testing.F) {
 			rest = rest[n:]
 		}
 	})
+}
+
+// TestCopyMaskStatementFlows: each CopyOutResponse takes its own statement,
+// in a multi-statement query and through a prepared statement.
+func TestCopyMaskStatementFlows(t *testing.T) {
+	t.Parallel()
+	rm := copyMasker(t)
+	// Two COPYs in one query: the second, csv with a column list.
+	if err := rm.client(&Message{Type: 'Q', Body: []byte("COPY cards TO STDOUT; COPY cards (cvv, pan) TO STDOUT (FORMAT csv)\x00")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	relay := func(typ byte, body string) *Message {
+		m := &Message{Type: typ, Body: []byte(body)}
+		if _, err := rm.server(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	relay('H', "\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00")
+	if m := relay('d', "1\t4242424242424242\t123\tAda\n"); string(m.Body) != "1\t************4242\t\\N\tAda\n" {
+		t.Errorf("first of two: %q", m.Body)
+	}
+	relay('c', "")
+	relay('C', "COPY 1\x00")
+	relay('H', "\x00\x00\x02\x00\x00\x00\x00")
+	if m := relay('d', "123,4242424242424242\n"); string(m.Body) != ",\"************4242\"\n" {
+		t.Errorf("second of two: %q", m.Body)
+	}
+	relay('c', "")
+	if m := relay('C', "COPY 1\x00"); m.Type != 'C' {
+		t.Errorf("second completion %c", m.Type)
+	}
+	relay('Z', "I")
+
+	// Extended protocol: Parse, ParseComplete, Bind, Execute.
+	rm = copyMasker(t)
+	for _, m := range []*Message{
+		{Type: 'P', Body: []byte("s1\x00COPY cards (cvv) TO STDOUT\x00\x00\x00")},
+		{Type: 'S'},
+	} {
+		if err := rm.client(m, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	relay('1', "")
+	relay('Z', "I")
+	var sent []pgproto3.FrontendMessage
+	for _, m := range []*Message{
+		{Type: 'B', Body: []byte("\x00s1\x00\x00\x00\x00\x00\x00\x00")},
+		{Type: 'E', Body: []byte("\x00\x00\x00\x00\x00")},
+		{Type: 'S'},
+	} {
+		if err := rm.client(m, recordConn{&sent}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	relay('n', "") // the Describe custos sent for the portal
+	relay('2', "")
+	relay('H', "\x00\x00\x01\x00\x00")
+	if m := relay('d', "123\n"); string(m.Body) != "\\N\n" {
+		t.Errorf("extended protocol: %q", m.Body)
+	}
+	relay('c', "")
+	if m := relay('C', "COPY 1\x00"); m.Type != 'C' {
+		t.Errorf("extended completion %c %q", m.Type, m.Body)
+	}
 }
