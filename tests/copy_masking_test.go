@@ -22,8 +22,6 @@ import (
 	"github.com/custos-dev/custos/pgfilter/pgfiltertest"
 )
 
-// demoCVVs are the CVVs of the demo cards (internal/devenv).
-var demoCVVs = []string{"123", "456", "7890", "321", "654", "987", "246", "135"}
 
 func copyPolicyEnv(t *testing.T, tls bool) *pgfiltertest.Env {
 	t.Helper()
@@ -88,7 +86,7 @@ func copyFields(t *testing.T, format string, delim byte, b []byte) [][]string {
 
 // noCVV fails when a field of the output is a demo CVV or holds one as a
 // digit run of its own.
-func noCVV(t *testing.T, where string, rows [][]string) {
+func noCVVInCopyRows(t *testing.T, where string, rows [][]string) {
 	t.Helper()
 	for _, row := range rows {
 		for _, f := range row {
@@ -133,7 +131,7 @@ func TestCopyMaskedPgx(t *testing.T) {
 			delim = ','
 		}
 		rows := copyFields(t, tc.format, delim, out)
-		noCVV(t, tc.sql, rows)
+		noCVVInCopyRows(t, tc.sql, rows)
 		data := rows
 		if tc.header {
 			data = rows[1:]
@@ -219,7 +217,7 @@ func TestCopyOptionsForDBA(t *testing.T) {
 		}
 		noPAN(t, tc.sql, buf.Bytes())
 		if !strings.Contains(tc.sql, "QUOTE") && !strings.Contains(tc.sql, "ESCAPE") {
-			noCVV(t, tc.sql, copyFields(t, tc.format, tc.delim, buf.Bytes()))
+			noCVVInCopyRows(t, tc.sql, copyFields(t, tc.format, tc.delim, buf.Bytes()))
 		}
 		for _, cvv := range []string{"7890"} {
 			if bytes.Contains(buf.Bytes(), []byte(cvv)) {
@@ -264,7 +262,7 @@ func TestCopyMaskedPsql(t *testing.T) {
 		if tc.format == "csv" {
 			delim = ','
 		}
-		noCVV(t, tc.cmd, copyFields(t, tc.format, delim, []byte(out)))
+		noCVVInCopyRows(t, tc.cmd, copyFields(t, tc.format, delim, []byte(out)))
 		if !strings.Contains(out, "************4242") {
 			t.Errorf("%s: no masked card in\n%s", tc.cmd, out)
 		}
