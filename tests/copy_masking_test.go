@@ -22,7 +22,6 @@ import (
 	"github.com/custos-dev/custos/pgfilter/pgfiltertest"
 )
 
-
 func copyPolicyEnv(t *testing.T, tls bool) *pgfiltertest.Env {
 	t.Helper()
 	m, err := mask.New(mask.Options{})
