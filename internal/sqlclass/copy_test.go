@@ -41,7 +41,7 @@ func TestCopyOptions(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.q, func(t *testing.T) {
 			t.Parallel()
-			res, err := classify(tt.q)
+			res, err := classify(tt.q, DefaultMaxBytes, DefaultMaxDepth)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -57,7 +57,7 @@ func TestCopyOptions(t *testing.T) {
 			}
 		})
 	}
-	res, err := classify("SELECT 1")
+	res, err := classify("SELECT 1", DefaultMaxBytes, DefaultMaxDepth)
 	if err != nil || res.Statements[0].Copy != nil {
 		t.Errorf("SELECT has a copy: %v %v", res, err)
 	}
