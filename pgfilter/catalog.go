@@ -107,6 +107,17 @@ func (c *catalog) compositeAttrs(ctx context.Context, typ uint32) ([]attr, error
 	if e, ok := c.composites[typ]; ok && time.Since(e.loaded) < catalogTTL {
 		return e.attrs, nil
 	}
+	attrs, err := c.queryAttrs(ctx, compositeQuery, [][]byte{[]byte(strconv.FormatUint(uint64(typ), 10))}, []uint32{26})
+	if err != nil {
+		return nil, fmt.Errorf("catalog lookup of type %d: %w", typ, err)
+	}
+	c.composites[typ] = compositeEntry{loaded: time.Now(), attrs: attrs}
+	return attrs, nil
+}
+
+// queryAttrs runs a query answering (name, type oid) rows, reconnecting
+// once when the catalog connection was lost; nil for no rows. c.mu is held.
+func (c *catalog) queryAttrs(ctx context.Context, query string, params [][]byte, oids []uint32) ([]attr, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var attrs []attr
@@ -114,7 +125,7 @@ func (c *catalog) compositeAttrs(ctx context.Context, typ uint32) ([]attr, error
 		if err := c.connect(ctx); err != nil {
 			return nil, err
 		}
-		rr := c.conn.ExecParams(ctx, compositeQuery, [][]byte{[]byte(strconv.FormatUint(uint64(typ), 10))}, []uint32{26}, nil, nil)
+		rr := c.conn.ExecParams(ctx, query, params, oids, nil, nil)
 		attrs = attrs[:0]
 		for rr.NextRow() {
 			v := rr.Values()
@@ -125,14 +136,13 @@ func (c *catalog) compositeAttrs(ctx context.Context, typ uint32) ([]attr, error
 			if attempt == 0 && c.conn.IsClosed() {
 				continue
 			}
-			return nil, fmt.Errorf("catalog lookup of type %d: %w", typ, err)
+			return nil, err
 		}
 		break
 	}
 	if len(attrs) == 0 {
-		attrs = nil
+		return nil, nil
 	}
-	c.composites[typ] = compositeEntry{loaded: time.Now(), attrs: attrs}
 	return attrs, nil
 }
 
@@ -152,30 +162,9 @@ func (c *catalog) tableColumns(ctx context.Context, schema, table string) ([]att
 	if e, ok := c.relations[key]; ok && time.Since(e.loaded) < catalogTTL {
 		return e.attrs, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	var attrs []attr
-	for attempt := 0; ; attempt++ {
-		if err := c.connect(ctx); err != nil {
-			return nil, err
-		}
-		rr := c.conn.ExecParams(ctx, relationQuery, [][]byte{[]byte(schema), []byte(table)}, nil, nil, nil)
-		attrs = attrs[:0]
-		for rr.NextRow() {
-			v := rr.Values()
-			t, _ := strconv.ParseUint(string(v[1]), 10, 32)
-			attrs = append(attrs, attr{name: string(v[0]), typ: uint32(t)})
-		}
-		if _, err := rr.Close(); err != nil {
-			if attempt == 0 && c.conn.IsClosed() {
-				continue
-			}
-			return nil, fmt.Errorf("catalog lookup of table %s: %w", key, err)
-		}
-		break
-	}
-	if len(attrs) == 0 {
-		attrs = nil
+	attrs, err := c.queryAttrs(ctx, relationQuery, [][]byte{[]byte(schema), []byte(table)}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("catalog lookup of table %s: %w", key, err)
 	}
 	c.relations[key] = compositeEntry{loaded: time.Now(), attrs: attrs}
 	return attrs, nil

@@ -736,12 +736,7 @@ func (rm *resultMasker) copyBinaryRow(cp *copyStream, data []byte) (row []byte, 
 			out = append(out, data[:start]...)
 		}
 		if changed {
-			if null {
-				out = binary.BigEndian.AppendUint32(out, math.MaxUint32)
-			} else {
-				out = binary.BigEndian.AppendUint32(out, uint32(len(nv)))
-				out = append(out, nv...)
-			}
+			out = appendWireValue(out, nv, null)
 		}
 	}
 	if !changed {

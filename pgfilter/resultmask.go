@@ -643,12 +643,7 @@ func (rm *resultMasker) dataRow(m *Message, fields []field, formats []int16) err
 			out = append(out, b[:start]...)
 		}
 		if changed {
-			if null {
-				out = binary.BigEndian.AppendUint32(out, math.MaxUint32)
-			} else {
-				out = binary.BigEndian.AppendUint32(out, uint32(len(nv)))
-				out = append(out, nv...)
-			}
+			out = appendWireValue(out, nv, null)
 		}
 	}
 	if changed {
@@ -656,6 +651,16 @@ func (rm *resultMasker) dataRow(m *Message, fields []field, formats []int16) err
 		m.Body = out
 	}
 	return nil
+}
+
+// appendWireValue appends a value as DataRow and binary COPY frame it: a
+// length (-1 for NULL) and the bytes.
+func appendWireValue(out, v []byte, null bool) []byte {
+	if null {
+		return binary.BigEndian.AppendUint32(out, math.MaxUint32)
+	}
+	out = binary.BigEndian.AppendUint32(out, uint32(len(v)))
+	return append(out, v...)
 }
 
 // firstUserOID is where user-defined types (and tables' row types) start.

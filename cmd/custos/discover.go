@@ -45,21 +45,6 @@ func connectResource(ctx context.Context, res *config.Resource) (*pgconn.PgConn,
 	return pgconn.ConnectConfig(cctx, pc)
 }
 
-// scanResource runs one pass over res.
-func scanResource(ctx context.Context, res *config.Resource, opts discover.Options) (*discover.Report, error) {
-	conn, err := connectResource(ctx, res)
-	if err != nil {
-		return nil, fmt.Errorf("connect: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	rep, err := discover.Scan(ctx, conn, opts)
-	if err != nil {
-		return nil, err
-	}
-	rep.Resource = res.Name
-	return rep, nil
-}
-
 // discoveryEvent records one pass over one resource: the columns found
 // (names only) and the tables that could not be sampled.
 func (a *auditor) discoveryEvent(res *config.Resource, rep *discover.Report, err error) {
@@ -151,7 +136,7 @@ func runDiscover(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			if *only != "" && res.Name != *only || *only == "" && !res.CardholderData() {
 				continue
 			}
-			rep, err := scanResource(ctx, res, opts)
+			rep, err := discover.ScanResource(ctx, connectResource, res, opts)
 			if err != nil {
 				return fmt.Errorf("discover: resource %s: %w", res.Name, err)
 			}

@@ -129,12 +129,17 @@ func (r *Runner) tables() map[string]any {
 }
 
 func (r *Runner) scan(ctx context.Context, res *config.Resource) (*Report, error) {
-	conn, err := r.connect(ctx, res)
+	return ScanResource(ctx, r.connect, res, Options{Rows: r.cfg.Rows, TableTimeout: r.cfg.TableTimeout, Logger: r.log})
+}
+
+// ScanResource logs in to res with connect and runs one pass over it.
+func ScanResource(ctx context.Context, connect func(context.Context, *config.Resource) (*pgconn.PgConn, error), res *config.Resource, opts Options) (*Report, error) {
+	conn, err := connect(ctx, res)
 	if err != nil {
 		return nil, fmt.Errorf("%w: connect: %w", ErrScan, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	rep, err := Scan(ctx, conn, Options{Rows: r.cfg.Rows, TableTimeout: r.cfg.TableTimeout, Logger: r.log})
+	rep, err := Scan(ctx, conn, opts)
 	if err != nil {
 		return nil, err
 	}
