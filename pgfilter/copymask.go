@@ -127,7 +127,15 @@ func (rm *resultMasker) startCopy(ctx context.Context, m *Message, op pendingOp)
 		cp.failed = "malformed CopyOutResponse"
 		return
 	}
-	info := op.copies.take()
+	var info *sqlclass.Copy
+	if op.kind == opExecute {
+		// One statement: one COPY, whatever the portal ran before.
+		if op.p != nil && len(op.p.copies) == 1 {
+			info = op.p.copies[0]
+		}
+	} else {
+		info = op.copies.take()
+	}
 	if info == nil {
 		cp.failed = "custos could not tell which COPY statement this output belongs to"
 		return

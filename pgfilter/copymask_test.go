@@ -412,12 +412,6 @@ func TestCopyMaskStatementFlows(t *testing.T) {
 	relay('Z', "I")
 
 	// Extended protocol: Parse, ParseComplete, Bind, Execute.
-	t.Run("extended protocol", func(t *testing.T) {
-		t.Skip("known gap: with statements tracked only once the server confirms them, the masker does not tie an extended-protocol COPY to its statement and passes the row before withholding the rest")
-	})
-	if true {
-		return
-	}
 	rm = copyMasker(t)
 	for _, m := range []*Message{
 		{Type: 'P', Body: []byte("s1\x00COPY cards (cvv) TO STDOUT\x00\x00\x00")},
@@ -439,16 +433,18 @@ func TestCopyMaskStatementFlows(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	relay('n', "") // the Describe custos sent for the portal
+	// The server answers in order: BindComplete, then the Describe
+	// custos sent for the portal (NoData: a COPY returns no rows).
 	relay('2', "")
+	if v, err := rm.server(ctx, &Message{Type: 'n'}); err != nil || v != Drop {
+		t.Fatalf("the internal Describe's NoData: %v %v, want it dropped", v, err)
+	}
 	relay('H', "\x00\x00\x01\x00\x00")
-	// Masked, or withheld (fail closed, the completion then an error):
-	// never the CVV.
-	if m := relay('d', "123\n"); bytes.Contains(m.Body, []byte("123")) {
+	if m := relay('d', "123\n"); string(m.Body) != "\\N\n" {
 		t.Errorf("extended protocol: %q", m.Body)
 	}
 	relay('c', "")
-	if m := relay('C', "COPY 1\x00"); m.Type != 'C' && m.Type != 'E' {
+	if m := relay('C', "COPY 1\x00"); m.Type != 'C' {
 		t.Errorf("extended completion %c %q", m.Type, m.Body)
 	}
 }

@@ -83,8 +83,10 @@ type portal struct {
 	fields    []field // from a Describe of the portal: real formats
 	described bool    // a Describe of the portal is on its way
 	// stmtFields are the statement's fields as custos knew them when the
-	// server bound the portal (the name may be redefined later).
+	// server bound the portal (the name may be redefined later), and
+	// copies its COPY TO STDOUT, if it is one.
 	stmtFields []field
+	copies     []*sqlclass.Copy
 }
 
 type opKind uint8
@@ -99,6 +101,7 @@ const (
 	opExecute
 	opParse // ParseComplete drops what was known of the statement
 	opBind  // BindComplete makes the portal known
+	opClose // CloseComplete drops a statement or portal
 )
 
 type pendingOp struct {
@@ -109,6 +112,8 @@ type pendingOp struct {
 	// copies are the COPY TO STDOUT statements the op runs (a Parse: the
 	// statement's).
 	copies *copyQueue
+	// closeStmt: an opClose of a statement (else of a portal).
+	closeStmt bool
 }
 
 // maskRules are a policy decision's masking rules for one statement.
@@ -147,7 +152,7 @@ func (rm *resultMasker) Wants(d Direction, typ byte) bool {
 		return false
 	}
 	switch typ {
-	case 'T', 'n', 'D', 'C', 'I', 's', 'E', 'N', 'Z', 'H', 'd', 'c', 'A', 'S', 'V', '1', '2':
+	case 'T', 'n', 'D', 'C', 'I', 's', 'E', 'N', 'Z', 'H', 'd', 'c', 'A', 'S', 'V', '1', '2', '3':
 		return true
 	}
 	return false
@@ -244,23 +249,20 @@ func (rm *resultMasker) client(m *Message, c Conn) error {
 				return err
 			}
 		}
-		var copies *copyQueue
-		if cq := rm.copyStmts[p.stmt]; cq != nil {
-			copies = &copyQueue{copies: cq.copies}
-		}
-		rm.push(pendingOp{kind: opExecute, name: name, p: p, rules: rm.takeRules(), copies: copies})
+		// The COPY it runs, if any, is the portal's statement's as the
+		// server bound it (known at BindComplete, before the output).
+		rm.push(pendingOp{kind: opExecute, name: name, p: p, rules: rm.takeRules()})
 	case 'C':
 		if len(b) < 2 {
 			return nil
 		}
 		name, _, _ := cstring(b[1:])
 		if b[0] == 'S' {
-			delete(rm.stmts, name)
 			delete(rm.describing, name)
-			delete(rm.copyStmts, name)
-		} else {
-			delete(rm.portals, name)
 		}
+		// Forgotten at CloseComplete, in the server's order: a Bind sent
+		// before the Close binds the statement as it was.
+		rm.push(pendingOp{kind: opClose, name: name, closeStmt: b[0] == 'S'})
 	}
 	return nil
 }
@@ -407,7 +409,20 @@ func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error)
 	case '2':
 		if op.kind == opBind {
 			op.p.stmtFields = rm.stmts[op.p.stmt]
+			if cq := rm.copyStmts[op.p.stmt]; cq != nil {
+				op.p.copies = cq.copies
+			}
 			rm.portals[op.name] = op.p
+			rm.pop()
+		}
+	case '3':
+		if op.kind == opClose {
+			if op.closeStmt {
+				delete(rm.stmts, op.name)
+				delete(rm.copyStmts, op.name)
+			} else {
+				delete(rm.portals, op.name)
+			}
 			rm.pop()
 		}
 	case 'C', 'I', 's':

@@ -11,12 +11,15 @@ import (
 	"context"
 	"encoding/csv"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/custos-dev/custos/internal/mask"
 	"github.com/custos-dev/custos/pgfilter/pgfiltertest"
@@ -281,6 +284,116 @@ func TestCopyMaskedPsql(t *testing.T) {
 			if strings.Contains(r.stdout, "\t"+cvv+"\t") {
 				t.Errorf("%s: CVV in %q", cmd, r.stdout)
 			}
+		}
+	}
+}
+
+// copyExchange sends msgs, then reads until ReadyForQuery, returning the
+// CopyData bytes, the message types and any errors' SQLSTATEs.
+func copyExchange(t *testing.T, c *pgconn.PgConn, msgs ...pgproto3.FrontendMessage) (data []byte, kinds []string) {
+	t.Helper()
+	fe := c.Frontend()
+	for _, m := range msgs {
+		fe.Send(m)
+	}
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Conn().SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Conn().SetReadDeadline(time.Time{}) }()
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			data = append(data, m.Data...)
+		case *pgproto3.ErrorResponse:
+			kinds = append(kinds, "Error "+m.Code+" "+m.Message)
+		case *pgproto3.ReadyForQuery:
+			return data, kinds
+		default:
+			kinds = append(kinds, fmt.Sprintf("%T", msg)[len("*pgproto3."):])
+		}
+	}
+}
+
+// TestCopyMaskedExtendedProtocol runs COPY TO STDOUT through Parse, Bind
+// and Execute, as a raw-protocol client may: unnamed and named statements,
+// with and without a Describe, a statement prepared in an earlier batch,
+// and a named statement redefined. Each COPY is masked by its own columns.
+func TestCopyMaskedExtendedProtocol(t *testing.T) {
+	t.Parallel()
+	env := copyPolicyEnv(t, false)
+	for _, who := range []struct{ user, group string }{{"alice", "agents"}, {"bob", "dba"}} {
+		c, _ := recordedAs(t, env, who.user, who.group)
+		pc := c.PgConn()
+		check := func(where string, data []byte, kinds []string, want string) {
+			t.Helper()
+			where = who.group + ": " + where
+			noPAN(t, where, data)
+			for _, k := range kinds {
+				if strings.HasPrefix(k, "Error") {
+					t.Errorf("%s: %s", where, k)
+				}
+			}
+			rows := copyFields(t, "text", '\t', data)
+			noCVVInCopyRows(t, where, rows)
+			if len(rows) != len(demoCVVs) {
+				t.Errorf("%s: %d rows, want %d: %q", where, len(rows), len(demoCVVs), data)
+			}
+			if !strings.Contains(string(data), want) {
+				t.Errorf("%s: %q in %q", where, want, data)
+			}
+		}
+		q := "COPY cards (pan, cvv) TO STDOUT"
+		data, kinds := copyExchange(t, pc,
+			&pgproto3.Parse{Query: q}, &pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		check("unnamed", data, kinds, "************4242\t\\N\n")
+
+		data, kinds = copyExchange(t, pc,
+			&pgproto3.Parse{Query: "COPY cards (cvv, holder) TO STDOUT"}, &pgproto3.Bind{},
+			&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		check("described", data, kinds, "\\N\t")
+
+		// Prepared in one batch, run in the next.
+		_, kinds = copyExchange(t, pc, &pgproto3.Parse{Name: "cp1", Query: q}, &pgproto3.Sync{})
+		if len(kinds) != 1 || kinds[0] != "ParseComplete" {
+			t.Fatalf("%s: Parse: %v", who.group, kinds)
+		}
+		for i := range 2 {
+			data, kinds = copyExchange(t, pc,
+				&pgproto3.Bind{PreparedStatement: "cp1"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+			check(fmt.Sprintf("named, run %d", i+1), data, kinds, "************4242\t\\N\n")
+		}
+		// A redefinition of the name the server refuses changes nothing:
+		// the COPY is still the one masked.
+		_, kinds = copyExchange(t, pc, &pgproto3.Parse{Name: "cp1", Query: "SELECT 1"}, &pgproto3.Sync{})
+		if len(kinds) == 0 || !strings.HasPrefix(kinds[0], "Error 42P05") {
+			t.Errorf("%s: redefining cp1: %v", who.group, kinds)
+		}
+		data, kinds = copyExchange(t, pc,
+			&pgproto3.Bind{PreparedStatement: "cp1"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		check("named, after a refused redefinition", data, kinds, "************4242\t\\N\n")
+
+		// Closed and prepared again as a COPY of other columns.
+		_, _ = copyExchange(t, pc, &pgproto3.Close{ObjectType: 'S', Name: "cp1"}, &pgproto3.Sync{})
+		data, kinds = copyExchange(t, pc,
+			&pgproto3.Parse{Name: "cp1", Query: "COPY cards (cvv, pan) TO STDOUT"},
+			&pgproto3.Bind{PreparedStatement: "cp1"}, &pgproto3.Execute{}, &pgproto3.Sync{})
+		check("named, redefined", data, kinds, "\\N\t************4242\n")
+		// The statement closed after the Bind: the portal still runs it.
+		data, kinds = copyExchange(t, pc,
+			&pgproto3.Bind{PreparedStatement: "cp1"}, &pgproto3.Close{ObjectType: 'S', Name: "cp1"},
+			&pgproto3.Execute{}, &pgproto3.Sync{})
+		check("named, closed after its Bind", data, kinds, "\\N\t************4242\n")
+
+		var n int
+		if err := c.QueryRow(testCtx(t), "SELECT 1").Scan(&n); err != nil || n != 1 {
+			t.Fatalf("%s: the session did not survive: %v", who.group, err)
 		}
 	}
 }
