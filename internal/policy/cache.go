@@ -20,9 +20,10 @@ type cacheKey [sha256.Size]byte
 // (normalized text, fingerprint and the statements' JSON: the fingerprint
 // alone does not tell schemas, columns or flags apart), and for HTTP the
 // method, path and query. Session fields, claims, email and HTTP headers
-// are left out so that one statement or request repeated by many sessions
-// of a principal is decided once.
-func makeCacheKey(in *Input) (cacheKey, error) {
+// are left out, unless the policy reads them (reads), so that one
+// statement or request repeated by many sessions of a principal is decided
+// once.
+func makeCacheKey(in *Input, reads *inputReads) (cacheKey, error) {
 	var stmts []byte
 	if in.SQL != nil {
 		var err error
@@ -87,7 +88,47 @@ func makeCacheKey(in *Input) (cacheKey, error) {
 		b = appendInt(b, int64(len(stmts)))
 		b = append(b, stmts...)
 	}
+	b, err := appendReads(b, in, reads)
+	if err != nil {
+		return cacheKey{}, err
+	}
 	return sha256.Sum256(b), nil
+}
+
+// appendReads appends the parts of the input outside the fixed key that
+// the policy reads.
+func appendReads(b []byte, in *Input, reads *inputReads) ([]byte, error) {
+	if reads == nil {
+		return b, nil
+	}
+	s := in.Session
+	for _, f := range []struct{ name, v string }{
+		{"id", s.ID}, {"client_address", s.ClientAddress}, {"application_name", s.ApplicationName}, {"database", s.Database},
+	} {
+		if reads.session["*"] || reads.session[f.name] {
+			b = appendStr(appendStr(b, f.name), f.v)
+		}
+	}
+	if reads.email {
+		b = appendStr(appendStr(b, "email"), in.Principal.Email)
+	}
+	if reads.claims {
+		// encoding/json writes a map's keys sorted: one key per content.
+		claims, err := json.Marshal(in.Principal.Claims)
+		if err != nil {
+			return nil, fmt.Errorf("claims: %w", err)
+		}
+		b = appendStr(appendStr(b, "claims"), string(claims))
+	}
+	if reads.headers && in.HTTP != nil {
+		h := in.HTTP.Headers
+		b = appendStr(b, "headers")
+		b = appendInt(b, int64(len(h)))
+		for _, k := range slices.Sorted(maps.Keys(h)) {
+			b = appendStr(appendStr(b, k), h[k])
+		}
+	}
+	return b, nil
 }
 
 // statementsJSON is the JSON of SQL.Statements. A json.RawMessage is taken

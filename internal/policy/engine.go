@@ -45,11 +45,14 @@ type Options struct {
 	// Timeout bounds one evaluation (default 100ms).
 	Timeout time.Duration
 	// CacheEntries bounds the decision cache (default 10000); a negative
-	// value turns the cache off. SQL and HTTP decisions are cached. The
-	// cache key covers what the default policy reads; a policy deciding on
-	// input.session, input.principal.claims, input.principal.email or
-	// input.http.headers, or on anything outside the input that changes
-	// without a reload, must run without it.
+	// value turns the cache off. SQL and HTTP decisions are cached, keyed
+	// by the principal, resource and request and by whichever of
+	// input.session, input.principal.claims, input.principal.email and
+	// input.http.headers the policy reads; a policy that reads the input
+	// as a whole or calls a nondeterministic builtin is not cached. A
+	// policy that decides on anything else outside the input that changes
+	// without a reload (data pushed by SetData reloads) must run without
+	// the cache.
 	CacheEntries int
 	// WatchInterval is how often Watch looks at Dir (default 2s).
 	WatchInterval time.Duration
@@ -100,6 +103,7 @@ type version struct {
 	hash  string
 	id    string
 	cache *decisionCache // nil when caching is off
+	reads inputReads     // what the cache key holds beyond its fixed parts
 }
 
 // New loads and prepares the policy. It fails when the policy does not load.
@@ -242,13 +246,20 @@ func versionID(v *version) string {
 }
 
 func (e *Engine) install(ctx context.Context, srcs []source, hash string) error {
-	pq, err := prepare(ctx, srcs)
+	pq, reads, err := prepare(ctx, srcs)
 	if err != nil {
 		return err
 	}
-	v := &version{query: pq, hash: hash, id: hash[:12]}
-	if e.opts.CacheEntries > 0 {
+	v := &version{query: pq, hash: hash, id: hash[:12], reads: reads}
+	switch {
+	case e.opts.CacheEntries <= 0:
+	case reads.uncacheable != "":
+		e.log.Info("policy decisions are not cached: "+reads.uncacheable, slog.String("policy_version", v.id))
+	default:
 		v.cache = newDecisionCache(e.opts.CacheEntries)
+		if k := reads.String(); k != "" {
+			e.log.Info("policy decisions are cached by what the policy reads", slog.String("policy_version", v.id), slog.String("also_keyed_by", k))
+		}
 	}
 	e.cur.Store(v)
 	return nil
@@ -314,7 +325,7 @@ func (e *Engine) Decide(ctx context.Context, in *Input) *Decision {
 	var key cacheKey
 	if cache != nil {
 		var err error
-		if key, err = makeCacheKey(&input); err != nil {
+		if key, err = makeCacheKey(&input, &v.reads); err != nil {
 			return e.fail(v, id, "input", err)
 		}
 		if d, ok := cache.get(key); ok {

@@ -743,11 +743,17 @@ func TestCache(t *testing.T) {
 		}
 	}
 	other := *in
-	other.Session = Session{ID: "s2", ClientAddress: "10.0.0.10"}
+	other.Session = Session{ID: "s2", ClientAddress: in.Session.ClientAddress, ApplicationName: "pgx"}
 	other.Principal.Claims = map[string]any{"jti": "j2"}
 	other.Principal.Groups = []string{"agents"}
 	if d := e.Decide(ctx, &other); !d.Cached {
 		t.Errorf("another session of the same principal missed the cache: %+v", d)
+	}
+	// The default policy's network rule reads the client's address: a
+	// decision is cached per address.
+	other.Session.ClientAddress = "10.0.0.10"
+	if d := e.Decide(ctx, &other); d.Cached {
+		t.Errorf("a decision served for another client address: %+v", d)
 	}
 	// Group order does not matter.
 	both := *in

@@ -92,8 +92,12 @@ func hashSources(srcs []source) string {
 }
 
 // prepare parses, compiles and prepares the policy.
-func prepare(ctx context.Context, srcs []source) (rego.PreparedEvalQuery, error) {
+// It also returns what the policy reads of the input, for the decision
+// cache's key.
+func prepare(ctx context.Context, srcs []source) (rego.PreparedEvalQuery, inputReads, error) {
 	var none rego.PreparedEvalQuery
+	var noReads inputReads
+	var parsed []*ast.Module
 	opts := []func(*rego.Rego){rego.Query(Query), rego.StrictBuiltinErrors(true)}
 	data := map[string]any{}
 	modules := 0
@@ -103,34 +107,35 @@ func prepare(ctx context.Context, srcs []source) (rego.PreparedEvalQuery, error)
 				RegoVersion: ast.RegoV1, ProcessAnnotation: true,
 			})
 			if err != nil {
-				return none, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
+				return none, noReads, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
 			}
 			opts = append(opts, rego.ParsedModule(m))
+			parsed = append(parsed, m)
 			modules++
 			continue
 		}
 		var doc any
 		if err := util.Unmarshal(s.data, &doc); err != nil {
-			return none, fmt.Errorf("%w: %s: %w", ErrInvalidPolicy, s.path, err)
+			return none, noReads, fmt.Errorf("%w: %s: %w", ErrInvalidPolicy, s.path, err)
 		}
 		if err := mergeData(data, path.Dir(s.path), doc); err != nil {
-			return none, fmt.Errorf("%w: %s: %w", ErrInvalidPolicy, s.path, err)
+			return none, noReads, fmt.Errorf("%w: %s: %w", ErrInvalidPolicy, s.path, err)
 		}
 	}
 	if modules == 0 {
-		return none, fmt.Errorf("%w: no Rego modules", ErrInvalidPolicy)
+		return none, noReads, fmt.Errorf("%w: no Rego modules", ErrInvalidPolicy)
 	}
 	compiler := ast.NewCompiler()
 	store := inmem.NewFromObjectWithOpts(data, inmem.OptReturnASTValuesOnRead(true))
 	opts = append(opts, rego.Compiler(compiler), rego.Store(store))
 	pq, err := rego.New(opts...).PrepareForEval(ctx)
 	if err != nil {
-		return none, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
+		return none, noReads, fmt.Errorf("%w: %w", ErrInvalidPolicy, err)
 	}
 	if len(compiler.GetRulesExact(decisionRef)) == 0 {
-		return none, fmt.Errorf("%w: no rule defines %s", ErrInvalidPolicy, Query)
+		return none, noReads, fmt.Errorf("%w: no rule defines %s", ErrInvalidPolicy, Query)
 	}
-	return pq, nil
+	return pq, analyzeReads(parsed), nil
 }
 
 // mergeData puts a data file's document under its directory's path, as the
