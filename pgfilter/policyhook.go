@@ -187,7 +187,7 @@ func (h *policyHook) bind(ctx context.Context, m *Message) {
 	}
 	if name != "" && h.state.lookupPortal(name, h.settle(ctx)) != nil {
 		resp := h.nameRefusal("42P03", fmt.Sprintf("portal %q already exists", name),
-			"custos does not let a named portal be bound again before it is closed")
+			"custos does not let a named portal be bound again before it is closed", hintRedefine)
 		n := h.addDenial(resp)
 		body := append([]byte(name), 0)
 		body = append(body, h.token+strconv.Itoa(n)...)
@@ -206,7 +206,7 @@ func (h *policyHook) bind(ctx context.Context, m *Message) {
 
 // nameRefusal is the client's answer to a message custos refused because
 // it would redefine a name: code is the server's own for the case.
-func (h *policyHook) nameRefusal(code, what, why string) *pgproto3.ErrorResponse {
+func (h *policyHook) nameRefusal(code, what, why, hint string) *pgproto3.ErrorResponse {
 	dec := &policy.Decision{ID: policy.NewDecisionID(), Reasons: []string{why}}
 	id := dec.ID
 	h.srv.metrics.decided(dec)
@@ -216,9 +216,11 @@ func (h *policyHook) nameRefusal(code, what, why string) *pgproto3.ErrorResponse
 		Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code,
 		Message: "custos: " + what + "; " + why + " (decision " + id + ")",
 		Detail:  "decision id: " + id,
-		Hint:    "Close it first, or use another name.",
+		Hint:    hint,
 	}
 }
+
+const hintRedefine = "Close it first, or use another name."
 
 // query decides a simple-protocol query string; op receives its
 // statements when it goes upstream as sent.
@@ -372,7 +374,7 @@ func (h *policyHook) parse(ctx context.Context, m *Message) {
 	if name != "" {
 		if _, exists := h.state.lookupStmt(name, h.settle(ctx)); exists {
 			resp = h.nameRefusal("42P05", fmt.Sprintf("prepared statement %q already exists", name),
-				"custos does not let a prepared statement be defined again before it is closed")
+				"custos does not let a prepared statement be defined again before it is closed", hintRedefine)
 		}
 	}
 	if resp == nil {
@@ -539,16 +541,23 @@ func (h *policyHook) resolve(ctx context.Context, stmts []sqlclass.Statement) ([
 	for i, st := range stmts {
 		switch st.Command {
 		case "EXECUTE":
-			if p, _ := lookup(st.Name); p != nil {
-				if &out[0] == &stmts[0] {
-					out = append([]sqlclass.Statement(nil), stmts...)
-				}
-				out[i] = *p
+			p, _ := lookup(st.Name)
+			if p == nil {
+				// Nothing ties the name to a definition the server
+				// confirmed (or custos could classify): what would run
+				// cannot be decided.
+				return out, h.nameRefusal("26000", fmt.Sprintf("prepared statement %q is not known to custos", st.Name),
+					"custos runs only prepared statements whose definition the server confirmed",
+					"PREPARE it first, in this session.")
 			}
+			if &out[0] == &stmts[0] {
+				out = append([]sqlclass.Statement(nil), stmts...)
+			}
+			out[i] = *p
 		case "PREPARE":
 			if _, exists := lookup(st.Name); exists {
 				return out, h.nameRefusal("42P05", fmt.Sprintf("prepared statement %q already exists", st.Name),
-					"custos does not let a prepared statement be defined again before it is deallocated")
+					"custos does not let a prepared statement be defined again before it is deallocated", hintRedefine)
 			}
 			if local == nil {
 				local = map[string]*sqlclass.Statement{}

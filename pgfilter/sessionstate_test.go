@@ -311,6 +311,16 @@ func TestSQLPrepareFollowsTheServer(t *testing.T) {
 	if rs := s.send(query("EXECUTE kept")); len(rs) < 2 || rs[1].text != "9" {
 		t.Errorf("execute kept: %v", rs)
 	}
+	// A name custos knows no confirmed definition of is refused, not
+	// sent for approval: nothing says what it would run.
+	for _, q := range []string{"EXECUTE nosuch", "SELECT 1; EXECUTE nosuch", "DEALLOCATE p; EXECUTE p"} {
+		wantError(t, q, s.send(query(q)), "26000", "not known to custos")
+	}
+	wantError(t, "extended EXECUTE of an unknown name",
+		s.send(parse("", "EXECUTE nosuch"), bindTo("", ""), execute(""), syncMsg), "26000", "not known to custos")
+	if rs := s.send(query("EXECUTE kept")); len(rs) < 2 || rs[1].text != "9" {
+		t.Errorf("execute kept after the refusals: %v", rs)
+	}
 	if n := rowCount(t, env, table); n != 2 {
 		t.Fatalf("table has %d rows", n)
 	}
