@@ -364,6 +364,38 @@ func TestSessionLimits(t *testing.T) {
 		waitFor(t, func() bool { return env.Server.ActiveSessions() == 2 })
 		connect(t, env.ConnString("alice", tok))
 	})
+	t.Run("per group", func(t *testing.T) {
+		t.Parallel()
+		env := pgfiltertest.Start(t, pgfiltertest.Options{Sessions: config.Sessions{MaxPerGroup: map[string]int{"agents": 2}}})
+		a1 := connect(t, env.ConnString("a1", env.Token(t, "a1", "agents")))
+		connect(t, env.ConnString("a2", env.Token(t, "a2", "agents", "dba")))
+		// A third agent, whoever it is, is refused: the group's cap.
+		if e := connectErr(t, env.ConnString("a3", env.Token(t, "a3", "agents"))); e.Code != "53300" || !strings.Contains(e.Message, "too many sessions for group agents: 2 of 2") {
+			t.Fatalf("third agent: %s %q", e.Code, e.Message)
+		}
+		connect(t, env.ConnString("d1", env.Token(t, "d1", "dba"))) // no cap on dba
+		a1.Close(context.Background())
+		waitFor(t, func() bool { return env.Server.ActiveSessions() == 2 })
+		connect(t, env.ConnString("a3", env.Token(t, "a3", "agents")))
+	})
+	t.Run("reserve for approvers", func(t *testing.T) {
+		t.Parallel()
+		env := pgfiltertest.Start(t, pgfiltertest.Options{Sessions: config.Sessions{
+			MaxTotal: 3, Reserve: config.SessionReserve{Groups: []string{"dba"}, Sessions: 1},
+		}})
+		connect(t, env.ConnString("a1", env.Token(t, "a1", "agents")))
+		connect(t, env.ConnString("a2", env.Token(t, "a2", "agents")))
+		// The last place is the approvers': an agent is refused, saying so.
+		e := connectErr(t, env.ConnString("a3", env.Token(t, "a3", "agents")))
+		if e.Code != "53300" || !strings.Contains(e.Message, "the last 1 are reserved for dba") {
+			t.Fatalf("agent into the reserve: %s %q", e.Code, e.Message)
+		}
+		connect(t, env.ConnString("bob", env.Token(t, "bob", "dba")))
+		// Full: the approvers too.
+		if e := connectErr(t, env.ConnString("carol", env.Token(t, "carol", "dba"))); e.Code != "53300" || !strings.Contains(e.Message, "3 of 3 are open") {
+			t.Fatalf("over the total: %s %q", e.Code, e.Message)
+		}
+	})
 	t.Run("token expiry", func(t *testing.T) {
 		t.Parallel()
 		env := pgfiltertest.Start(t, pgfiltertest.Options{Sessions: config.Sessions{TokenGrace: 200 * time.Millisecond}})

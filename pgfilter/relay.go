@@ -51,6 +51,8 @@ type session struct {
 	keyPID, keySecret uint32
 	// admitted and active are guarded by the server's mutex.
 	admitted, active bool
+	// countedGroups are the groups whose caps the session counts toward.
+	countedGroups []string
 
 	hooks  []Hook
 	masker *resultMasker

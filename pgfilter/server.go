@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -185,6 +186,8 @@ type Server struct {
 	conns      map[net.Conn]struct{} // connections still in startup
 	sessions   map[*session]struct{}
 	perSubject map[string]int
+	perGroup   map[string]int
+	admitted   int // sessions holding a place (admitSession)
 	cancelKeys map[uint64]*session
 	closing    bool
 	sessionsWG sync.WaitGroup
@@ -246,6 +249,7 @@ func New(opts Options) (*Server, error) {
 		conns:      map[net.Conn]struct{}{},
 		sessions:   map[*session]struct{}{},
 		perSubject: map[string]int{},
+		perGroup:   map[string]int{},
 		cancelKeys: map[uint64]*session{},
 		proxy:      proxy,
 	}
@@ -431,19 +435,50 @@ func (s *Server) ActiveSessions() int {
 	return len(s.sessions)
 }
 
-// admitSession reserves a place for an authenticated principal, enforcing
-// the per-principal cap, before the upstream login.
+// admitSession reserves a place for an authenticated principal before the
+// upstream login, enforcing the caps: per principal, per group (each of
+// the principal's groups with a cap), and the replica's total, whose last
+// places are kept for the reserve's groups. A refusal is a FATAL 53300
+// naming the cap.
 func (s *Server) admitSession(ss *session) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
 		return errShutdown
 	}
+	lim := s.opts.Sessions
+	p := ss.Principal
 	subj := principalKey(ss)
-	if limit := s.opts.Sessions.MaxPerPrincipal; limit > 0 && s.perSubject[subj] >= limit {
-		return fatal("53300", fmt.Sprintf("too many sessions for %s: %d of %d allowed are open", ss.Principal.Subject, s.perSubject[subj], limit))
+	if limit := lim.MaxPerPrincipal; limit > 0 && s.perSubject[subj] >= limit {
+		return fatal("53300", fmt.Sprintf("too many sessions for %s: %d of %d allowed are open", p.Subject, s.perSubject[subj], limit))
+	}
+	groups := slices.Compact(slices.Sorted(slices.Values(p.Groups)))
+	for _, g := range groups {
+		if limit, ok := lim.MaxPerGroup[g]; ok && limit > 0 && s.perGroup[g] >= limit {
+			return fatal("53300", fmt.Sprintf("too many sessions for group %s: %d of %d allowed are open", g, s.perGroup[g], limit))
+		}
+	}
+	if total := lim.MaxTotal; total > 0 {
+		reserved := lim.Reserve.Sessions
+		if reserved < 0 || slices.ContainsFunc(groups, func(g string) bool { return slices.Contains(lim.Reserve.Groups, g) }) {
+			reserved = 0
+		}
+		switch {
+		case s.admitted >= total:
+			return fatal("53300", fmt.Sprintf("custos has no session left: %d of %d are open", s.admitted, total))
+		case s.admitted >= total-reserved:
+			return fatal("53300", fmt.Sprintf("custos has no session left for %s: %d of %d are open, and the last %d are reserved for %s",
+				p.Subject, s.admitted, total, reserved, strings.Join(lim.Reserve.Groups, ", ")))
+		}
 	}
 	s.perSubject[subj]++
+	for _, g := range groups {
+		if _, ok := lim.MaxPerGroup[g]; ok {
+			s.perGroup[g]++
+			ss.countedGroups = append(ss.countedGroups, g)
+		}
+	}
+	s.admitted++
 	ss.admitted = true
 	return nil
 }
@@ -480,6 +515,13 @@ func (s *Server) releaseSession(ss *session) {
 		if s.perSubject[subj]--; s.perSubject[subj] <= 0 {
 			delete(s.perSubject, subj)
 		}
+		for _, g := range ss.countedGroups {
+			if s.perGroup[g]--; s.perGroup[g] <= 0 {
+				delete(s.perGroup, g)
+			}
+		}
+		ss.countedGroups = nil
+		s.admitted--
 	}
 	if ss.active {
 		ss.active = false

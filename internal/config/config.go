@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -458,10 +459,29 @@ type Sessions struct {
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// TokenGrace lets a session outlive its token's expiry by this much.
 	TokenGrace time.Duration `yaml:"token_grace"`
-	// MaxPerPrincipal caps concurrent sessions per token subject (0 = no cap).
+	// MaxPerPrincipal caps concurrent sessions per token subject (0: the
+	// default, DefaultMaxPerPrincipal; -1: no cap).
 	MaxPerPrincipal int `yaml:"max_per_principal"`
+	// MaxPerGroup caps the concurrent sessions of all principals in a
+	// group, each group on its own (nil: DefaultMaxPerGroup; empty: none).
+	// A principal in several groups counts toward each.
+	MaxPerGroup map[string]int `yaml:"max_per_group"`
+	// MaxTotal caps this replica's sessions, under the upstream's
+	// max_connections (0: DefaultMaxTotal; -1: no cap).
+	MaxTotal int `yaml:"max_total"`
+	// Reserve keeps the last sessions of MaxTotal for principals in its
+	// groups (approvers), so that no one else's sessions lock them out.
+	Reserve SessionReserve `yaml:"reserve"`
 	// ShutdownGrace is how long sessions may finish on shutdown.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
+}
+
+// SessionReserve is the part of Sessions.MaxTotal only principals in
+// Groups may use.
+type SessionReserve struct {
+	Groups []string `yaml:"groups"`
+	// Sessions is how many (0 with no Groups: DefaultReserve; -1: none).
+	Sessions int `yaml:"sessions"`
 }
 
 // Resource is one protected upstream.
@@ -504,6 +524,11 @@ const (
 	DefaultMaxMessageBytes = 256 << 20
 	DefaultIdleTimeout     = 15 * time.Minute
 	DefaultShutdownGrace   = 30 * time.Second
+	// Session caps: under PostgreSQL's default max_connections (100, 3 of
+	// them for superusers) with room for custos' catalog connections.
+	DefaultMaxPerPrincipal = 32
+	DefaultMaxTotal        = 90
+	DefaultReserveSessions = 10
 	DefaultClockSkew       = 30 * time.Second
 	DefaultSweepInterval   = 5 * time.Second
 	DefaultEnvoyListenHost = "0.0.0.0"
@@ -514,6 +539,10 @@ const (
 	DefaultAuditReplayRows         = 100
 	DefaultAuditCommitDelay        = time.Millisecond
 )
+
+// DefaultMaxPerGroup caps the sessions of the default policy's agents, so
+// that agents together leave room for everyone else.
+func DefaultMaxPerGroup() map[string]int { return map[string]int{"agents": 48} }
 
 // Load reads, defaults and validates the YAML file at path.
 func Load(path string) (*Config, error) {
@@ -602,6 +631,18 @@ func (c *Config) ApplyDefaults() {
 	}
 	if c.Sessions.ShutdownGrace == 0 {
 		c.Sessions.ShutdownGrace = DefaultShutdownGrace
+	}
+	if c.Sessions.MaxPerPrincipal == 0 {
+		c.Sessions.MaxPerPrincipal = DefaultMaxPerPrincipal
+	}
+	if c.Sessions.MaxPerGroup == nil {
+		c.Sessions.MaxPerGroup = DefaultMaxPerGroup()
+	}
+	if c.Sessions.MaxTotal == 0 {
+		c.Sessions.MaxTotal = DefaultMaxTotal
+	}
+	if rs := &c.Sessions.Reserve; rs.Sessions == 0 && rs.Groups == nil {
+		rs.Groups, rs.Sessions = []string{"dba"}, DefaultReserveSessions
 	}
 	for i := range c.Resources {
 		r := &c.Resources[i]
@@ -785,8 +826,26 @@ func (c *Config) Validate() error {
 	if c.Sessions.TokenGrace < 0 {
 		add("sessions.token_grace", "must not be negative")
 	}
-	if c.Sessions.MaxPerPrincipal < 0 {
-		add("sessions.max_per_principal", "must not be negative")
+	if c.Sessions.MaxPerPrincipal < -1 {
+		add("sessions.max_per_principal", "must be positive, or -1 for no cap")
+	}
+	if c.Sessions.MaxTotal < -1 {
+		add("sessions.max_total", "must be positive, or -1 for no cap")
+	}
+	for _, g := range slices.Sorted(maps.Keys(c.Sessions.MaxPerGroup)) {
+		if c.Sessions.MaxPerGroup[g] < 1 {
+			add("sessions.max_per_group."+g, "must be positive (leave the group out for no cap)")
+		}
+	}
+	if rs := c.Sessions.Reserve; rs.Sessions > 0 {
+		if len(rs.Groups) == 0 {
+			add("sessions.reserve.groups", "is required when sessions are reserved")
+		}
+		if c.Sessions.MaxTotal > 0 && rs.Sessions >= c.Sessions.MaxTotal {
+			add("sessions.reserve.sessions", "must be below sessions.max_total (%d)", c.Sessions.MaxTotal)
+		}
+	} else if rs.Sessions < -1 {
+		add("sessions.reserve.sessions", "must be positive, or -1 for none")
 	}
 	if len(c.Resources) == 0 {
 		add("resources", "at least one resource is required")

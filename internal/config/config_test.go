@@ -35,6 +35,10 @@ func TestParseDefaults(t *testing.T) {
 	if c.Sessions.IdleTimeout != DefaultIdleTimeout {
 		t.Errorf("idle timeout = %v", c.Sessions.IdleTimeout)
 	}
+	if ss := c.Sessions; ss.MaxPerPrincipal != DefaultMaxPerPrincipal || ss.MaxTotal != DefaultMaxTotal ||
+		ss.MaxPerGroup["agents"] != 48 || ss.Reserve.Sessions != DefaultReserveSessions || len(ss.Reserve.Groups) != 1 || ss.Reserve.Groups[0] != "dba" {
+		t.Errorf("session caps = %+v", ss)
+	}
 	is := c.OIDC.Issuers[0]
 	if is.GroupsClaim != "groups" || is.UserClaim != "sub" || len(is.Algorithms) == 0 {
 		t.Errorf("issuer defaults = %+v", is)
@@ -59,6 +63,10 @@ func TestValidateNamesFields(t *testing.T) {
 		{"bad tls mode", "user: custos_gateway", "user: custos_gateway\n    tls: {mode: prefer}", "resources[0].tls.mode"},
 		{"transport tls without cert", "address: 127.0.0.1:6543", "address: 127.0.0.1:6543\n    password_transport: tls", "listeners.postgres.password_transport"},
 		{"unknown field", "listeners:", "listenerz:", "field listenerz not found"},
+		{"group cap zero", "resources:", "sessions:\n  max_per_group: {agents: 0}\nresources:", "sessions.max_per_group.agents: must be positive"},
+		{"reserve too large", "resources:", "sessions:\n  max_total: 5\n  reserve: {groups: [dba], sessions: 5}\nresources:", "sessions.reserve.sessions: must be below sessions.max_total (5)"},
+		{"reserve without groups", "resources:", "sessions:\n  reserve: {groups: [], sessions: 3}\nresources:", "sessions.reserve.groups: is required"},
+		{"principal cap", "resources:", "sessions:\n  max_per_principal: -2\nresources:", "sessions.max_per_principal"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
