@@ -236,7 +236,7 @@ func (h *policyHook) query(ctx context.Context, m *Message, op *stateOp) error {
 	}
 	res, err := h.cls.Classify(q)
 	if err != nil {
-		h.refuseQuery(m, h.refused(e, syntaxRefusal(err)))
+		h.refuseQuery(m, h.refused(e, h.syntaxRefusal(err)))
 		return nil
 	}
 	if len(res.Statements) == 0 {
@@ -383,7 +383,7 @@ func (h *policyHook) parse(ctx context.Context, m *Message) {
 		if err == nil {
 			return
 		}
-		resp = syntaxRefusal(err)
+		resp = h.syntaxRefusal(err)
 	}
 	n := h.addDenial(resp)
 	body := append([]byte(name), 0)
@@ -425,7 +425,7 @@ func (h *policyHook) execute(ctx context.Context, m *Message, op *stateOp) error
 			e.text = "(unknown portal)"
 		}
 	case info.err != nil:
-		h.refused(e, syntaxRefusal(info.err))
+		h.refused(e, h.syntaxRefusal(info.err))
 		return nil // its Parse already failed at the server
 	case len(info.res.Statements) == 0:
 		if e != nil {
@@ -724,11 +724,21 @@ func denyResponse(reason, decisionID string) *pgproto3.ErrorResponse {
 	}
 }
 
-func syntaxRefusal(err error) *pgproto3.ErrorResponse {
+// syntaxRefusal answers a statement the classifier could not classify: a
+// syntax error as the server would report it, or a statement over the
+// classifier's bounds, which is custos' decision (54001 with a decision id,
+// logged and counted).
+func (h *policyHook) syntaxRefusal(err error) *pgproto3.ErrorResponse {
 	msg := err.Error()
 	if errors.Is(err, sqlclass.ErrTooComplex) {
+		dec := &policy.Decision{ID: policy.NewDecisionID(), Reasons: []string{msg}}
+		h.srv.metrics.decided(dec)
+		h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", h.ses.Principal.Subject,
+			"decision_id", dec.ID, "outcome", dec.Label(), "reasons", dec.Reasons)
 		return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "54001",
-			Message: "custos refused the statement: " + msg, Hint: "Split the statement or reduce its nesting."}
+			Message: "custos refused the statement: " + msg + " (decision " + dec.ID + ")",
+			Detail:  "decision id: " + dec.ID,
+			Hint:    "Split the statement, shorten its lists or reduce its nesting."}
 	}
 	if !errors.Is(err, sqlclass.ErrSyntax) {
 		msg = "custos could not classify the statement: " + msg

@@ -9,6 +9,13 @@ import (
 // DefaultCacheEntries is the cache size New uses for 0.
 const DefaultCacheEntries = 4096
 
+// Texts longer than largeQueryBytes are parsed at most LargeQuerySlots at a time per
+// Classifier.
+const (
+	largeQueryBytes = 64 << 10
+	LargeQuerySlots = 2
+)
+
 // maxCachedQueryBytes keeps very long texts (bulk INSERTs, generated SQL) out of the cache,
 // which bounds its memory by entries × this size. Such texts are rarely repeated anyway.
 const maxCachedQueryBytes = 16 << 10
@@ -19,6 +26,11 @@ type Classifier struct {
 	max      int // 0: no cache
 	maxDepth int
 	maxBytes int
+	// large holds a slot per text over largeQueryBytes being parsed: such texts cost the
+	// parser's C code up to about 120 bytes of memory per byte of text (a 1 MB multi-row
+	// INSERT: 127 MB, 1.5 s), so however many sessions send them, only this many are parsed
+	// at once and the others wait.
+	large chan struct{}
 
 	mu      sync.RWMutex
 	byQuery map[string]*cacheEntry
@@ -46,7 +58,8 @@ func New(cacheEntries int, opts ...Option) *Classifier {
 	case cacheEntries < 0:
 		cacheEntries = 0
 	}
-	c := &Classifier{max: cacheEntries, maxDepth: DefaultMaxDepth, maxBytes: DefaultMaxBytes, byQuery: make(map[string]*cacheEntry)}
+	c := &Classifier{max: cacheEntries, maxDepth: DefaultMaxDepth, maxBytes: DefaultMaxBytes, byQuery: make(map[string]*cacheEntry),
+		large: make(chan struct{}, LargeQuerySlots)}
 	for _, o := range opts {
 		o(c)
 	}
@@ -60,6 +73,14 @@ func New(cacheEntries int, opts ...Option) *Classifier {
 // parsed. The Result is
 // shared: callers must not modify it.
 func (c *Classifier) Classify(query string) (*Result, error) {
+	if len(query) > largeQueryBytes {
+		// Checked first: a text refused by the limits takes no slot.
+		if err := checkLimits(query, c.maxBytes, c.maxDepth); err != nil {
+			return nil, err
+		}
+		c.large <- struct{}{}
+		defer func() { <-c.large }()
+	}
 	if c.max == 0 || len(query) > maxCachedQueryBytes {
 		return classify(query, c.maxBytes, c.maxDepth)
 	}
