@@ -28,6 +28,7 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -422,6 +423,10 @@ func TestCustosDevVerifiesGrants(t *testing.T) {
 			if h[0] == "authorization" || h[0] == "proxy-authorization" {
 				t.Errorf("header %s still goes upstream", h[0])
 			}
+		}
+		// Nothing Envoy keeps or forwards holds the token.
+		if b, err := protojson.Marshal(resp); err != nil || bytes.Contains(b, []byte(token)) {
+			t.Errorf("the OK response holds the bearer token (%v): %s", err, b)
 		}
 		g := md.GetFilterMetadata()[envoyctx.ExtAuthzNamespace]
 		if g == nil {
