@@ -2,6 +2,7 @@ package sqlclass
 
 import (
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 )
@@ -13,8 +14,11 @@ const DefaultCacheEntries = 4096
 // Classifier.
 const (
 	largeQueryBytes = 64 << 10
-	LargeQuerySlots = 2
 )
+
+// LargeQuerySlots is how many texts over 64 KiB one Classifier parses at once: half the
+// CPUs, so that however many sessions send them, parsing them leaves CPUs for everyone else.
+var LargeQuerySlots = max(1, runtime.NumCPU()/2)
 
 // maxCachedQueryBytes keeps very long texts (bulk INSERTs, generated SQL) out of the cache,
 // which bounds its memory by entries × this size. Such texts are rarely repeated anyway.
@@ -28,8 +32,8 @@ type Classifier struct {
 	maxBytes int
 	// large holds a slot per text over largeQueryBytes being parsed: such texts cost the
 	// parser's C code up to about 120 bytes of memory per byte of text (a 1 MB multi-row
-	// INSERT: 127 MB, 1.5 s), so however many sessions send them, only this many are parsed
-	// at once and the others wait.
+	// INSERT: 127 MB, 1.5 s), so however many sessions send them, only LargeQuerySlots are
+	// parsed at once and the others wait.
 	large chan struct{}
 
 	mu      sync.RWMutex

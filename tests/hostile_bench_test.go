@@ -1,0 +1,243 @@
+package tests
+
+// A hostile agent at full speed against one custos, while another principal works: the
+// victim's statement latency under attack, as a ratio to its latency with custos idle, both
+// measured in the same run. The attacks are the ones custos bounds: sessions opened until the
+// caps refuse them and reopened as soon as one closes, statements built to make the
+// classifier work (deep nesting, 200 KB SELECT lists, 1 MB VALUES lists), and connections
+// with garbage tokens. A second figure adds the same agent's plain, allowed reads at full
+// speed on its sessions: that is load custos relays rather than refuses, and on a 2-core
+// machine it competes with the victim for the same CPUs.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/custos-dev/custos/internal/config"
+	"github.com/custos-dev/custos/internal/mask"
+	"github.com/custos-dev/custos/pgfilter/pgfiltertest"
+)
+
+// hostileCounts are what the attack did and how custos answered.
+type hostileCounts struct {
+	sessionsRefused, sessionsOpened, statementsRefused, badTokens, reads, otherErrors atomic.Int64
+	firstError                                                                        atomic.Value
+}
+
+func BenchmarkHostileAgent(b *testing.B) {
+	m, err := mask.New(mask.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var defaults config.Config
+	defaults.ApplyDefaults()
+	env := pgfiltertest.Start(b, pgfiltertest.Options{Masker: m, Policy: pgfiltertest.DefaultPolicy(b), Sessions: defaults.Sessions})
+	ctx := context.Background()
+	victim, err := pgx.Connect(ctx, env.ConnString("bob", env.Token(b, "bob", "dba")))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer victim.Close(ctx)
+	const victimQuery = "SELECT id, holder, pan FROM cards WHERE id = $1"
+	measure := func(d time.Duration) []time.Duration {
+		var lat []time.Duration
+		for end := time.Now().Add(d); time.Now().Before(end); {
+			start := time.Now()
+			rows, err := victim.Query(ctx, victimQuery, 1+len(lat)%4)
+			if err == nil {
+				for rows.Next() {
+				}
+				rows.Close()
+				err = rows.Err()
+			}
+			if err != nil {
+				b.Fatalf("the victim's statement failed: %v", err)
+			}
+			lat = append(lat, time.Since(start))
+		}
+		slices.Sort(lat)
+		return lat
+	}
+	pct := func(lat []time.Duration, p float64) float64 {
+		return float64(lat[int(float64(len(lat)-1)*p)].Microseconds())
+	}
+	agentToken := env.Token(b, "mallory", "agents")
+	for b.Loop() {
+		measure(500 * time.Millisecond) // warm the caches and the connection
+		idle := measure(2 * time.Second)
+		var attacked, withReads []time.Duration
+		var counts hostileCounts
+		for _, reads := range []bool{false, true} {
+			actx, cancel := context.WithCancel(ctx)
+			var wg sync.WaitGroup
+			hostileAgent(actx, &wg, env, agentToken, reads, &counts)
+			lat := measure(3 * time.Second)
+			cancel()
+			wg.Wait()
+			if reads {
+				withReads = lat
+			} else {
+				attacked = lat
+			}
+		}
+		b.ReportMetric(pct(idle, 0.5), "idle-p50-µs")
+		b.ReportMetric(pct(idle, 0.99), "idle-p99-µs")
+		b.ReportMetric(pct(attacked, 0.5)/pct(idle, 0.5), "attack/idle-p50")
+		b.ReportMetric(pct(attacked, 0.99)/pct(idle, 0.99), "attack/idle-p99")
+		b.ReportMetric(pct(withReads, 0.5)/pct(idle, 0.5), "attack+reads/idle-p50")
+		b.ReportMetric(pct(withReads, 0.99)/pct(idle, 0.99), "attack+reads/idle-p99")
+		if e := counts.firstError.Load(); e != nil {
+			b.Logf("the agent's first unexpected error (of %d): %v", counts.otherErrors.Load(), e)
+		}
+		b.ReportMetric(float64(counts.sessionsRefused.Load()), "sessions-refused")
+		b.ReportMetric(float64(counts.statementsRefused.Load()), "statements-refused")
+		b.ReportMetric(float64(counts.badTokens.Load()), "bad-tokens")
+		b.Logf("victim p50/p99 µs: idle %.0f/%.0f, attack %.0f/%.0f, attack+reads %.0f/%.0f; agent: %d sessions opened, %d refused, %d statements refused, %d bad tokens, %d reads",
+			pct(idle, 0.5), pct(idle, 0.99), pct(attacked, 0.5), pct(attacked, 0.99), pct(withReads, 0.5), pct(withReads, 0.99),
+			counts.sessionsOpened.Load(), counts.sessionsRefused.Load(), counts.statementsRefused.Load(), counts.badTokens.Load(), counts.reads.Load())
+	}
+}
+
+// hostileAgent starts the attack's goroutines; they stop when ctx ends.
+// It returns once the agent holds every session the caps allow it (or after 20 s).
+func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env, token string, reads bool, n *hostileCounts) {
+	connStr := env.ConnString("mallory", token)
+	open := func() *pgx.Conn {
+		c, err := pgx.Connect(ctx, connStr)
+		var pe *pgconn.PgError
+		switch {
+		case err == nil:
+			n.sessionsOpened.Add(1)
+			return c
+		case errors.As(err, &pe) && pe.Code == "53300":
+			n.sessionsRefused.Add(1)
+		default:
+			if n.otherErrors.Add(1) == 1 && ctx.Err() == nil {
+				n.firstError.Store(err.Error())
+			}
+		}
+		return nil
+	}
+	// The workers' sessions first, then the flood takes the rest.
+	workers := 2
+	if reads {
+		workers += 2
+	}
+	conns := make([]*pgx.Conn, workers)
+	for i := range conns {
+		conns[i] = open()
+	}
+	// Sessions: as many as the caps allow, each closed and reopened in turn.
+	full := make(chan struct{})
+	var fullOnce sync.Once
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer fullOnce.Do(func() { close(full) })
+		var held []*pgx.Conn
+		defer func() {
+			for _, c := range held {
+				_ = c.Close(context.Background())
+			}
+		}()
+		for ctx.Err() == nil {
+			if c := open(); c != nil {
+				held = append(held, c)
+				continue
+			}
+			fullOnce.Do(func() { close(full) })
+			if len(held) > 0 {
+				_ = held[0].Close(ctx)
+				held = held[1:]
+			}
+		}
+	}()
+	// Statements that make the classifier work, each refused or bounded.
+	hostile := []string{
+		"SELECT " + strings.Repeat("1+", 100000) + "1",
+		"SELECT " + strings.Repeat("(", 100000) + "1" + strings.Repeat(")", 100000),
+		"SELECT " + strings.Repeat("1,", 100000) + "1",
+		"SELECT count(*) FROM (VALUES " + strings.Repeat("(1),", 250000) + "(1)) v",
+	}
+	for w := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := conns[w]
+			for i := w; ctx.Err() == nil; i++ {
+				if c == nil {
+					if c = open(); c == nil {
+						time.Sleep(time.Millisecond)
+						continue
+					}
+				}
+				_, err := c.Exec(ctx, hostile[i%len(hostile)], pgx.QueryExecModeSimpleProtocol)
+				var pe *pgconn.PgError
+				if errors.As(err, &pe) && pe.Code == "54001" {
+					n.statementsRefused.Add(1)
+				} else if err != nil && ctx.Err() == nil && c.IsClosed() {
+					c = nil
+				}
+			}
+			if c != nil {
+				_ = c.Close(context.Background())
+			}
+		}()
+	}
+	// Garbage tokens, as fast as custos answers them.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ctx.Err() == nil; i++ {
+			c, err := pgx.Connect(ctx, env.ConnString("mallory", fmt.Sprintf("eyJhbGciOiJSUzI1NiJ9.garbage%d.sig", i)))
+			if err == nil {
+				_ = c.Close(ctx)
+				continue
+			}
+			n.badTokens.Add(1)
+		}
+	}()
+	defer func() {
+		select {
+		case <-full:
+		case <-time.After(20 * time.Second):
+		}
+	}()
+	if !reads {
+		return
+	}
+	// Allowed reads at full speed.
+	for w := 2; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := conns[w]
+			for ctx.Err() == nil {
+				if c == nil {
+					if c = open(); c == nil {
+						time.Sleep(time.Millisecond)
+						continue
+					}
+				}
+				if _, err := c.Exec(ctx, "SELECT id, holder FROM cards WHERE id = 2"); err == nil {
+					n.reads.Add(1)
+				} else if c.IsClosed() {
+					c = nil
+				}
+			}
+			if c != nil {
+				_ = c.Close(context.Background())
+			}
+		}()
+	}
+}
