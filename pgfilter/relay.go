@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/custos-dev/custos/internal/mask"
+	"github.com/custos-dev/custos/internal/sqlclass"
 )
 
 const (
@@ -333,6 +334,12 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 		if d == ClientToServer && n > src.max {
 			return ss.refuseOversized(src, typ, n)
 		}
+		if d == ClientToServer && n > maxStatementMessage && (typ == 'Q' || typ == 'P') {
+			// A statement text the classifier would refuse unread is not
+			// held in memory either: a session cannot make custos buffer
+			// max_message_bytes of text only to refuse it.
+			return ss.refuseStatementSize(src, typ, n)
+		}
 		hooks := wants[typ]
 		switch {
 		case len(hooks) > 0:
@@ -462,6 +469,21 @@ func (ss *session) refuseOversized(src *frameReader, typ byte, n int) error {
 	_ = ss.client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, _ = io.CopyN(io.Discard, src.r, int64(n))
 	return fmt.Errorf("%w: message type %q of %d bytes exceeds the limit of %d bytes", ErrTooLarge, typ, n, src.max)
+}
+
+// maxStatementMessage is the longest Query or Parse custos reads: the
+// classifier's size bound on a statement text, with room for a Parse's
+// name and parameter types.
+const maxStatementMessage = sqlclass.DefaultMaxBytes + 64<<10
+
+// refuseStatementSize discards a Query or Parse too long to be classified
+// and ends the session with 54001 (the protocol cannot go on without the
+// server's answer to it).
+func (ss *session) refuseStatementSize(src *frameReader, typ byte, n int) error {
+	ss.log.Warn("statement over the classifier's size bound", "type", string(rune(typ)), "bytes", n, "limit", sqlclass.DefaultMaxBytes)
+	_ = ss.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.CopyN(io.Discard, src.r, int64(n))
+	return fatal("54001", fmt.Sprintf("custos refused a statement of %d bytes: statement too complex: longer than %d bytes; the session is closed", n, sqlclass.DefaultMaxBytes))
 }
 
 func (ss *session) readErr(d Direction, err error) error {
