@@ -234,7 +234,7 @@ func (h *policyHook) query(ctx context.Context, m *Message, op *stateOp) error {
 	if e != nil && mask.Contains(m.Body) {
 		e.panSources = []string{q}
 	}
-	res, err := h.cls.Classify(q)
+	res, err := h.classify(q)
 	if err != nil {
 		h.refuseQuery(m, h.refused(e, h.syntaxRefusal(err)))
 		return nil
@@ -378,7 +378,7 @@ func (h *policyHook) parse(ctx context.Context, m *Message) {
 		}
 	}
 	if resp == nil {
-		res, err := h.cls.Classify(q)
+		res, err := h.classify(q)
 		op.stmt = &stmtInfo{text: q, res: res, err: err, pan: h.led != nil && mask.Contains(rest)}
 		if err == nil {
 			return
@@ -722,6 +722,17 @@ func denyResponse(reason, decisionID string) *pgproto3.ErrorResponse {
 	return &pgproto3.ErrorResponse{
 		Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42501", Message: msg, Detail: detail,
 	}
+}
+
+// classify classifies a statement text. A long one is parsed after the
+// principal's other long ones (the classifier parses few at a time, in
+// arrival order), so one principal's flood of long texts delays another's
+// by one parse at most.
+func (h *policyHook) classify(q string) (*sqlclass.Result, error) {
+	if len(q) > largeStatementBytes {
+		defer h.srv.serializeLarge(h.ses.Principal.Issuer + "\x00" + h.ses.Principal.Subject)()
+	}
+	return h.cls.Classify(q)
 }
 
 // syntaxRefusal answers a statement the classifier could not classify: a

@@ -187,7 +187,8 @@ type Server struct {
 	sessions   map[*session]struct{}
 	perSubject map[string]int
 	perGroup   map[string]int
-	admitted   int // sessions holding a place (admitSession)
+	large      map[string]*largeLock // by principalKey
+	admitted   int                   // sessions holding a place (admitSession)
 	cancelKeys map[uint64]*session
 	closing    bool
 	sessionsWG sync.WaitGroup
@@ -250,6 +251,7 @@ func New(opts Options) (*Server, error) {
 		sessions:   map[*session]struct{}{},
 		perSubject: map[string]int{},
 		perGroup:   map[string]int{},
+		large:      map[string]*largeLock{},
 		cancelKeys: map[uint64]*session{},
 		proxy:      proxy,
 	}
@@ -528,6 +530,39 @@ func (s *Server) releaseSession(ss *session) {
 		delete(s.cancelKeys, cancelKey(ss.keyPID, ss.keySecret))
 		delete(s.sessions, ss)
 		s.sessionsWG.Done()
+	}
+}
+
+// largeStatementBytes is the text length from which a principal's
+// statements are classified one at a time (the classifier's own threshold
+// for its shared parse slots).
+const largeStatementBytes = 64 << 10
+
+// largeLock serializes one principal's long parses.
+type largeLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// serializeLarge waits for the principal's turn to parse a long text; the
+// returned function ends it.
+func (s *Server) serializeLarge(key string) func() {
+	s.mu.Lock()
+	l := s.large[key]
+	if l == nil {
+		l = &largeLock{}
+		s.large[key] = l
+	}
+	l.refs++
+	s.mu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		s.mu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(s.large, key)
+		}
+		s.mu.Unlock()
 	}
 }
 

@@ -55,3 +55,21 @@ func TestListBound(t *testing.T) {
 		}
 	}
 }
+
+// TestTokenBound: a text of more than MaxTokens tokens is refused before the parser; a 1 MB
+// multi-row INSERT of ordinary rows is far below it.
+func TestTokenBound(t *testing.T) {
+	t.Parallel()
+	c := New(-1)
+	dense := "SELECT 1 FROM t WHERE a IN (" + strings.Repeat("1,", MaxTokens/2+1) + "1)"
+	_, err := c.Classify(dense)
+	var le *LimitError
+	if !errors.As(err, &le) || le.Limit != "tokens" || !strings.Contains(err.Error(), "COPY") {
+		t.Errorf("%d-byte IN list: %v, want the token bound", len(dense), err)
+	}
+	row := "(12345, 'a card holder name', 2.5, now()), "
+	insert := "INSERT INTO t VALUES " + strings.Repeat(row, (1<<20)/len(row)) + "(1, 'x', 2.5, now())"
+	if err := checkLimits(insert, DefaultMaxBytes, DefaultMaxDepth); err != nil {
+		t.Errorf("a 1 MB INSERT: %v", err)
+	}
+}
