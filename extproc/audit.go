@@ -18,6 +18,12 @@ type Recorder interface {
 	Append(ctx context.Context, ev audit.Event) (uint64, error)
 }
 
+// durableRecorder is a Recorder that can keep a record with less than a
+// fsync before it returns (*audit.Journal).
+type durableRecorder interface {
+	AppendAs(ctx context.Context, ev audit.Event, d audit.Durability) (uint64, error)
+}
+
 // auditTimeout bounds recording one event.
 const auditTimeout = 5 * time.Second
 
@@ -25,6 +31,11 @@ const auditTimeout = 5 * time.Second
 // the event is durable (true without a journal); a caller that has not
 // yet let the request through refuses it otherwise.
 func (s *Server) record(ctx context.Context, ev audit.Event) bool {
+	return s.recordAs(ctx, ev, audit.Synced)
+}
+
+// recordAs is record for a record that needs only d before it returns.
+func (s *Server) recordAs(ctx context.Context, ev audit.Event, d audit.Durability) bool {
 	if s.opts.Audit == nil {
 		return true
 	}
@@ -33,7 +44,13 @@ func (s *Server) record(ctx context.Context, ev audit.Event) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
 	defer cancel()
-	if _, err := s.opts.Audit.Append(ctx, ev); err != nil {
+	var err error
+	if dr, ok := s.opts.Audit.(durableRecorder); ok {
+		_, err = dr.AppendAs(ctx, ev, d)
+	} else {
+		_, err = s.opts.Audit.Append(ctx, ev)
+	}
+	if err != nil {
 		s.log.Error("audit event not recorded", slog.String("event", ev.Name),
 			slog.String("decision_id", ev.DecisionID), slog.Any("error", err))
 		return false
@@ -91,7 +108,15 @@ func (st *procStream) recordResponse() bool {
 	if code >= 400 {
 		ev.Outcome = audit.OutcomeFailure
 	}
-	return st.s.record(st.ctx, ev)
+	// A read whose response custos did not mask is written before the
+	// reply goes on, fsynced within audit.sync_interval; anything parked,
+	// masked or not a read is fsynced first.
+	d := audit.Synced
+	if (st.method == "GET" || st.method == "HEAD") && st.grant != nil && st.grant.Outcome == policy.OutcomeAllow &&
+		st.approvalID == "" && st.masked.PANs == 0 && st.masked.SAD == 0 {
+		d = audit.Written
+	}
+	return st.s.recordAs(st.ctx, ev, d)
 }
 
 // recordRefusal records a request custos' ext_proc refused or ended.

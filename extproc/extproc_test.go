@@ -779,3 +779,47 @@ func TestAuditUnavailableWithholdsTheResponse(t *testing.T) {
 		t.Errorf("body %s", r.body)
 	}
 }
+
+// durabilityRecorder notes the durability each event was recorded with.
+type durabilityRecorder struct {
+	recorder
+	durabilities []audit.Durability
+}
+
+func (r *durabilityRecorder) AppendAs(ctx context.Context, ev audit.Event, d audit.Durability) (uint64, error) {
+	r.mu.Lock()
+	r.durabilities = append(r.durabilities, d)
+	r.mu.Unlock()
+	return r.Append(ctx, ev)
+}
+
+// TestHTTPRecordDurability: a read whose response custos did not mask is
+// recorded written (fsynced within the sync interval); a masked read, a
+// refusal and a write are fsynced before the reply goes on.
+func TestHTTPRecordDurability(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		req    request
+		status int
+		want   audit.Durability
+	}{
+		{"clean read", request{method: "GET", path: "/clean"}, http.StatusOK, audit.Written},
+		{"masked read", request{method: "GET", path: "/nested"}, http.StatusOK, audit.Synced},
+		{"refused", request{method: "TRACE", path: "/nested"}, http.StatusForbidden, audit.Synced},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rec := &durabilityRecorder{}
+			e := newEnv(t, envOptions{upstream: bodies(t), audit: rec})
+			tc.req.header = bearer(e.token(t, "alice", "agents"))
+			requireStatus(t, e.do(paymentsRoute(), tc.req), tc.status)
+			rec.wait(t, 1)
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			if len(rec.durabilities) != 1 || rec.durabilities[0] != tc.want {
+				t.Errorf("durabilities %v, want [%v]", rec.durabilities, tc.want)
+			}
+		})
+	}
+}

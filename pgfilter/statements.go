@@ -84,6 +84,9 @@ type StatementEvent struct {
 	// pg_query's fingerprint, Collections the tables read or written.
 	Text, Operation, Fingerprint string
 	Collections                  []string
+	// ReadOnly says the classifier found every statement of the text
+	// read-only (false when it could not tell, or for a FunctionCall).
+	ReadOnly bool
 	// PANSources are raw texts that may hold card numbers (the statement
 	// as sent, bound parameters): only their PANs' fingerprints may be
 	// kept, never the texts.
@@ -105,6 +108,15 @@ type StatementEvent struct {
 	Truncated  bool
 	// SpanContext is the statement's pg.statement span, when traced.
 	SpanContext trace.SpanContext
+}
+
+// NeedsSync reports whether the statement's record must be fsynced before
+// the client sees its completion: it touched cardholder data or changed
+// something (results masked, refused, parked for approval, not read-only),
+// or the policy asked for it. Other records need only be written.
+func (ev *StatementEvent) NeedsSync() bool {
+	return ev.Masked > 0 || ev.SAD > 0 || ev.Outcome == StatementDenied || ev.ApprovalID != "" ||
+		!ev.ReadOnly || (ev.Decision != nil && ev.Decision.Fsync)
 }
 
 // The span names of a statement.
@@ -151,6 +163,7 @@ type stmtEntry struct {
 
 	text, op, fingerprint string
 	collections           []string
+	readOnly              bool
 	panSources            []string
 	dec                   *policy.Decision
 	approvalID            string
@@ -210,6 +223,10 @@ func (l *ledger) pop() *stmtEntry {
 // describe fills e's description from a classification.
 func (e *stmtEntry) describe(res *sqlclass.Result, stmts []sqlclass.Statement) {
 	e.text, e.fingerprint = res.Normalized, res.Fingerprint
+	e.readOnly = len(stmts) > 0
+	for _, st := range stmts {
+		e.readOnly = e.readOnly && st.ReadOnly
+	}
 	switch len(stmts) {
 	case 0:
 	case 1:
@@ -572,7 +589,7 @@ func (a *auditHook) complete(e *stmtEntry) error {
 	a.led.seq++
 	ev := StatementEvent{
 		Session: &ss.Session, Seq: a.led.seq, Start: e.start, Duration: end.Sub(e.start),
-		Text: e.text, Operation: e.op, Fingerprint: e.fingerprint, Collections: e.collections,
+		Text: e.text, Operation: e.op, Fingerprint: e.fingerprint, Collections: e.collections, ReadOnly: e.readOnly,
 		PANSources: e.panSources, Decision: e.dec, ApprovalID: e.approvalID,
 		SQLState: e.code, Error: e.errMsg, Rows: e.rows,
 		Columns: e.cols, ResultRows: e.captured, Truncated: e.more,

@@ -84,10 +84,13 @@ func openAuditor(ctx context.Context, cfg *config.Config, log *slog.Logger, reg 
 		SigningKeyFile:     ac.SigningKeyFile,
 		CheckpointInterval: ac.CheckpointInterval,
 		SegmentBytes:       ac.SegmentBytes,
-		SyncInterval:       ac.SyncInterval,
+		SyncInterval:       config.DefaultAuditSyncInterval,
 		CommitDelay:        config.DefaultAuditCommitDelay,
 		Logger:             log,
 		Registerer:         reg,
+	}
+	if ac.SyncInterval != nil {
+		opts.SyncInterval = *ac.SyncInterval
 	}
 	if ac.CommitDelay != nil {
 		opts.CommitDelay = *ac.CommitDelay
@@ -525,14 +528,16 @@ func (a *auditor) Record(ev *pgfilter.StatementEvent) pgfilter.Durable {
 		e.Attrs = append(e.Attrs, audit.Strings("custos.result.columns", ev.Columns),
 			audit.Strings("custos.result.rows", ev.ResultRows), audit.Bool("custos.result.truncated", ev.Truncated))
 	}
-	var p *audit.Pending
-	if t := a.statementTemplate(ev); t != nil {
-		p = a.j.EnqueueWith(context.Background(), t, e)
-	} else {
+	durability := audit.Written
+	if ev.NeedsSync() {
+		durability = audit.Synced
+	}
+	t := a.statementTemplate(ev)
+	if t == nil {
 		e.Name = audit.EventStatement
 		a.statementStatic(&e, ev)
-		p = a.j.Enqueue(context.Background(), e)
 	}
+	p := a.j.EnqueueAs(context.Background(), t, e, durability)
 	return &statementRecord{a: a, p: p, failClosed: a.failClosed && s.Resource.CardholderData()}
 }
 

@@ -60,7 +60,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	policyDir := fs.String("policy-dir", "", "Rego policy directory (default: the embedded PCI policy)")
 	noPolicy := fs.Bool("no-policy", false, "relay statements without policy (benchmark baseline only)")
 	noAudit := fs.Bool("no-audit", false, "keep no audit journal (benchmark baseline only)")
-	auditSync := fs.Duration("audit-sync-interval", 0, "audit.sync_interval: 0 fsyncs each statement's record before the client sees it complete; above 0 writes it and fsyncs at most this much later")
+	auditSync := fs.Duration("audit-sync-interval", config.DefaultAuditSyncInterval, "audit.sync_interval: a plain read's record is written before the client sees it complete and fsynced at most this much later (every other record is fsynced first); 0 fsyncs every record first")
 	commitDelay := fs.Duration("audit-commit-delay", config.DefaultAuditCommitDelay, "audit.commit_delay: how long a group commit waits for more records while sessions record concurrently (0: none)")
 	var lf logFlags
 	lf.register(fs)
@@ -153,7 +153,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	adminURL := "http://" + lns.admin.Addr().String()
 	cfg.Approvals.PublicURL = adminURL
 	devXDS(cfg, lns, config.EnvoyClientTLS{CAFile: grpcTLS.CAFile, CertFile: grpcTLS.ClientCertFile, KeyFile: grpcTLS.ClientKeyFile})
-	cfg.Audit.SyncInterval = *auditSync
+	cfg.Audit.SyncInterval = auditSync
 	cfg.Audit.CommitDelay = commitDelay
 	if *noAudit {
 		cfg.Audit.Enabled, cfg.Audit.FailClosed = new(false), new(false)

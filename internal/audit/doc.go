@@ -121,12 +121,17 @@
 // meanwhile. [Journal.Failing] says whether the last write failed, so that
 // callers can refuse to act before they would act unrecorded.
 //
-// Options.SyncInterval trades power-loss durability for throughput: above
-// zero an appender writes its record into the segment itself (no hand-off
-// to the writer goroutine) and is answered once it is written, which is
-// what survives the process being killed or crashing; the writer goroutine
-// fsyncs within the interval, and before every checkpoint, segment change
-// and Close. DurableSeq and the OTLP export count only fsynced records.
+// Options.SyncInterval lets records that need less be kept with less:
+// above zero an appender writes its record into the segment itself (no
+// hand-off to the writer goroutine), which is what survives the process
+// being killed or crashing. A [Written] record ([Journal.EnqueueAs]) is
+// answered then, and the writer goroutine fsyncs within the interval, and
+// before every checkpoint, segment change and Close. A [Synced] record
+// (Append, Enqueue) is answered once a fsync covers it: its appender
+// fsyncs when no fsync is running, or waits for the one running and looks
+// again, so that records written meanwhile share the next fsync. Each
+// record carries the durability it was kept with (AttrDurability).
+// DurableSeq and the OTLP export count only fsynced records.
 //
 // # Recovery
 //

@@ -639,13 +639,37 @@ func (j *Journal) Append(ctx context.Context, ev Event) (uint64, error) {
 	return j.Enqueue(ctx, ev).Wait(ctx)
 }
 
+// AppendAs is Append for a record that needs only d before it returns.
+func (j *Journal) AppendAs(ctx context.Context, ev Event, d Durability) (uint64, error) {
+	return j.EnqueueAs(ctx, nil, ev, d).Wait(ctx)
+}
+
 // Pending is a record on its way into the journal: [Journal.Enqueue]
 // returns it at once, Wait tells when it is durable.
 type Pending struct {
 	r    *request
 	err  error
 	done bool
+	// sync is the journal when the record was written but its fsync is
+	// still to be waited for (a Synced record with SyncInterval set).
+	sync *Journal
 }
+
+// Durability is what a record needs before Wait returns.
+type Durability uint8
+
+const (
+	// Synced: written and fsynced (it survives a power loss).
+	Synced Durability = iota
+	// Written: written to the segment file (it survives custos being
+	// killed), fsynced at most Options.SyncInterval later. With
+	// SyncInterval zero every record is Synced.
+	Written
+)
+
+// AttrDurability says in each record which durability it was recorded
+// with: "fsync" or "written".
+const AttrDurability = "custos.audit.durability"
 
 // Enqueue encodes ev and queues it for the next group commit without
 // waiting for it to be durable: the caller does other work (a statement's
@@ -653,19 +677,33 @@ type Pending struct {
 // record being kept. It blocks only while the queue is full, until ctx
 // ends. Errors are those of Append, reported by Wait.
 func (j *Journal) Enqueue(ctx context.Context, ev Event) *Pending {
-	tail, err := j.encode(nil, &ev)
-	return j.enqueue(ctx, tail, err)
+	return j.EnqueueAs(ctx, nil, ev, Synced)
 }
 
 // EnqueueWith is Enqueue for an event made of t's attributes and ev's
 // (ev.Name is t's or empty; no attribute may be in both): what repeats from
 // one event to the next is encoded once, in t.
 func (j *Journal) EnqueueWith(ctx context.Context, t *Template, ev Event) *Pending {
-	tail, err := j.encode(t, &ev)
-	return j.enqueue(ctx, tail, err)
+	return j.EnqueueAs(ctx, t, ev, Synced)
 }
 
-func (j *Journal) enqueue(ctx context.Context, tail []byte, err error) *Pending {
+// EnqueueAs is EnqueueWith (t may be nil) for a record that needs only d
+// before Wait returns. The record says which durability it got
+// (AttrDurability).
+func (j *Journal) EnqueueAs(ctx context.Context, t *Template, ev Event, d Durability) *Pending {
+	if j.opts.SyncInterval <= 0 {
+		d = Synced
+	}
+	label := "fsync"
+	if d == Written {
+		label = "written"
+	}
+	ev.Attrs = append(ev.Attrs[:len(ev.Attrs):len(ev.Attrs)], String(AttrDurability, label))
+	tail, err := j.encode(t, &ev)
+	return j.enqueue(ctx, tail, err, d)
+}
+
+func (j *Journal) enqueue(ctx context.Context, tail []byte, err error, d Durability) *Pending {
 	if err != nil {
 		return &Pending{err: err, done: true}
 	}
@@ -690,7 +728,11 @@ func (j *Journal) enqueue(ctx context.Context, tail []byte, err error) *Pending 
 			default:
 			}
 		}
-		return &Pending{r: r, err: <-r.done, done: true}
+		p := &Pending{r: r, err: <-r.done, done: true}
+		if d == Synced && p.err == nil {
+			p.sync = j
+		}
+		return p
 	}
 	select {
 	case j.reqs <- r:
@@ -715,10 +757,56 @@ func (p *Pending) Wait(ctx context.Context) (uint64, error) {
 			return 0, fmt.Errorf("audit append: %w", ctx.Err())
 		}
 	}
+	if p.err == nil && p.sync != nil {
+		p.err = p.sync.syncThrough(p.r.seq)
+		p.sync = nil
+	}
 	if p.err != nil {
 		return 0, p.err
 	}
 	return p.r.seq, nil
+}
+
+// syncThrough returns once the records up to seq are fsynced (SyncInterval
+// set): it fsyncs itself when no fsync is running, else waits for the one
+// running and looks again, so that records written meanwhile share the
+// next fsync (a group commit without a writer goroutine in the way).
+func (j *Journal) syncThrough(seq uint64) error {
+	synced := false
+	j.wmu.Lock()
+	for j.durable.Load() < seq {
+		if j.failErr != nil {
+			j.wmu.Unlock()
+			return fmt.Errorf("%w: %w", ErrUnavailable, j.failErr)
+		}
+		if j.syncing > 0 {
+			// A fsync is running: its end is broadcast.
+			j.synced.Wait()
+			continue
+		}
+		if !j.dirty {
+			// Written, not fsynced, and nothing left to fsync: the
+			// fsync that covered it failed and the journal recovered
+			// since (cutting what it could not vouch for).
+			j.wmu.Unlock()
+			return fmt.Errorf("%w: the record's fsync failed", ErrUnavailable)
+		}
+		f, upTo := j.f, j.seq
+		j.dirty = false
+		j.syncing++
+		j.wmu.Unlock()
+		err := datasync(f)
+		j.wmu.Lock()
+		j.syncing--
+		j.synced.Broadcast()
+		j.synced1(upTo, err)
+		synced = synced || err == nil
+	}
+	j.wmu.Unlock()
+	if synced {
+		j.notify()
+	}
+	return nil
 }
 
 // Failing reports whether the journal's last write failed: until a write

@@ -20,7 +20,7 @@ func TestAuditDefaults(t *testing.T) {
 	if au.CheckpointInterval != DefaultAuditCheckpointInterval || au.SegmentBytes != DefaultAuditSegmentBytes {
 		t.Errorf("checkpoint interval %v, segment bytes %d", au.CheckpointInterval, au.SegmentBytes)
 	}
-	if au.CommitDelay == nil || *au.CommitDelay != DefaultAuditCommitDelay || au.SyncInterval != 0 {
+	if au.CommitDelay == nil || *au.CommitDelay != DefaultAuditCommitDelay || au.SyncInterval == nil || *au.SyncInterval != DefaultAuditSyncInterval {
 		t.Errorf("commit delay %v, sync interval %v", au.CommitDelay, au.SyncInterval)
 	}
 	if au.SigningKeyFile != "" || au.HMACKey != nil || au.Export.OTLP != nil {

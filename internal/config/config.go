@@ -83,12 +83,16 @@ type Audit struct {
 	// results withheld (default true).
 	FailClosed *bool `yaml:"fail_closed"`
 	// SyncInterval sets how durable a statement's record is before the
-	// client sees the statement complete. 0 (the default): fsynced (group
-	// commit), surviving a power loss. Above 0: written to the journal
-	// file, surviving custos being killed or crashing, and fsynced at most
-	// this much later; on a disk whose fsync costs about as much as a
-	// statement, this keeps most of the throughput. At most 1s.
-	SyncInterval time.Duration `yaml:"sync_interval"`
+	// client sees the statement complete, for statements that touched no
+	// cardholder data and changed nothing (plain reads whose results
+	// custos did not mask): written to the journal file, surviving custos
+	// being killed or crashing, and fsynced (group commit) at most this
+	// much later. Every other record (masked results, refusals, approvals,
+	// writes, DDL, authentication failures, control failures, what a
+	// policy's fsync asks for) is fsynced before the client hears the
+	// outcome, surviving a power loss. 0 fsyncs every record that way.
+	// Unset: DefaultAuditSyncInterval; at most 1s.
+	SyncInterval *time.Duration `yaml:"sync_interval"`
 	// CommitDelay is how long a group commit waits for more records while
 	// sessions record concurrently, so that one fsync covers more of them:
 	// fsyncs start at most once per CommitDelay, and a statement's
@@ -538,6 +542,7 @@ const (
 	DefaultAuditSegmentBytes       = 64 << 20
 	DefaultAuditReplayRows         = 100
 	DefaultAuditCommitDelay        = time.Millisecond
+	DefaultAuditSyncInterval       = 10 * time.Millisecond
 )
 
 // DefaultMaxPerGroup caps the sessions of the default policy's agents, so
@@ -684,6 +689,9 @@ func (c *Config) ApplyDefaults() {
 	au.ReplayRows = cmp.Or(au.ReplayRows, DefaultAuditReplayRows)
 	if au.CommitDelay == nil {
 		au.CommitDelay = new(DefaultAuditCommitDelay)
+	}
+	if au.SyncInterval == nil {
+		au.SyncInterval = new(DefaultAuditSyncInterval)
 	}
 }
 
@@ -900,8 +908,8 @@ func (c *Config) validateAudit() []error {
 	if au.SegmentBytes < 1<<20 {
 		add("audit.segment_bytes", "must be at least 1048576, not %d", au.SegmentBytes)
 	}
-	if au.SyncInterval < 0 || au.SyncInterval > time.Second {
-		add("audit.sync_interval", "must be between 0 (fsync before completion) and 1s, not %s", au.SyncInterval)
+	if si := au.SyncInterval; si != nil && (*si < 0 || *si > time.Second) {
+		add("audit.sync_interval", "must be between 0 (fsync every record before completion) and 1s, not %s", *si)
 	}
 	if d := au.CommitDelay; d != nil && (*d < 0 || *d > 100*time.Millisecond) {
 		add("audit.commit_delay", "must be between 0 (none) and 100ms, not %s", *d)

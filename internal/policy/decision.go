@@ -27,6 +27,10 @@ type Decision struct {
 	RequireApproval *Approval `json:"require_approval,omitempty"`
 	// Mask says how to mask what the request returns.
 	Mask *Mask `json:"mask,omitempty"`
+	// Fsync asks that the request's audit record be fsynced before the
+	// client sees its completion, whatever it touched (custos fsyncs those
+	// that touched cardholder data or changed anything anyway).
+	Fsync bool `json:"fsync,omitempty"`
 	// Cached is true for a decision served from the decision cache.
 	Cached bool `json:"cached,omitempty"`
 	// PolicyVersion is the version of the policy that decided.
@@ -133,6 +137,7 @@ type wireDecision struct {
 	Reasons         []string      `json:"reasons"`
 	RequireApproval *wireApproval `json:"require_approval"`
 	Mask            *wireMask     `json:"mask"`
+	Fsync           *bool         `json:"fsync"`
 }
 
 type wireApproval struct {
@@ -160,7 +165,7 @@ func parseDecision(raw []byte) (*Decision, error) {
 	if w.Allow == nil {
 		return nil, fmt.Errorf("%w: no allow field", ErrMalformedDecision)
 	}
-	d := &Decision{Allow: *w.Allow, Reasons: w.Reasons}
+	d := &Decision{Allow: *w.Allow, Reasons: w.Reasons, Fsync: w.Fsync != nil && *w.Fsync}
 	if d.Reasons == nil {
 		d.Reasons = []string{}
 	}

@@ -130,7 +130,7 @@ func (f *frame) depth() int {
 
 // scan is what the pre-scan found: the estimated depth, and whether a limit was exceeded.
 type scan struct {
-	depth     int
+	depth      int
 	depthOver  bool
 	listOver   bool
 	tokensOver bool
