@@ -46,8 +46,8 @@
 // Function resolution (routines.go): before a statement is decided, the
 // catalog connection says which functions the server could run for the
 // built-in names it calls unqualified (along the session's search_path,
-// every overload) and for the views it reads (their bodies, through
-// nested views); one that is not a pg_catalog built-in on the classifier's
+// every overload) and for the relations it reads (views' bodies, through
+// nested views; row security policies); one that is not a pg_catalog built-in on the classifier's
 // read-only list marks the statement unknown_function, as does a lookup
 // that fails. Resolutions are cached per search path and name for a
 // minute and dropped when a session runs DDL.

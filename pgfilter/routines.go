@@ -14,9 +14,9 @@ import (
 // read-only built-in's name is read-only to it. The server resolves the
 // name along the session's search_path and by argument types, so a
 // function of the same name in a schema on the path (before pg_catalog, or
-// an overload pg_catalog lacks) runs instead, and a view runs what its body
-// calls. Before a statement is decided, custos asks its catalog connection
-// what such names and views can reach: a call is read-only only when every
+// an overload pg_catalog lacks) runs instead, a view runs what its body
+// calls, and a table with row security what its policies call. Before a statement is decided, custos asks its catalog connection
+// what such names and relations can reach: a call is read-only only when every
 // function of that name the server could pick is a pg_catalog built-in
 // (oid below FirstNormalObjectId, 16384) on the classifier's read-only
 // list; anything else, or anything the catalog cannot answer, marks the
@@ -154,27 +154,33 @@ WHERE p.proname = $1
   AND NOT (n.nspname = 'pg_catalog' AND p.oid < 16384)
 LIMIT 8`
 
-// viewQuery lists the functions (and operators' functions) the views
-// named $1 (in schema $2, on the path $3, NULL for any, or a temporary
-// schema, which comes first for relations) call in their bodies, through
-// the views they read, as pg_depend records them for each view's rewrite
-// rule, with whether each is a built-in.
+// viewQuery lists the functions (and operators' functions) reading the
+// relations named $1 (in schema $2, on the path $3, NULL for any, or in a
+// temporary schema, which comes first for relations) can run: what a
+// view's body calls, through the relations it reads, and what the row
+// security policies of a table with row security call, as pg_depend
+// records them for each view's SELECT rule and each policy, with whether
+// each is a built-in.
 const viewQuery = `WITH RECURSIVE rel(oid, depth) AS (
   SELECT c.oid, 0 FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-  WHERE c.relname = $1 AND c.relkind = 'v'
+  WHERE c.relname = $1 AND c.relkind IN ('v', 'r', 'p', 'f', 'm')
     AND (n.nspname = $2 OR $3::text[] IS NULL OR n.nspname = ANY($3::text[]) OR n.nspname LIKE 'pg\_temp\_%')
   UNION
   SELECT d.refobjid, rel.depth + 1 FROM rel
-  JOIN pg_catalog.pg_rewrite r ON r.ev_class = rel.oid
+  JOIN pg_catalog.pg_rewrite r ON r.ev_class = rel.oid AND r.ev_type = '1'
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
     AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid <> rel.oid
-  JOIN pg_catalog.pg_class c ON c.oid = d.refobjid AND c.relkind = 'v'
   WHERE rel.depth < 32
 ), deps AS (
   SELECT d.refclassid, d.refobjid FROM rel
-  JOIN pg_catalog.pg_rewrite r ON r.ev_class = rel.oid
+  JOIN pg_catalog.pg_rewrite r ON r.ev_class = rel.oid AND r.ev_type = '1'
   JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid
+  UNION
+  SELECT d.refclassid, d.refobjid FROM rel
+  JOIN pg_catalog.pg_class c ON c.oid = rel.oid AND c.relrowsecurity
+  JOIN pg_catalog.pg_policy pol ON pol.polrelid = rel.oid
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = pol.oid
 ), procs AS (
   SELECT refobjid AS oid FROM deps WHERE refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
   UNION
@@ -197,9 +203,10 @@ func (c *catalog) unsafeFunctions(ctx context.Context, path searchPath, schema, 
 		})
 }
 
-// unsafeViewFunctions returns the functions the view schema.name (or a
-// view of that name the path reaches) calls that custos cannot prove
-// read-only; nil when there is no such view.
+// unsafeViewFunctions returns the functions reading the relation
+// schema.name (or one of that name the path reaches) runs that custos
+// cannot prove read-only: a view's body, row security policies; nil when
+// there are none.
 func (c *catalog) unsafeViewFunctions(ctx context.Context, path searchPath, schema, name string) ([]string, error) {
 	return c.routines(ctx, "v\x00"+path.key+"\x00"+schema+"\x00"+name, viewQuery,
 		[][]byte{[]byte(name), []byte(schema), path.param()}, func(v [][]byte) (string, bool) {

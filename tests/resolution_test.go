@@ -20,8 +20,9 @@ var shadowSeq atomic.Int64
 // shadowEnv runs a proxy with the default policy in front of a schema of
 // the test's own holding functions that write a row into its hits table
 // when they run: lower(text), named like the read-only built-in, and
-// audit_me(); a view calling audit_me, a view over that view, and a view
-// calling only built-ins. The schema is the test's own (not public) so
+// audit_me(); a view calling audit_me, a view over that view, a view
+// calling only built-ins, and tables with row security whose policy calls
+// audit_me or only built-ins. The schema is the test's own (not public) so
 // that other tests of the shared cluster never resolve to it.
 func shadowEnv(t *testing.T) (*pgfiltertest.Env, string) {
 	t.Helper()
@@ -41,6 +42,13 @@ func shadowEnv(t *testing.T) (*pgfiltertest.Env, string) {
 		CREATE VIEW %[1]s.v AS SELECT %[1]s.audit_me() AS x;
 		CREATE VIEW %[1]s.vv AS SELECT x FROM %[1]s.v;
 		CREATE VIEW %[1]s.plain AS SELECT pg_catalog.lower('A') || 'b' AS x;
+		CREATE TABLE %[1]s.guarded (x int);
+		INSERT INTO %[1]s.guarded VALUES (1);
+		ALTER TABLE %[1]s.guarded ENABLE ROW LEVEL SECURITY;
+		CREATE POLICY audited ON %[1]s.guarded USING (%[1]s.audit_me() = x);
+		CREATE TABLE %[1]s.open (x int);
+		ALTER TABLE %[1]s.open ENABLE ROW LEVEL SECURITY;
+		CREATE POLICY everyone ON %[1]s.open USING (pg_catalog.abs(x) >= 0);
 		GRANT USAGE ON SCHEMA %[1]s TO %[2]s;
 		GRANT ALL ON ALL TABLES IN SCHEMA %[1]s TO %[2]s`, s, env.Resource.User))
 	t.Cleanup(func() {
@@ -227,10 +235,11 @@ func mustConfig(t *testing.T, cs string) *pgx.ConnConfig {
 }
 
 // TestCursorsAndViewsDecidedAsWhatTheyRun: a cursor over a user function,
-// and a view (or a view over it) whose body calls one, are decided as the
+// a view (or a view over it) whose body calls one, and a table whose row
+// security policy calls one, are decided as the
 // function custos cannot prove read-only: refused to an agent without an
-// approval store, and the function's insert never happens. A view of
-// built-ins only is read as before.
+// approval store, and the function's insert never happens. A view, or a
+// policy, of built-ins only is read as before.
 func TestCursorsAndViewsDecidedAsWhatTheyRun(t *testing.T) {
 	t.Parallel()
 	env, s := shadowEnv(t)
@@ -242,6 +251,7 @@ func TestCursorsAndViewsDecidedAsWhatTheyRun(t *testing.T) {
 		"SELECT x FROM " + s + ".v",
 		"SELECT x FROM " + s + ".vv",
 		"SELECT * FROM (SELECT x FROM " + s + ".vv) q",
+		"SELECT x FROM " + s + ".guarded",
 	}
 	t.Run("pgx", func(t *testing.T) {
 		c := connectConfig(t, mustConfig(t, env.ConnString("alice", agent)))
@@ -257,6 +267,10 @@ func TestCursorsAndViewsDecidedAsWhatTheyRun(t *testing.T) {
 			var x string
 			if err := c.QueryRow(ctx, "SELECT x FROM "+s+".plain", mode).Scan(&x); err != nil || x != "ab" {
 				t.Fatalf("mode %v: view of built-ins: %q %v", mode, x, err)
+			}
+			var n int
+			if err := c.QueryRow(ctx, "SELECT count(*) FROM "+s+".open", mode).Scan(&n); err != nil || n != 0 {
+				t.Fatalf("mode %v: table whose policy calls built-ins: %d %v", mode, n, err)
 			}
 		}
 	})
