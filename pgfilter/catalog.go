@@ -32,6 +32,11 @@ type catalog struct {
 	tables     map[uint32]*catalogTable
 	composites map[uint32]compositeEntry
 	relations  map[string]compositeEntry // a table's columns by "schema.name"
+	// routineCache holds function and view resolutions (routines.go) by
+	// (kind, search path, schema, name); defaultPath the role's
+	// search_path.
+	routineCache map[string]routineEntry
+	defaultPath  *pathEntry
 }
 
 type catalogTable struct {
@@ -40,7 +45,8 @@ type catalogTable struct {
 }
 
 func newCatalog(s *Server, up *upstream) *catalog {
-	return &catalog{srv: s, up: up, tables: map[uint32]*catalogTable{}, composites: map[uint32]compositeEntry{}, relations: map[string]compositeEntry{}}
+	return &catalog{srv: s, up: up, tables: map[uint32]*catalogTable{}, composites: map[uint32]compositeEntry{}, relations: map[string]compositeEntry{},
+		routineCache: map[string]routineEntry{}}
 }
 
 // lookup returns the column at (table, attnum); ok is false for a table or

@@ -25,9 +25,17 @@ import (
 )
 
 // allowedParams are the startup parameters passed upstream, keyed by their
-// lower-case name. Anything else, `options` and `replication` included, is
-// refused: a startup parameter is a GUC set before any policy can see it.
-// client_encoding is checked on its own (checkStartupParams).
+// lower-case name: settings of how values are shown and parsed (DateStyle,
+// TimeZone, IntervalStyle, extra_float_digits, bytea_output, lc_*), of
+// this session's own limits (timeouts), its name, the planner's geqo, and
+// search_path, which clients set to name their schema. Each reaches the
+// server only if the policy lets the principal SET it
+// (decideStartupParams); the default policy refuses search_path to agents,
+// since it chooses which function a name calls. Anything else is refused,
+// `replication` included: a startup parameter is a setting made before any
+// statement. `options` is read for the settings it holds (-c name=value,
+// --name=value), which are checked as these and passed as parameters of
+// their own; client_encoding is checked on its own (checkStartupParams).
 var allowedParams = map[string]string{
 	"application_name":                    "application_name",
 	"datestyle":                           "DateStyle",
@@ -70,6 +78,7 @@ func refuseParam(label string, err error) error { return &paramError{label: labe
 // statements in (UTF8 when the client names none).
 func checkStartupParams(in []param) (startupParams, error) {
 	sp := startupParams{params: map[string]string{}}
+	var fromOptions []param
 	for _, p := range in {
 		name := strings.ToLower(p.name)
 		switch name {
@@ -80,24 +89,37 @@ func checkStartupParams(in []param) (startupParams, error) {
 		case "replication":
 			return sp, refuseParam("refused_parameter", fatal("28000", "replication connections are not allowed through custos"))
 		case "options":
-			return sp, refuseParam("refused_parameter", fatalHint("28000", "startup option settings (-c, PGOPTIONS) are not allowed through custos",
-				"Run SET after connecting instead; policy sees it there."))
+			opts, err := parseStartupOptions(p.value)
+			if err != nil {
+				return sp, refuseParam("refused_parameter", fatalHint("28000", "startup options: "+err.Error(),
+					"Pass settings as -c name=value (PGOPTIONS), or run SET after connecting."))
+			}
+			fromOptions = append(fromOptions, opts...)
 		case "fallback_application_name":
 			if _, ok := sp.params["application_name"]; !ok {
 				sp.params["application_name"] = p.value
 			}
-		case "client_encoding":
-			canon, err := safeClientEncoding(p.value)
-			if err != nil {
-				return sp, refuseParam("unsafe_encoding", unsafeEncodingError(err))
-			}
-			sp.params["client_encoding"] = canon
 		default:
-			canon, ok := allowedParams[name]
-			if !ok {
-				return sp, refuseParam("refused_parameter", fatal("28000", fmt.Sprintf("startup parameter %q is not allowed through custos", p.name)))
+			if err := sp.set(name, p.value); err != nil {
+				return sp, err
 			}
-			sp.params[canon] = p.value
+		}
+	}
+	// The server applies options first and the parameters after them, so
+	// a parameter given both ways takes the parameter's value.
+	explicit := make(map[string]bool, len(sp.params))
+	for k := range sp.params {
+		explicit[k] = true
+	}
+	for _, p := range fromOptions {
+		if canon, ok := allowedParams[p.name]; ok && explicit[canon] {
+			continue
+		}
+		if p.name == "client_encoding" && explicit["client_encoding"] {
+			continue
+		}
+		if err := sp.set(p.name, p.value); err != nil {
+			return sp, err
 		}
 	}
 	if sp.user == "" {
@@ -110,6 +132,25 @@ func checkStartupParams(in []param) (startupParams, error) {
 		sp.params["client_encoding"] = defaultClientEncoding
 	}
 	return sp, nil
+}
+
+// set records an allow-listed parameter (name in lower case) under its
+// canonical name.
+func (sp *startupParams) set(name, value string) error {
+	if name == "client_encoding" {
+		canon, err := safeClientEncoding(value)
+		if err != nil {
+			return refuseParam("unsafe_encoding", unsafeEncodingError(err))
+		}
+		sp.params["client_encoding"] = canon
+		return nil
+	}
+	canon, ok := allowedParams[name]
+	if !ok {
+		return refuseParam("refused_parameter", fatal("28000", fmt.Sprintf("startup parameter %q is not allowed through custos", name)))
+	}
+	sp.params[canon] = value
+	return nil
 }
 
 // handshake is the startup phase of one client connection.
@@ -415,6 +456,13 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 	ss.log = log.With("session_id", ss.ID, "principal", principal.Subject, "resource", up.res.Name)
 	if principal.Act != nil {
 		ss.log = ss.log.With("act", principal.Act.Subject)
+	}
+	if dec, err := s.decideStartupParams(ctx, &ss.Session); err != nil {
+		s.metrics.connections.WithLabelValues("refused_parameter").Inc()
+		ss.log.Warn("connection refused", "reason", "refused_parameter", "decision_id", dec.ID, "reasons", dec.Reasons)
+		_ = event(SessionRefused, "refused_parameter", principal, ss, err)
+		ss.cancel()
+		return nil, err
 	}
 	if err := s.admitSession(ss); err != nil {
 		s.metrics.connections.WithLabelValues("refused_limit").Inc()

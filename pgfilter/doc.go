@@ -21,6 +21,9 @@
 //	  |                             |  3.2 / _pq_ -> NegotiateProtocolVersion
 //	  | <- AuthenticationCleartextPassword (or SASL OAUTHBEARER)      |
 //	  | PasswordMessage (the JWT) ->|  authn.Verify, user == claim    |
+//	  |                             |  parameters (and -c settings in |
+//	  |                             |  options) decided as SET ...;   |
+//	  |                             |  refused: FATAL 42501, decision |
 //	  |                             |  pgconn.Connect (SCRAM, TLS) -> |
 //	  |                             |  <- ParameterStatus, BackendKeyData, ReadyForQuery
 //	  | <- AuthenticationOk, ParameterStatus..., BackendKeyData (custos-issued key), ReadyForQuery
@@ -39,6 +42,15 @@
 // statement at each Execute. A refused message is swapped for one the server
 // rejects, and the server's error rewritten into custos' refusal, so the
 // client sees the server's true transaction state.
+//
+// Function resolution (routines.go): before a statement is decided, the
+// catalog connection says which functions the server could run for the
+// built-in names it calls unqualified (along the session's search_path,
+// every overload) and for the relations it reads (views' bodies, through
+// nested views; row security policies); one that is not a pg_catalog built-in on the classifier's
+// read-only list marks the statement unknown_function, as does a lookup
+// that fails. Resolutions are cached per search path and name for a
+// minute and dropped when a session runs DDL.
 //
 // Session state (policystate.go): what custos knows of prepared statements
 // (protocol and SQL-level share one namespace) and portals changes only when

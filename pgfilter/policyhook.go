@@ -58,6 +58,9 @@ type policyHook struct {
 	fcall   *pgproto3.ErrorResponse // a refused FunctionCall's answer
 	encoded map[*sqlclass.Result]json.RawMessage
 	decided map[*sqlclass.Result]rememberedDecision
+	// pathChanged: a statement may have changed search_path, so function
+	// names are resolved in any schema (routines.go).
+	pathChanged bool
 }
 
 type stmtInfo struct {
@@ -246,6 +249,9 @@ func (h *policyHook) query(ctx context.Context, m *Message, op *stateOp) error {
 		return nil
 	}
 	stmts, shadow := h.resolve(ctx, res.Statements)
+	if shadow == nil {
+		stmts = h.resolveRoutines(ctx, stmts)
+	}
 	if e != nil {
 		e.describe(res, stmts)
 	}
@@ -434,6 +440,9 @@ func (h *policyHook) execute(ctx context.Context, m *Message, op *stateOp) error
 		return nil
 	default:
 		stmts, shadow := h.resolve(ctx, info.res.Statements)
+		if shadow == nil {
+			stmts = h.resolveRoutines(ctx, stmts)
+		}
 		if e != nil {
 			e.describe(info.res, stmts)
 		}
@@ -778,6 +787,14 @@ func (h *policyHook) server(m *Message) {
 		// skipped by the server after an earlier error).
 		clear(h.denials)
 		h.fcall = nil
+	case 'C':
+		// DDL may have created, replaced or dropped a function or view
+		// that resolutions were cached for.
+		if tag, _, ok := cstring(m.Body); ok && ddlTag(tag) {
+			if up := h.srv.upstreams[h.ses.Resource.Name]; up != nil && up.catalog != nil {
+				up.catalog.forgetRoutines()
+			}
+		}
 	case 'E':
 		if len(h.denials) == 0 && h.fcall == nil {
 			return
@@ -809,6 +826,17 @@ func (h *policyHook) server(m *Message) {
 			delete(h.denials, n)
 		}
 	}
+}
+
+// ddlTag tells whether a command tag is one of DDL that can change what a
+// function name or view resolves to.
+func ddlTag(tag string) bool {
+	for _, p := range []string{"CREATE ", "ALTER ", "DROP ", "IMPORT FOREIGN SCHEMA"} {
+		if strings.HasPrefix(tag, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func encodeBody(msg pgproto3.BackendMessage) []byte {

@@ -135,7 +135,9 @@ func TestStartupParametersRefused(t *testing.T) {
 	tests := []struct {
 		name, extra, msg string
 	}{
-		{"options", "options='-c search_path=evil'", "startup option settings"},
+		{"options switch", "options='-B 100'", "only -c name=value and --name=value settings"},
+		{"options setting not allowed", "options='-c role=postgres'", `startup parameter "role" is not allowed`},
+		{"options setting without value", "options='-c search_path'", "only -c name=value"},
 		{"replication", "replication=database", "replication connections are not allowed"},
 		{"unknown parameter", "role=postgres", `startup parameter "role" is not allowed`},
 	}

@@ -131,7 +131,9 @@ type SessionEvent struct {
 	Resource *config.Resource
 	// Reason is a short class: why authentication failed or a session was
 	// refused (authn reasons, insecure_transport, protocol,
-	// user_mismatch, unknown_database, session_limit, upstream_failed), or
+	// user_mismatch, unknown_database, refused_parameter (a startup
+	// parameter the policy refused; Err holds the decision id),
+	// session_limit, upstream_failed), or
 	// how a session closed (client_closed, or the error that ended it).
 	Reason string
 	// Err is the failure, for a failed or refused connection.

@@ -410,6 +410,15 @@ sql_approvals contains sprintf("functions with side effects require approval fro
 	"side_effect_function" in node.flags
 }
 
+# A function custos cannot prove read-only (a user function, or a built-in's
+# name the catalog resolves to a user function too) may do anything, also
+# where its command changes nothing by itself: DECLARE runs the cursor's
+# query, SELECT from a view what the view's body calls.
+sql_approvals contains sprintf("functions custos cannot prove read-only require approval from %s (calls %s)", [approvers, functions_text(node.functions)]) if {
+	some node in effect_nodes
+	"unknown_function" in node.flags
+}
+
 sql_approvals contains sprintf("%s cannot be analysed and requires approval from %s", [opaque_label(node.command), approvers]) if {
 	some node in effect_nodes
 	"opaque" in node.flags
@@ -485,7 +494,7 @@ specific_effect(_, _, flags) if {
 
 effect_flags := object.keys(flag_texts) | {
 	"copy_file", "copy_program", "dangerous_function", "opaque",
-	"sets_read_only", "side_effect_function",
+	"sets_read_only", "side_effect_function", "unknown_function",
 }
 
 flag_texts := {

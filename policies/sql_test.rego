@@ -126,6 +126,18 @@ test_agent_sql[note] if {
 			"statements": [object.union(flagged("SELECT", ["side_effect_function"]), {"functions": ["nextval", "lower"]})],
 			"want": "approve", "reasons": ["functions with side effects require approval from dba (calls lower, nextval)"],
 		},
+		"function custos cannot prove read-only": {
+			"statements": [object.union(flagged("SELECT", ["unknown_function"]), {"functions": ["public.audit_me", "lower"]})],
+			"want": "approve", "reasons": ["functions custos cannot prove read-only require approval from dba (calls lower, public.audit_me)"],
+		},
+		"cursor over a function custos cannot prove read-only": {
+			"statements": [object.union(flagged("DECLARE", ["unknown_function"]), {"functions": ["shadow.lower"], "name": "c"})],
+			"want": "approve", "reasons": ["functions custos cannot prove read-only require approval from dba (calls shadow.lower)"],
+		},
+		"view calling a function custos cannot prove read-only": {
+			"statements": [object.union(flagged("SELECT", ["unknown_function"]), {"reads": ["public.v"], "functions": ["public.f"]})],
+			"want": "approve", "reasons": ["functions custos cannot prove read-only require approval from dba (calls public.f)"],
+		},
 		"DO": {
 			"statements": [flagged("DO", ["opaque"])],
 			"want": "approve",

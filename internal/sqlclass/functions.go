@@ -144,3 +144,8 @@ func setOf(names ...string) map[string]struct{} {
 	}
 	return m
 }
+
+// BuiltinReadOnly tells whether name (lower case, unqualified) is a pg_catalog built-in custos
+// holds read-only. It speaks of the built-in only: whether a call of the name reaches it is the
+// server's resolution (search_path, overloads), which callers holding a catalog check.
+func BuiltinReadOnly(name string) bool { return classifyFunction("", name) == funcReadOnly }
