@@ -103,7 +103,7 @@ func TestCheckStartupParams(t *testing.T) {
 		{name: "shift_jis alias", in: p("user", "alice", "client_encoding", "Shift_JIS"), label: "unsafe_encoding", code: "22023", message: "SJIS"},
 		{name: "the last one counts", in: p("user", "alice", "client_encoding", "UTF8", "client_encoding", "BIG5"), label: "unsafe_encoding", code: "22023", message: "BIG5"},
 		{name: "unknown", in: p("user", "alice", "client_encoding", "auto"), label: "unsafe_encoding", code: "22023", message: `"auto"`},
-		{name: "options", in: p("user", "alice", "options", "-c client_encoding=SJIS"), label: "refused_parameter", code: "28000"},
+		{name: "options", in: p("user", "alice", "options", "-c client_encoding=SJIS"), label: "unsafe_encoding", code: "22023", message: "SJIS"},
 		{name: "no user", in: p("database", "payments"), label: "protocol_error", code: "28000"},
 	}
 	for _, tc := range tests {
