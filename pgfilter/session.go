@@ -26,6 +26,17 @@ type Session struct {
 	TLS bool
 	// Started is when authentication completed.
 	Started time.Time
+	// Login is the resource's group login the session uses upstream; nil
+	// when the resource has none (the gateway's own login).
+	Login *config.UpstreamLogin
+}
+
+// UpstreamUser is the PostgreSQL role the session logs in as.
+func (s *Session) UpstreamUser() string {
+	if s.Login != nil {
+		return s.Login.User
+	}
+	return s.Resource.User
 }
 
 func newSessionID() string {
