@@ -65,8 +65,11 @@ func newApprovalEnvWith(t *testing.T, sessions config.Sessions, st approval.Stor
 	}
 	t.Cleanup(func() { _ = svc.Close() })
 	ae.svc = svc
+	// Group logins: the agents' login cannot write, so every approved
+	// write here also proves that custos takes the approved role for it,
+	// and only for it.
 	ae.Env = pgfiltertest.Start(t, pgfiltertest.Options{
-		Masker: m, Policy: eng, Approvals: svc, Sessions: sessions,
+		Masker: m, Policy: eng, Approvals: svc, Sessions: sessions, GroupLogins: true,
 	})
 	ae.table = fmt.Sprintf("approval_t%d", policyTableSeq.Add(1))
 	if err := ae.Cluster.Exec(context.Background(), pgfiltertest.Database, fmt.Sprintf(

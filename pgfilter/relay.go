@@ -76,6 +76,12 @@ type session struct {
 
 	msgs, bytes [2]uint64
 
+	// afterForward, set by a client-to-server hook, writes custos' own
+	// messages right after the message being handled (whatever the hooks'
+	// verdict), before anything else the client sent; the client pump
+	// alone uses it.
+	afterForward func(*frameWriter) error
+
 	// span is the session's pg.session span; nil without a tracer.
 	span trace.Span
 
@@ -358,6 +364,12 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 			dstMu.Lock()
 			if verdict == Forward {
 				err = dst.write(m.Type, m.Body)
+			}
+			if f := ss.afterForward; d == ClientToServer && f != nil {
+				ss.afterForward = nil
+				if werr := f(dst); err == nil {
+					err = werr
+				}
 			}
 			if err == nil && !src.buffered() {
 				err = dst.flush()
