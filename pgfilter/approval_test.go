@@ -51,6 +51,13 @@ func sqliteStore(t *testing.T) approval.Store {
 
 func newApprovalEnvWith(t *testing.T, sessions config.Sessions, st approval.Store, eng *policy.Engine) *approvalEnv {
 	t.Helper()
+	return newApprovalEnvLogins(t, sessions, st, eng, nil)
+}
+
+// newApprovalEnvLogins is newApprovalEnvWith with the given group logins
+// (nil: the demo database's).
+func newApprovalEnvLogins(t *testing.T, sessions config.Sessions, st approval.Store, eng *policy.Engine, logins []config.UpstreamLogin) *approvalEnv {
+	t.Helper()
 	m, err := mask.New(mask.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +76,7 @@ func newApprovalEnvWith(t *testing.T, sessions config.Sessions, st approval.Stor
 	// write here also proves that custos takes the approved role for it,
 	// and only for it.
 	ae.Env = pgfiltertest.Start(t, pgfiltertest.Options{
-		Masker: m, Policy: eng, Approvals: svc, Sessions: sessions, GroupLogins: true,
+		Masker: m, Policy: eng, Approvals: svc, Sessions: sessions, GroupLogins: true, Logins: logins,
 	})
 	ae.table = fmt.Sprintf("approval_t%d", policyTableSeq.Add(1))
 	if err := ae.Cluster.Exec(context.Background(), pgfiltertest.Database, fmt.Sprintf(

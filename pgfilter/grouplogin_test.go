@@ -356,3 +356,79 @@ func TestApprovedRoleOnlyForTheApprovedStatement(t *testing.T) {
 		})
 	}
 }
+
+// TestApprovedRoleFailsClosed: when the approved role cannot be taken the
+// approved statement runs as the login (and fails) or not at all, and the
+// session goes on; when custos cannot know the role was dropped, the
+// session ends.
+func TestApprovedRoleFailsClosed(t *testing.T) {
+	t.Parallel()
+	t.Run("role missing", func(t *testing.T) {
+		t.Parallel()
+		logins := pgfiltertest.GroupLogins(t)
+		for i := range logins {
+			if logins[i].Group == devenv.AgentsGroup {
+				logins[i].ApprovedRole = "custos_no_such_role"
+			}
+		}
+		ae := newApprovalEnvLogins(t, config.Sessions{}, sqliteStore(t), pgfiltertest.DefaultPolicy(t), logins)
+		ctx := context.Background()
+		for i, mode := range allModes {
+			c, ids := ae.agent(t, fmt.Sprintf("missing_%d", i))
+			done := goExec(c, "INSERT INTO "+ae.table+" VALUES ($1, 'x')", mode, 200+i)
+			if _, err := ae.svc.Approve(ctx, nextID(t, ids), ae.dba("bob"), ""); err != nil {
+				t.Fatal(err)
+			}
+			var pgErr *pgconn.PgError
+			res := result(t, done)
+			// Simple: SET ROLE failed apart, the INSERT ran as the login.
+			// Extended: the server skipped the Execute; SET ROLE's error
+			// is the answer.
+			want := map[bool]string{true: "42501", false: "22023"}[mode == pgx.QueryExecModeSimpleProtocol]
+			if !errors.As(res.err, &pgErr) || (pgErr.Code != want && pgErr.Code != "42704") {
+				t.Errorf("%v: approved insert with a missing role: %v, want %s", mode, res.err, want)
+			}
+			if n := rowCount(t, ae.Env, ae.table+fmt.Sprintf(" WHERE id = %d", 200+i)); n != 0 {
+				t.Errorf("%v: the insert wrote %d rows", mode, n)
+			}
+			var u string
+			if err := c.QueryRow(ctx, "SELECT current_user", mode).Scan(&u); err != nil || u != devenv.AgentRole {
+				t.Errorf("%v: the session after it: %q %v", mode, u, err)
+			}
+		}
+	})
+	t.Run("role kept after the approved query's own transaction failed", func(t *testing.T) {
+		t.Parallel()
+		ae := newApprovalEnv(t, config.Sessions{})
+		ctx := context.Background()
+		c, ids := ae.agent(t, "txcontrol")
+		// SET ROLE commits on its own (the session was idle); the approved
+		// query opens a block and fails in it, so RESET ROLE cannot run and
+		// a ROLLBACK would not undo the SET: custos ends the session.
+		done := goExec(c, "BEGIN; INSERT INTO "+ae.table+" VALUES (1, 'dup')", pgx.QueryExecModeSimpleProtocol)
+		if _, err := ae.svc.Approve(ctx, nextID(t, ids), ae.dba("bob"), ""); err != nil {
+			t.Fatal(err)
+		}
+		var pgErr *pgconn.PgError
+		if res := result(t, done); !errors.As(res.err, &pgErr) || pgErr.Code != "23505" {
+			t.Fatalf("approved query: %v, want 23505", res.err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			_, err := c.Exec(ctx, "ROLLBACK")
+			if err != nil {
+				if errors.As(err, &pgErr) && pgErr.Code != "XX000" {
+					t.Errorf("after it: %v, want the session closed", err)
+				}
+				break
+			}
+			var u string
+			if err := c.QueryRow(ctx, "SELECT current_user").Scan(&u); err == nil && u != devenv.AgentRole {
+				t.Fatalf("the session goes on as %q", u)
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the session goes on")
+			}
+		}
+	})
+}

@@ -136,8 +136,10 @@ type Options struct {
 	Statements pgfilter.StatementRecorder
 	ResultRows int
 	// GroupLogins logs sessions in as their group's login (see
-	// GroupLogins) instead of the gateway's.
+	// GroupLogins) instead of the gateway's; Logins, when set, are the
+	// group logins instead of those.
 	GroupLogins bool
+	Logins      []config.UpstreamLogin
 }
 
 // Env is a running proxy in front of the shared cluster.
@@ -161,7 +163,10 @@ type Env struct {
 func Start(t testing.TB, opts Options) *Env {
 	t.Helper()
 	cl, res := Upstream(t)
-	if opts.GroupLogins {
+	switch {
+	case opts.Logins != nil:
+		res.Logins = opts.Logins
+	case opts.GroupLogins:
 		res.Logins = GroupLogins(t)
 	}
 	dir := t.TempDir()
