@@ -161,6 +161,12 @@ func (h *policyHook) roleAnswer(op *stateOp, m *Message) (Verdict, error) {
 	case 'N', 'S', 'A':
 		return Forward, nil // not an answer: notices and reports pass
 	}
+	if m.Type == 'E' && !r.reset {
+		var er pgproto3.ErrorResponse
+		_ = er.Decode(m.Body)
+		h.srv.log.Warn("approved role could not be taken (simple protocol: the statement runs as the login; extended: the server skips it)", "session_id", h.ses.ID,
+			"role", h.approvedRole(), "sqlstate", er.Code, "error", er.Message)
+	}
 	if op.kind == stQuery {
 		switch m.Type {
 		case 'E':
