@@ -437,7 +437,20 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		_ = event(SessionRefused, "session_limit", principal, ss, err)
 		return nil, err
 	}
-	hj, err := s.connectUpstream(ctx, up, &ss.Session, params)
+	var cred *credential
+	if login != nil && login.PerPrincipal {
+		u, pw, err := s.prov.acquire(ctx, up, login, principal)
+		if err != nil {
+			s.releaseSession(ss)
+			s.metrics.connections.WithLabelValues("upstream_failed").Inc()
+			ss.log.Error("upstream login failed", "error", err)
+			_ = event(SessionRefused, "upstream_failed", principal, ss, err)
+			return nil, upstreamError(up.res.Name, err)
+		}
+		ss.provUser, ss.provUp, ss.Session.ProvisionedUser = u, up, u
+		cred = &credential{user: u, password: pw}
+	}
+	hj, err := s.connectUpstream(ctx, up, &ss.Session, cred, params)
 	if err != nil {
 		s.releaseSession(ss)
 		s.metrics.connections.WithLabelValues("upstream_failed").Inc()

@@ -432,3 +432,85 @@ func TestApprovedRoleFailsClosed(t *testing.T) {
 		}
 	})
 }
+
+// TestPerPrincipalUsers: with per_principal, each agent runs as a user of
+// its own, enabled for its sessions only, so agents no longer see each
+// other's query text either; approved writes still take the approved role.
+func TestPerPrincipalUsers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	cl, _ := pgfiltertest.Upstream(t)
+	// Provisioning runs as the resource's own login.
+	if err := cl.Exec(ctx, "postgres", "ALTER ROLE "+devenv.GatewayRole+" CREATEROLE"); err != nil {
+		t.Fatal(err)
+	}
+	logins := pgfiltertest.GroupLogins(t)
+	for i := range logins {
+		logins[i].PerPrincipal = logins[i].Group == devenv.AgentsGroup
+	}
+	ae := newApprovalEnvLogins(t, config.Sessions{}, sqliteStore(t), pgfiltertest.DefaultPolicy(t), logins)
+	alice, ids := ae.agent(t, "pp.alice@example.com")
+	var cur, ses, principal string
+	if err := alice.QueryRow(ctx, "SELECT current_user, session_user, current_setting('custos.principal')").Scan(&cur, &ses, &principal); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(cur, "custos_u_pp_alice_example_com_") || ses != cur || principal != "pp.alice@example.com" {
+		t.Fatalf("per-principal session: current_user %q session_user %q principal %q", cur, ses, principal)
+	}
+	if _, err := alice.Exec(ctx, "SELECT 'alice-secret-123'", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatal(err)
+	}
+	zed, _ := ae.agent(t, "pp.zed")
+	var q string
+	if err := zed.QueryRow(ctx, "SELECT query FROM pg_stat_activity WHERE usename = $1", cur).Scan(&q); err != nil || q != "<insufficient privilege>" {
+		t.Errorf("another agent reads %q (%v) of alice's session, want <insufficient privilege>", q, err)
+	}
+
+	// An approved write takes the approved role through the group login.
+	done := goExec(alice, "INSERT INTO "+ae.table+" VALUES (300, 'per principal')")
+	if _, err := ae.svc.Approve(ctx, nextID(t, ids), ae.dba("bob"), ""); err != nil {
+		t.Fatal(err)
+	}
+	if res := result(t, done); res.err != nil {
+		t.Fatalf("approved insert as a per-principal user: %v", res.err)
+	}
+
+	su, err := pgx.Connect(ctx, cl.DSN("postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = su.Close(ctx) })
+	canLogin := func() (bool, bool) {
+		var can, hasPW bool
+		if err := su.QueryRow(ctx, "SELECT rolcanlogin, rolpassword IS NOT NULL FROM pg_authid WHERE rolname = $1", cur).Scan(&can, &hasPW); err != nil {
+			t.Fatal(err)
+		}
+		return can, hasPW
+	}
+	// A second session shares the user; closing one keeps it enabled.
+	second, _ := ae.agent(t, "pp.alice@example.com")
+	if err := alice.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var again string
+	if err := second.QueryRow(ctx, "SELECT current_user").Scan(&again); err != nil || again != cur {
+		t.Fatalf("second session: %q %v", again, err)
+	}
+	if can, _ := canLogin(); !can {
+		t.Fatal("the user was disabled while a session of its principal was open")
+	}
+	if err := second.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		can, hasPW := canLogin()
+		if !can && !hasPW {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the last session the user can log in %v, has a password %v", can, hasPW)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

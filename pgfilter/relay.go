@@ -82,6 +82,11 @@ type session struct {
 	// alone uses it.
 	afterForward func(*frameWriter) error
 
+	// provUser is the principal's own upstream user while the session
+	// holds it (provision.go), on the upstream provUp.
+	provUser string
+	provUp   *upstream
+
 	// span is the session's pg.session span; nil without a tracer.
 	span trace.Span
 

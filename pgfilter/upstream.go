@@ -68,6 +68,9 @@ const (
 	settingAct       = "custos.act"        // the subject the token acts for, when it does
 )
 
+// credential is an upstream user and its password.
+type credential struct{ user, password string }
+
 // sessionSettings are the custos.* startup parameters of ss's upstream
 // login.
 func sessionSettings(ss *Session) map[string]string {
@@ -89,18 +92,24 @@ func sessionSettings(ss *Session) map[string]string {
 // connection for relaying. params are the client's startup parameters,
 // already checked; the custos.* settings are added last, so nothing the
 // client sent can stand in for them.
-func (s *Server) connectUpstream(ctx context.Context, up *upstream, ss *Session, params map[string]string) (*pgconn.HijackedConn, error) {
-	secret := up.res.Password
+//
+// cred, when set, is the principal's own user (provision.go).
+func (s *Server) connectUpstream(ctx context.Context, up *upstream, ss *Session, cred *credential, params map[string]string) (*pgconn.HijackedConn, error) {
 	cfg := up.cfg.Copy()
-	if l := ss.Login; l != nil {
-		cfg.User = l.User
-		secret = l.Password
+	if cred != nil {
+		cfg.User, cfg.Password = cred.user, cred.password
+	} else {
+		secret := up.res.Password
+		if l := ss.Login; l != nil {
+			cfg.User = l.User
+			secret = l.Password
+		}
+		password, err := secret.Read()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Password = password
 	}
-	password, err := secret.Read()
-	if err != nil {
-		return nil, err
-	}
-	cfg.Password = password
 	cfg.RuntimeParams = make(map[string]string, len(params)+4)
 	for k, v := range params {
 		if !strings.HasPrefix(strings.ToLower(k), "custos.") {

@@ -498,6 +498,17 @@ type UpstreamLogin struct {
 	// the login is a NOINHERIT member of it, and custos refuses SET ROLE to
 	// every client. Empty: approved statements run as User.
 	ApprovedRole string `yaml:"approved_role"`
+	// PerPrincipal gives each principal its own PostgreSQL user, so that
+	// PostgreSQL's views and logs name the principal and no two
+	// principals see each other's sessions in pg_stat_activity: custos
+	// creates it on the principal's first connect (with the resource's own
+	// login, which needs CREATEROLE), a member of User (whose privileges it
+	// inherits; ApprovedRole stays reachable only by SET ROLE) with a
+	// random password only this custos process holds, and disables it
+	// (NOLOGIN, no password) when the principal's last session ends. One
+	// custos replica per resource: replicas would reset each other's
+	// passwords.
+	PerPrincipal bool `yaml:"per_principal"`
 }
 
 // LoginFor returns the login for a principal's groups: the first entry of
