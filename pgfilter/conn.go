@@ -447,7 +447,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 			_ = event(SessionRefused, "upstream_failed", principal, ss, err)
 			return nil, upstreamError(up.res.Name, err)
 		}
-		ss.provUser, ss.provUp, ss.Session.ProvisionedUser = u, up, u
+		ss.provUser, ss.provUp, ss.ProvisionedUser = u, up, u
 		cred = &credential{user: u, password: pw}
 	}
 	hj, err := s.connectUpstream(ctx, up, &ss.Session, cred, params)
