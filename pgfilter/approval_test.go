@@ -51,6 +51,13 @@ func sqliteStore(t *testing.T) approval.Store {
 
 func newApprovalEnvWith(t *testing.T, sessions config.Sessions, st approval.Store, eng *policy.Engine) *approvalEnv {
 	t.Helper()
+	return newApprovalEnvLogins(t, sessions, st, eng, nil)
+}
+
+// newApprovalEnvLogins is newApprovalEnvWith with the given group logins
+// (nil: the demo database's).
+func newApprovalEnvLogins(t *testing.T, sessions config.Sessions, st approval.Store, eng *policy.Engine, logins []config.UpstreamLogin) *approvalEnv {
+	t.Helper()
 	m, err := mask.New(mask.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -65,8 +72,11 @@ func newApprovalEnvWith(t *testing.T, sessions config.Sessions, st approval.Stor
 	}
 	t.Cleanup(func() { _ = svc.Close() })
 	ae.svc = svc
+	// Group logins: the agents' login cannot write, so every approved
+	// write here also proves that custos takes the approved role for it,
+	// and only for it.
 	ae.Env = pgfiltertest.Start(t, pgfiltertest.Options{
-		Masker: m, Policy: eng, Approvals: svc, Sessions: sessions,
+		Masker: m, Policy: eng, Approvals: svc, Sessions: sessions, GroupLogins: true, Logins: logins,
 	})
 	ae.table = fmt.Sprintf("approval_t%d", policyTableSeq.Add(1))
 	if err := ae.Cluster.Exec(context.Background(), pgfiltertest.Database, fmt.Sprintf(

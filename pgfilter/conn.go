@@ -444,6 +444,20 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		return nil, fatal("3D000", fmt.Sprintf("database %q is not served by custos", database))
 	}
 
+	// With group logins, the principal's groups choose the upstream role;
+	// no listed group is no login at all (fail closed), never the
+	// gateway's own.
+	var login *config.UpstreamLogin
+	if len(up.res.Logins) > 0 {
+		if login = up.res.LoginFor(principal.Groups); login == nil {
+			s.metrics.connections.WithLabelValues("no_login").Inc()
+			log.Warn("connection refused", "reason", "no_login", "principal", principal.Subject, "groups", principal.Groups)
+			msg := fmt.Sprintf("none of your groups has a login for resource %q", up.res.Name)
+			_ = event(SessionRefused, "no_login", principal, nil, errors.New(msg))
+			return nil, fatalHint("28000", msg, "Ask for a group that resource serves.")
+		}
+	}
+
 	ss := newSession(s, Session{
 		ID:         newSessionID(),
 		Principal:  principal,
@@ -452,8 +466,9 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		Params:     params,
 		TLS:        hs.tls,
 		Started:    time.Now(),
+		Login:      login,
 	}, hs.conn, hs.br, up.res.Address)
-	ss.log = log.With("session_id", ss.ID, "principal", principal.Subject, "resource", up.res.Name)
+	ss.log = log.With("session_id", ss.ID, "principal", principal.Subject, "resource", up.res.Name, "upstream_user", ss.UpstreamUser())
 	if principal.Act != nil {
 		ss.log = ss.log.With("act", principal.Act.Subject)
 	}
@@ -470,7 +485,20 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		_ = event(SessionRefused, "session_limit", principal, ss, err)
 		return nil, err
 	}
-	hj, err := s.connectUpstream(ctx, up, params)
+	var cred *credential
+	if login != nil && login.PerPrincipal {
+		u, pw, err := s.prov.acquire(ctx, up, login, principal)
+		if err != nil {
+			s.releaseSession(ss)
+			s.metrics.connections.WithLabelValues("upstream_failed").Inc()
+			ss.log.Error("upstream login failed", "error", err)
+			_ = event(SessionRefused, "upstream_failed", principal, ss, err)
+			return nil, upstreamError(up.res.Name, err)
+		}
+		ss.provUser, ss.provUp, ss.ProvisionedUser = u, up, u
+		cred = &credential{user: u, password: pw}
+	}
+	hj, err := s.connectUpstream(ctx, up, &ss.Session, cred, params)
 	if err != nil {
 		s.releaseSession(ss)
 		s.metrics.connections.WithLabelValues("upstream_failed").Inc()

@@ -1,6 +1,7 @@
 package pgfilter
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
@@ -28,6 +29,8 @@ const (
 	reasonClientEncoding = "changing client_encoding is not allowed through custos; set it when connecting (PGCLIENTENCODING, client_encoding)"
 	reasonAnySetting     = "set_config with a setting name that is not a constant is not allowed through custos (it could change client_encoding)"
 	reasonPgSettings     = "writing pg_settings is not allowed through custos (it runs set_config; it could change client_encoding); use SET"
+	reasonCustosSetting  = "changing %s is not allowed through custos: the custos.* settings name whom the session runs for"
+	reasonRole           = "changing %s is not allowed through custos: the upstream role is custos' to choose"
 )
 
 func appendInvariantReasons(reasons []string, st *sqlclass.Statement, depth int) []string {
@@ -44,6 +47,20 @@ func appendInvariantReasons(reasons []string, st *sqlclass.Statement, depth int)
 	// ASCII byte; changing it would let a statement hide in a string.
 	if slices.Contains(st.Settings, "client_encoding") {
 		add(reasonClientEncoding)
+	}
+	for _, name := range st.Settings {
+		switch {
+		// custos.principal and its kin tell the database and its tools
+		// whom the session runs for (upstream.go); a client changing them
+		// could pass for someone else.
+		case strings.HasPrefix(name, "custos."):
+			add(fmt.Sprintf(reasonCustosSetting, name))
+		// The upstream role is the group's least privilege; custos alone
+		// takes an approved statement's role, and only around it
+		// (approvalrole.go). A client's SET ROLE would keep it.
+		case name == "role" || name == "session_authorization":
+			add(fmt.Sprintf(reasonRole, name))
+		}
 	}
 	// set_config(name, ...) with a computed name may be client_encoding.
 	if slices.Contains(st.Settings, "*") {

@@ -61,6 +61,12 @@ type policyHook struct {
 	// pathChanged: a statement may have changed search_path, so function
 	// names are resolved in any schema (routines.go).
 	pathChanged bool
+
+	// roleNames and resetOps serve approved statements' role changes
+	// (approvalrole.go): resetOps wait to be queued after the approved
+	// message's own operation.
+	roleNames roleNames
+	resetOps  []*stateOp
 }
 
 type stmtInfo struct {
@@ -115,6 +121,9 @@ func (h *policyHook) Handle(ctx context.Context, d Direction, m *Message, _ Conn
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if d == ServerToClient {
+		if op := h.state.front(); op != nil && op.role != nil && !h.state.lost {
+			return h.roleAnswer(op, m)
+		}
 		h.server(m)
 		h.state.server(m.Type, m.Body)
 		return Forward, nil
@@ -124,6 +133,7 @@ func (h *policyHook) Handle(ctx context.Context, d Direction, m *Message, _ Conn
 		op := &stateOp{kind: stQuery}
 		err := h.query(ctx, m, op)
 		h.state.push(op)
+		h.pushResetOps()
 		if err != nil {
 			return Forward, err
 		}
@@ -135,6 +145,7 @@ func (h *policyHook) Handle(ctx context.Context, d Direction, m *Message, _ Conn
 		op := &stateOp{kind: stExecute}
 		err := h.execute(ctx, m, op)
 		h.state.push(op)
+		h.pushResetOps()
 		if err != nil {
 			return Forward, err
 		}
@@ -273,6 +284,9 @@ func (h *policyHook) query(ctx context.Context, m *Message, op *stateOp) error {
 		if resp != nil {
 			h.refuseQuery(m, h.refused(e, resp))
 			return nil
+		}
+		if err := h.takeApprovedRole(stmts, true); err != nil {
+			return err
 		}
 	} else if resp := refusal(dec); resp != nil {
 		h.refuseQuery(m, h.refused(e, resp))
@@ -461,6 +475,11 @@ func (h *policyHook) execute(ctx context.Context, m *Message, op *stateOp) error
 			resp, err = h.park(ctx, m, dec, info.res, stmts, info.text, p.bind)
 			if err != nil {
 				return err
+			}
+			if resp == nil {
+				if err := h.takeApprovedRole(stmts, false); err != nil {
+					return err
+				}
 			}
 		} else {
 			resp = refusal(dec)

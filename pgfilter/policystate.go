@@ -64,6 +64,9 @@ type stateOp struct {
 	copyIn  bool     // the server entered COPY FROM STDIN for it
 	after   *stateOp // stSync: sent while after might be in copy-in
 	done    bool
+	// role marks custos' own role change around an approved statement
+	// (approvalrole.go); nil for the client's messages.
+	role *roleOp
 }
 
 // sessionState is the policy hook's model of the server's session.

@@ -79,6 +79,17 @@ type session struct {
 
 	msgs, bytes [2]uint64
 
+	// afterForward, set by a client-to-server hook, writes custos' own
+	// messages right after the message being handled (whatever the hooks'
+	// verdict), before anything else the client sent; the client pump
+	// alone uses it.
+	afterForward func(*frameWriter) error
+
+	// provUser is the principal's own upstream user while the session
+	// holds it (provision.go), on the upstream provUp.
+	provUser string
+	provUp   *upstream
+
 	// span is the session's pg.session span; nil without a tracer.
 	span trace.Span
 
@@ -367,6 +378,12 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 			dstMu.Lock()
 			if verdict == Forward {
 				err = dst.write(m.Type, m.Body)
+			}
+			if f := ss.afterForward; d == ClientToServer && f != nil {
+				ss.afterForward = nil
+				if werr := f(dst); err == nil {
+					err = werr
+				}
 			}
 			if err == nil && !src.buffered() {
 				err = dst.flush()

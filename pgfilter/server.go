@@ -183,6 +183,9 @@ type Server struct {
 	// proxy is Serve's PROXY protocol policy (nil: direct clients).
 	proxy *proxyPolicy
 
+	// prov keeps the per-principal users of group logins that have them.
+	prov *provisioner
+
 	mu         sync.Mutex
 	listeners  map[net.Listener]struct{}
 	conns      map[net.Conn]struct{} // connections still in startup
@@ -257,6 +260,7 @@ func New(opts Options) (*Server, error) {
 		cancelKeys: map[uint64]*session{},
 		proxy:      proxy,
 	}
+	s.prov = &provisioner{srv: s, users: map[string]*provisioned{}}
 	for i := range opts.Resources {
 		res := &opts.Resources[i]
 		cfg, err := upstreamConfig(res)
@@ -511,6 +515,12 @@ func (s *Server) activateSession(ss *session) error {
 
 // releaseSession undoes admitSession and activateSession.
 func (s *Server) releaseSession(ss *session) {
+	if u := ss.provUser; u != "" {
+		// Outside s.mu: disabling the user after its principal's last
+		// session talks to the database.
+		ss.provUser = ""
+		s.prov.release(ss.provUp, u)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ss.admitted {

@@ -26,6 +26,23 @@ type Session struct {
 	TLS bool
 	// Started is when authentication completed.
 	Started time.Time
+	// Login is the resource's group login the session uses upstream; nil
+	// when the resource has none (the gateway's own login).
+	Login *config.UpstreamLogin
+	// ProvisionedUser is the principal's own PostgreSQL user, for a login
+	// with PerPrincipal.
+	ProvisionedUser string
+}
+
+// UpstreamUser is the PostgreSQL role the session logs in as.
+func (s *Session) UpstreamUser() string {
+	if s.ProvisionedUser != "" {
+		return s.ProvisionedUser
+	}
+	if s.Login != nil {
+		return s.Login.User
+	}
+	return s.Resource.User
 }
 
 func newSessionID() string {

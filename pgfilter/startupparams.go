@@ -141,4 +141,3 @@ func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`)
 
 // quoteLiteral quotes s as a standard-conforming string literal (custos
 // refuses changing standard_conforming_strings, so a backslash is literal).
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -52,16 +52,71 @@ func quoteConnValue(v string) string {
 	return "'" + v + "'"
 }
 
-// connectUpstream logs in with the gateway-held credential and hijacks the
-// connection for relaying.
-func (s *Server) connectUpstream(ctx context.Context, up *upstream, params map[string]string) (*pgconn.HijackedConn, error) {
-	password, err := up.res.Password.Read()
-	if err != nil {
-		return nil, err
+// Settings custos gives every upstream session, naming whom it runs for.
+// They are startup parameters (PostgreSQL takes any dotted name there as a
+// placeholder setting), so they are in place before the first statement,
+// and RESET, RESET ALL and DISCARD ALL return to them; custos refuses
+// every client's attempt to change a custos.* setting (startup parameters
+// are an allow-list, SET, RESET and set_config are refused whatever the
+// policy says: invariants.go). Only the session itself reads them
+// (current_setting, SHOW, pg_settings): unlike application_name, which
+// pg_stat_activity shows every role, they tell other sessions nothing.
+const (
+	settingPrincipal = "custos.principal"  // the token's subject
+	settingIssuer    = "custos.issuer"     // the token's issuer
+	settingSessionID = "custos.session_id" // custos' session id, as in audit records
+	settingAct       = "custos.act"        // the subject the token acts for, when it does
+)
+
+// credential is an upstream user and its password.
+type credential struct{ user, password string }
+
+// sessionSettings are the custos.* startup parameters of ss's upstream
+// login.
+func sessionSettings(ss *Session) map[string]string {
+	m := map[string]string{
+		settingSessionID: ss.ID,
 	}
+	if p := ss.Principal; p != nil {
+		m[settingPrincipal] = p.Subject
+		m[settingIssuer] = p.Issuer
+		if p.Act != nil && p.Act.Subject != "" {
+			m[settingAct] = p.Act.Subject
+		}
+	}
+	return m
+}
+
+// connectUpstream logs in with the gateway-held credential of the
+// session's login (the group's, or the resource's own) and hijacks the
+// connection for relaying. params are the client's startup parameters,
+// already checked; the custos.* settings are added last, so nothing the
+// client sent can stand in for them.
+//
+// cred, when set, is the principal's own user (provision.go).
+func (s *Server) connectUpstream(ctx context.Context, up *upstream, ss *Session, cred *credential, params map[string]string) (*pgconn.HijackedConn, error) {
 	cfg := up.cfg.Copy()
-	cfg.Password = password
+	if cred != nil {
+		cfg.User, cfg.Password = cred.user, cred.password
+	} else {
+		secret := up.res.Password
+		if l := ss.Login; l != nil {
+			cfg.User = l.User
+			secret = l.Password
+		}
+		password, err := secret.Read()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Password = password
+	}
+	cfg.RuntimeParams = make(map[string]string, len(params)+4)
 	for k, v := range params {
+		if !strings.HasPrefix(strings.ToLower(k), "custos.") {
+			cfg.RuntimeParams[k] = v
+		}
+	}
+	for k, v := range sessionSettings(ss) {
 		cfg.RuntimeParams[k] = v
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.opts.UpstreamConnectTimeout)

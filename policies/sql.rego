@@ -186,6 +186,18 @@ sql_denials contains sprintf("setting %s is not allowed through custos", [s]) if
 	not s in role_settings
 }
 
+# custos.* settings name whom the upstream session runs for
+# (current_setting('custos.principal')); nobody may change them.
+sql_denials contains sprintf("setting %s is not allowed through custos", [s]) if {
+	some [_, s] in changed_settings
+	denied_setting_prefix(s)
+}
+
+denied_setting_prefix(s) if {
+	some prefix in config.denied_setting_prefixes
+	startswith(s, prefix)
+}
+
 # ---------------------------------------------------------------------------
 # Guarded operations: never allowed for agents; the dba role may run them with
 # approval from another member of the approver groups (custos never lets a
@@ -296,6 +308,7 @@ sql_denials contains sprintf("setting %s is not allowed for agents", [s]) if {
 	some [_, s] in changed_settings
 	not agent_setting(s)
 	not s in config.denied_settings
+	not denied_setting_prefix(s)
 	not s in role_settings
 	not s in read_only_settings
 }

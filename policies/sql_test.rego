@@ -235,6 +235,14 @@ test_agent_sql[note] if {
 			"statements": [set(["standard_conforming_strings"])],
 			"want": "deny", "reasons": ["setting standard_conforming_strings is not allowed through custos"],
 		},
+		"a custos.* setting": {
+			"statements": [set(["custos.principal"])],
+			"want": "deny", "reasons": ["setting custos.principal is not allowed through custos"],
+		},
+		"RESET of a custos.* setting": {
+			"statements": [stmt({"command": "RESET", "read_only": false, "settings": ["custos.session_id"]})],
+			"want": "deny", "reasons": ["setting custos.session_id is not allowed through custos"],
+		},
 		"COPY TO PROGRAM": {
 			"statements": [object.union(flagged("COPY", ["copy_to", "copy_program"]), {"reads": ["public.orders"]})],
 			"want": "deny",
@@ -435,6 +443,10 @@ test_dba_sql[note] if {
 		"a setting that changes parsing": {
 			"statements": [set(["backslash_quote"])],
 			"want": "deny", "reasons": ["setting backslash_quote is not allowed through custos"],
+		},
+		"a custos.* setting, mixed case": {
+			"statements": [set(["Custos.Principal"])],
+			"want": "deny", "reasons": ["setting custos.principal is not allowed through custos"],
 		},
 		"no sql field": {"statements": "none", "want": "deny", "reasons": ["the request has no sql field"]},
 		"statements not an array": {

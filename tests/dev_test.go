@@ -24,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/custos-dev/custos/internal/devenv"
 	"github.com/custos-dev/custos/internal/pgcluster"
 )
 
@@ -374,6 +375,12 @@ func TestCustosDev(t *testing.T) {
 			if strings.Contains(r.stdout, pan) {
 				t.Errorf("full PAN %s reached the client", pan)
 			}
+		}
+		// The dev database gives agents their own login, SELECT only, and
+		// the upstream session names the principal.
+		r = psql(t, vars, "alice", firstToken, "-c", "SELECT current_user || ',' || current_setting('custos.principal')")
+		if want := devenv.AgentRole + ",alice\n"; r.code != 0 || r.stdout != want {
+			t.Errorf("upstream identity through custos dev: %s, want %q", r, want)
 		}
 		// The default policy refuses DDL to agents, and nothing is created.
 		r = psql(t, vars, "alice", firstToken, "-c", "CREATE TABLE dev_e2e_persist (v text)")

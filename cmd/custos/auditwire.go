@@ -264,6 +264,11 @@ func (a *auditor) sessionEvent(ev pgfilter.SessionEvent) error {
 	}
 	if s := ev.Session; s != nil {
 		e.SessionID = s.ID
+		// The PostgreSQL role the session runs as upstream: what the
+		// database's own logs and views name for it.
+		if s.Resource != nil {
+			e.Attrs = append(e.Attrs, audit.String("custos.pg.upstream_user", s.UpstreamUser()))
+		}
 		if app := s.Params["application_name"]; app != "" {
 			e.Attrs = append(e.Attrs, audit.String("custos.pg.application_name", app))
 		}

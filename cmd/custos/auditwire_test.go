@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/custos-dev/custos/internal/config"
+	"github.com/custos-dev/custos/internal/devenv"
 	"github.com/custos-dev/custos/internal/devissuer"
 	"github.com/custos-dev/custos/internal/policy"
 	"github.com/custos-dev/custos/pgfilter"
@@ -270,6 +271,11 @@ func TestServeAudit(t *testing.T) {
 	id := opened[0].Attributes["custos.session_id"]
 	if id == nil || id == "" || succeeded[0].Attributes["custos.session_id"] != id || closed[0].Attributes["custos.session_id"] != id {
 		t.Errorf("session ids: %v %v %v", succeeded[0].Attributes["custos.session_id"], id, closed[0].Attributes["custos.session_id"])
+	}
+	// The role PostgreSQL itself names for the session (the gateway's here:
+	// no group logins).
+	if u := opened[0].Attributes["custos.pg.upstream_user"]; u != devenv.GatewayRole {
+		t.Errorf("opened: custos.pg.upstream_user = %v, want %s", u, devenv.GatewayRole)
 	}
 	if succeeded[0].Seq > opened[0].Seq || opened[0].Seq > closed[0].Seq {
 		t.Errorf("session records out of order: %d %d %d", succeeded[0].Seq, opened[0].Seq, closed[0].Seq)

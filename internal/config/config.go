@@ -499,6 +499,51 @@ type Resource struct {
 	Password Secret            `yaml:"password"`
 	TLS      UpstreamTLS       `yaml:"tls"`
 	Labels   map[string]string `yaml:"labels"`
+	// Logins, when set, give each principal's sessions the upstream login
+	// of the first entry naming one of its groups, so that PostgreSQL
+	// itself holds each group to least privilege and its views and logs
+	// name the group's role; a principal in none of them is refused (fail
+	// closed). List the stricter logins first: the default policy treats a
+	// principal in both agents and dba as an agent, and so must the
+	// database. User and Password stay custos' own login, for what custos
+	// queries itself (result column origins, discovery). Without Logins
+	// every session logs in as User.
+	Logins []UpstreamLogin `yaml:"logins"`
+}
+
+// UpstreamLogin is the PostgreSQL login custos holds for one group.
+type UpstreamLogin struct {
+	Group    string `yaml:"group"`
+	User     string `yaml:"user"`
+	Password Secret `yaml:"password"`
+	// ApprovedRole, when set, is the role custos alone takes (SET ROLE,
+	// then RESET ROLE, around the statement, in its transaction) for a
+	// statement approvers approved, for a login that cannot write itself:
+	// the login is a NOINHERIT member of it, and custos refuses SET ROLE to
+	// every client. Empty: approved statements run as User.
+	ApprovedRole string `yaml:"approved_role"`
+	// PerPrincipal gives each principal its own PostgreSQL user, so that
+	// PostgreSQL's views and logs name the principal and no two
+	// principals see each other's sessions in pg_stat_activity: custos
+	// creates it on the principal's first connect (with the resource's own
+	// login, which needs CREATEROLE), a member of User (whose privileges it
+	// inherits; ApprovedRole stays reachable only by SET ROLE) with a
+	// random password only this custos process holds, and disables it
+	// (NOLOGIN, no password) when the principal's last session ends. One
+	// custos replica per resource: replicas would reset each other's
+	// passwords.
+	PerPrincipal bool `yaml:"per_principal"`
+}
+
+// LoginFor returns the login for a principal's groups: the first entry of
+// Logins naming one of them, or nil. Order in Logins is the precedence.
+func (r *Resource) LoginFor(groups []string) *UpstreamLogin {
+	for i := range r.Logins {
+		if slices.Contains(groups, r.Logins[i].Group) {
+			return &r.Logins[i]
+		}
+	}
+	return nil
 }
 
 // Secret is read from an environment variable or a file, never written in
@@ -885,6 +930,7 @@ func (c *Config) Validate() error {
 		default:
 			add(f+".tls.mode", "must be disable, require, verify-ca or verify-full, not %q", r.TLS.Mode)
 		}
+		errs = append(errs, validateLogins(f, r.Logins)...)
 	}
 	errs = append(errs, c.validateApprovals()...)
 	errs = append(errs, c.validateHTTPServices(seenRes)...)
@@ -894,6 +940,35 @@ func (c *Config) Validate() error {
 		errs = append(errs, &FieldError{Field: "extproc.grant_key", Msg: "set exactly one of env or file"})
 	}
 	return errors.Join(errs...)
+}
+
+// validateLogins checks a resource's group logins; f names the resource.
+func validateLogins(f string, logins []UpstreamLogin) []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+	}
+	seen := map[string]bool{}
+	for i, l := range logins {
+		lf := fmt.Sprintf("%s.logins[%d]", f, i)
+		switch {
+		case l.Group == "":
+			add(lf+".group", "is required")
+		case seen[l.Group]:
+			add(lf+".group", "%q is listed twice (the first entry would always win)", l.Group)
+		}
+		seen[l.Group] = true
+		if l.User == "" {
+			add(lf+".user", "is required")
+		}
+		if (l.Password.Env == "") == (l.Password.File == "") {
+			add(lf+".password", "set exactly one of env or file")
+		}
+		if l.ApprovedRole != "" && (l.ApprovedRole == l.User || strings.ContainsRune(l.ApprovedRole, 0)) {
+			add(lf+".approved_role", "%q must be a role other than the login", l.ApprovedRole)
+		}
+	}
+	return errs
 }
 
 func (c *Config) validateAudit() []error {

@@ -293,3 +293,51 @@ func TestProxyProtocolListener(t *testing.T) {
 		})
 	}
 }
+
+func TestResourceLogins(t *testing.T) {
+	t.Parallel()
+	const logins = `    logins:
+      - {group: agents, user: custos_agent_ro, password: {env: AGENT_PW}, approved_role: custos_agent_write}
+      - {group: dba, user: custos_dba, password: {file: /run/secrets/dba}}
+`
+	c, err := Parse(strings.NewReader(validYAML + logins))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &c.Resources[0]
+	for _, tc := range []struct {
+		groups []string
+		want   string
+	}{
+		{[]string{"dba", "agents"}, "custos_agent_ro"}, // list order, not the token's, decides
+		{[]string{"dba"}, "custos_dba"},
+		{[]string{"agents"}, "custos_agent_ro"},
+		{[]string{"auditors"}, ""},
+		{nil, ""},
+	} {
+		got := ""
+		if l := r.LoginFor(tc.groups); l != nil {
+			got = l.User
+		}
+		if got != tc.want {
+			t.Errorf("LoginFor(%v) = %q, want %q", tc.groups, got, tc.want)
+		}
+	}
+	if l := r.LoginFor([]string{"agents"}); l.ApprovedRole != "custos_agent_write" || l.Password.Env != "AGENT_PW" {
+		t.Errorf("agents login = %+v", l)
+	}
+
+	for _, tc := range []struct{ name, logins, want string }{
+		{"no group", "      - {user: u, password: {env: X}}\n", "resources[0].logins[0].group: is required"},
+		{"no user", "      - {group: g, password: {env: X}}\n", "resources[0].logins[0].user: is required"},
+		{"no password", "      - {group: g, user: u}\n", "resources[0].logins[0].password: set exactly one of env or file"},
+		{"two passwords", "      - {group: g, user: u, password: {env: X, file: /x}}\n", "resources[0].logins[0].password"},
+		{"group twice", "      - {group: g, user: u, password: {env: X}}\n      - {group: g, user: v, password: {env: Y}}\n", "resources[0].logins[1].group: \"g\" is listed twice"},
+		{"approved role is the login", "      - {group: g, user: u, password: {env: X}, approved_role: u}\n", "resources[0].logins[0].approved_role"},
+	} {
+		_, err := Parse(strings.NewReader(validYAML + "    logins:\n" + tc.logins))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error = %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}

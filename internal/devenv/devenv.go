@@ -24,11 +24,26 @@ import (
 // duplicateDatabase is SQLSTATE 42P04: a second run finds the database.
 const duplicateDatabase = "42P04"
 
-// Names of the demo database and the gateway's upstream role.
+// Names of the demo database and the gateway's upstream roles.
 const (
 	Database     = "payments"
 	ResourceName = "payments-db"
-	GatewayRole  = "custos_gateway"
+	// GatewayRole is custos' own login (result column origins, discovery).
+	GatewayRole = "custos_gateway"
+	// AgentRole is the agents group's login: SELECT only, a NOINHERIT
+	// member of AgentWriteRole, which custos alone takes for approved
+	// statements.
+	AgentRole      = "custos_agent_ro"
+	AgentWriteRole = "custos_agent_write"
+	// DBARole is the dba group's login: DML, and CREATE for approved DDL.
+	DBARole = "custos_dba"
+)
+
+// Groups the demo's logins serve, in the order custos tries them: agents
+// first, as the default policy treats a principal in both as an agent.
+const (
+	AgentsGroup = "agents"
+	DBAGroup    = "dba"
 )
 
 // Options configure Prepare.
@@ -71,29 +86,46 @@ func Prepare(ctx context.Context, opts Options) (*Env, error) {
 	return env, nil
 }
 
-// Seed creates (or repairs) the gateway role, the demo database and its
-// tables in a running cluster, keeping the role's password in dataDir.
+// Seed creates (or repairs) the gateway's roles, the demo database and its
+// tables in a running cluster, keeping the roles' passwords in dataDir.
 func Seed(ctx context.Context, cl *pgcluster.Cluster, dataDir string) (*Env, error) {
-	pwFile := filepath.Join(dataDir, "upstream-password")
-	password, err := os.ReadFile(pwFile)
-	fresh := errors.Is(err, fs.ErrNotExist)
-	switch {
-	case fresh:
-		var b [18]byte
-		_, _ = rand.Read(b[:])
-		password = []byte(hex.EncodeToString(b[:]))
-	case err != nil:
-		return nil, fmt.Errorf("devenv: %w", err)
+	type login struct {
+		role, file, attrs string
+		password          []byte
+		fresh             bool
 	}
-	// Role and database first (idempotent), then the password file, so a
-	// crash in between is repaired by the next run.
-	if err := cl.Exec(ctx, "postgres", fmt.Sprintf(`DO $$ BEGIN
+	logins := []*login{
+		{role: GatewayRole, file: "upstream-password", attrs: "LOGIN"},
+		{role: AgentRole, file: "upstream-password-agent", attrs: "LOGIN NOINHERIT"},
+		{role: DBARole, file: "upstream-password-dba", attrs: "LOGIN"},
+	}
+	for _, l := range logins {
+		var err error
+		l.password, l.fresh, err = readOrMakePassword(filepath.Join(dataDir, l.file))
+		if err != nil {
+			return nil, fmt.Errorf("devenv: %w", err)
+		}
+	}
+	// Roles and database first (idempotent), then the password files, so
+	// a crash in between is repaired by the next run.
+	roles := fmt.Sprintf(`DO $$ BEGIN
   IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '%[1]s') THEN
-    CREATE ROLE %[1]s LOGIN;
+    CREATE ROLE %[1]s NOLOGIN;
   END IF;
 END $$;
-ALTER ROLE %[1]s PASSWORD '%[2]s';`, GatewayRole, password)); err != nil {
-		return nil, fmt.Errorf("devenv: gateway role: %w", err)
+`, AgentWriteRole)
+	for _, l := range logins {
+		roles += fmt.Sprintf(`DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '%[1]s') THEN
+    CREATE ROLE %[1]s %[2]s;
+  END IF;
+END $$;
+ALTER ROLE %[1]s %[2]s PASSWORD '%[3]s';
+`, l.role, l.attrs, l.password)
+	}
+	roles += "GRANT " + AgentWriteRole + " TO " + AgentRole + ";\n"
+	if err := cl.Exec(ctx, "postgres", roles); err != nil {
+		return nil, fmt.Errorf("devenv: gateway roles: %w", err)
 	}
 	if err := cl.CreateDatabase(ctx, Database); err != nil {
 		var pgErr *pgconn.PgError
@@ -104,9 +136,11 @@ ALTER ROLE %[1]s PASSWORD '%[2]s';`, GatewayRole, password)); err != nil {
 	if err := cl.Exec(ctx, Database, seedSQL); err != nil {
 		return nil, fmt.Errorf("devenv: seed: %w", err)
 	}
-	if fresh {
-		if err := os.WriteFile(pwFile, password, 0o600); err != nil {
-			return nil, fmt.Errorf("devenv: %w", err)
+	for _, l := range logins {
+		if l.fresh {
+			if err := os.WriteFile(filepath.Join(dataDir, l.file), l.password, 0o600); err != nil {
+				return nil, fmt.Errorf("devenv: %w", err)
+			}
 		}
 	}
 	caFile := filepath.Join(dataDir, "postgres-ca.pem")
@@ -122,11 +156,31 @@ ALTER ROLE %[1]s PASSWORD '%[2]s';`, GatewayRole, password)); err != nil {
 			Address:  cl.Addr(),
 			Database: Database,
 			User:     GatewayRole,
-			Password: config.Secret{File: pwFile},
+			Password: config.Secret{File: filepath.Join(dataDir, logins[0].file)},
 			TLS:      config.UpstreamTLS{Mode: "verify-full", CAFile: caFile},
 			Labels:   map[string]string{"pci": "cde"},
+			Logins: []config.UpstreamLogin{
+				{Group: AgentsGroup, User: AgentRole, Password: config.Secret{File: filepath.Join(dataDir, logins[1].file)},
+					ApprovedRole: AgentWriteRole},
+				{Group: DBAGroup, User: DBARole, Password: config.Secret{File: filepath.Join(dataDir, logins[2].file)}},
+			},
 		},
 	}, nil
+}
+
+// readOrMakePassword returns the password kept in file, or a new random
+// one (fresh: to be written once the role has it).
+func readOrMakePassword(file string) (password []byte, fresh bool, err error) {
+	password, err = os.ReadFile(file)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		var b [18]byte
+		_, _ = rand.Read(b[:])
+		return []byte(hex.EncodeToString(b[:])), true, nil
+	case err != nil:
+		return nil, false, err
+	}
+	return password, false, nil
 }
 
 // seedSQL creates the demo schema and fills it once. The PANs are the
@@ -166,4 +220,18 @@ WHERE NOT EXISTS (SELECT 1 FROM customers);
 GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO ` + GatewayRole + `;
 GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO ` + GatewayRole + `;
 GRANT CREATE ON SCHEMA public TO ` + GatewayRole + `;
+-- Least privilege per group. The agents' login reads and nothing else:
+-- no DML, no DDL, no temporary tables (TEMPORARY is PUBLIC's by default),
+-- no sequences; the write role custos takes for approved statements holds
+-- DML. Default privileges extend the same to tables created later by the
+-- role that seeds (the cluster's superuser).
+GRANT SELECT ON ALL TABLES IN SCHEMA public TO ` + AgentRole + `;
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA public TO ` + AgentWriteRole + `, ` + DBARole + `;
+GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO ` + AgentWriteRole + `, ` + DBARole + `;
+GRANT CREATE ON SCHEMA public TO ` + DBARole + `;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO ` + AgentRole + `;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLES TO ` + AgentWriteRole + `, ` + DBARole + `;
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO ` + AgentWriteRole + `, ` + DBARole + `;
+REVOKE TEMPORARY ON DATABASE ` + Database + ` FROM PUBLIC;
+GRANT TEMPORARY ON DATABASE ` + Database + ` TO ` + GatewayRole + `, ` + DBARole + `, ` + AgentWriteRole + `;
 `

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -90,7 +91,21 @@ func Upstream(t testing.TB) (*pgcluster.Cluster, config.Resource) {
 	if shared.err != nil {
 		t.Fatalf("pgfiltertest: upstream: %v", shared.err)
 	}
-	return shared.cl, shared.env.Resource
+	// Every session logs in as the gateway unless a test asks for the
+	// group logins (Options.GroupLogins): most tests are about custos'
+	// own controls, judged with a database that refuses nothing.
+	res := shared.env.Resource
+	res.Logins = nil
+	return shared.cl, res
+}
+
+// GroupLogins are the demo database's group logins (devenv): agents as
+// devenv.AgentRole (SELECT only, devenv.AgentWriteRole for approved
+// statements), dba as devenv.DBARole.
+func GroupLogins(t testing.TB) []config.UpstreamLogin {
+	t.Helper()
+	Upstream(t)
+	return slices.Clone(shared.env.Resource.Logins)
 }
 
 // Options shape one proxy.
@@ -120,6 +135,11 @@ type Options struct {
 	// many result rows each record keeps.
 	Statements pgfilter.StatementRecorder
 	ResultRows int
+	// GroupLogins logs sessions in as their group's login (see
+	// GroupLogins) instead of the gateway's; Logins, when set, are the
+	// group logins instead of those.
+	GroupLogins bool
+	Logins      []config.UpstreamLogin
 }
 
 // Env is a running proxy in front of the shared cluster.
@@ -143,6 +163,12 @@ type Env struct {
 func Start(t testing.TB, opts Options) *Env {
 	t.Helper()
 	cl, res := Upstream(t)
+	switch {
+	case opts.Logins != nil:
+		res.Logins = opts.Logins
+	case opts.GroupLogins:
+		res.Logins = GroupLogins(t)
+	}
 	dir := t.TempDir()
 	iss, err := devissuer.Open(dir)
 	if err != nil {
