@@ -139,5 +139,5 @@ func startupRefusal(dec *policy.Decision) error {
 
 func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
-// quoteLiteral quotes s as a standard-conforming string literal (custos
-// refuses changing standard_conforming_strings, so a backslash is literal).
+// quoteLiteral (provision.go) quotes the values: an E'' literal, read the
+// same whatever standard_conforming_strings says.
