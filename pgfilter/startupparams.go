@@ -138,6 +138,3 @@ func startupRefusal(dec *policy.Decision) error {
 }
 
 func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
-
-// quoteLiteral (provision.go) quotes the values: an E'' literal, read the
-// same whatever standard_conforming_strings says.
