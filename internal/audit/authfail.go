@@ -76,10 +76,11 @@ type AuthFailureOptions struct {
 
 // AuthFailures records failed authentications without letting a flood of
 // them cost one fsynced record each. The first failure of a key (source
-// address, reason, token fingerprint and resource) is recorded at once,
+// address, reason, token fingerprint, resource and the user the client
+// claimed, for Postgres) is recorded at once,
 // and its caller waits for it as before; repeats of the key within Idle
 // are counted instead, and every Window the counts are written as
-// aggregate records, one per reason, token and resource, each carrying
+// aggregate records, one per reason, token, resource and user, each carrying
 // every source address with its count and the first and last attempt's
 // times. So each failed attempt is in the evidence, with where it came
 // from, and a burst costs a few records per window.
@@ -101,7 +102,7 @@ type AuthFailures struct {
 }
 
 type failureKey struct {
-	addr, reason, token, resource string
+	addr, reason, token, resource, user string
 }
 
 type failureState struct {
@@ -175,7 +176,7 @@ func (a *AuthFailures) Record(ctx context.Context, ev Event, token string) error
 	if ev.Time.IsZero() {
 		ev.Time = now
 	}
-	k := failureKey{addr: ev.ClientAddress, reason: ev.ErrorType, token: token, resource: ev.Resource}
+	k := failureKey{addr: ev.ClientAddress, reason: ev.ErrorType, token: token, resource: ev.Resource, user: ev.UserID}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -289,7 +290,8 @@ func (a *AuthFailures) forgetQuiet(now time.Time, quiet time.Duration) {
 }
 
 // aggregates turns the pending repeats of sts (keyed by ks) into one
-// record per reason, token and resource, and resets them. a.mu is held.
+// record per reason, token, resource and user, and resets them. a.mu is
+// held.
 func (a *AuthFailures) aggregates(sts []*failureState, ks []failureKey) []Event {
 	type group struct {
 		template    Event
@@ -305,7 +307,7 @@ func (a *AuthFailures) aggregates(sts []*failureState, ks []failureKey) []Event 
 			continue
 		}
 		k := ks[i]
-		gk := failureKey{reason: k.reason, token: k.token, resource: k.resource}
+		gk := failureKey{reason: k.reason, token: k.token, resource: k.resource, user: k.user}
 		g, ok := groups[gk]
 		if !ok {
 			g = &group{template: st.template, token: k.token, first: st.first, last: st.last, sources: map[string]int64{}}
@@ -323,7 +325,8 @@ func (a *AuthFailures) aggregates(sts []*failureState, ks []failureKey) []Event 
 		st.count, st.template = 0, Event{}
 	}
 	slices.SortFunc(order, func(x, y failureKey) int {
-		return cmp.Or(groups[x].first.Compare(groups[y].first), cmp.Compare(x.token, y.token), cmp.Compare(x.resource, y.resource))
+		return cmp.Or(groups[x].first.Compare(groups[y].first), cmp.Compare(x.token, y.token),
+			cmp.Compare(x.resource, y.resource), cmp.Compare(x.user, y.user))
 	})
 	out := make([]Event, 0, len(order))
 	for _, gk := range order {

@@ -156,15 +156,15 @@
 // A refused token (custos.auth.failed, from ext_authz and from the
 // Postgres startup) is recorded through [AuthFailures], so that a flood
 // of bad tokens cannot cost an fsynced record each. The first failure of
-// a key, (client.address, error.type, token fingerprint, custos.resource),
-// is a record of its own, durable before the client is refused, as every
+// a key, (client.address, error.type, token fingerprint, custos.resource,
+// user.id: the user a Postgres client claimed), is a record of its own, durable before the client is refused, as every
 // other record; it carries custos.auth.token_fingerprint
 // ([AttrTokenFingerprint]: HMAC-SHA256 of the raw token under a key made
 // at process start, 128 bits in hex, never the token; absent when there
 // was no token). Repeats of that key are counted, and once a second
 // (AuthFailureOptions.Window, or after 1000 attempts of one source)
-// written as aggregate records, one per error.type, fingerprint and
-// resource:
+// written as aggregate records, one per error.type, fingerprint,
+// resource and user.id:
 //
 //	custos.auth.failures.count       int: attempts the record stands for (none recorded on its own)
 //	custos.auth.failures.first_time  string: RFC 3339 UTC time of the first of them
