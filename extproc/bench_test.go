@@ -63,19 +63,25 @@ func BenchmarkCheck(b *testing.B) {
 }
 
 // BenchmarkCheckAudited compares a Check with a good token against one
-// with a bad token, both recorded in a real audit journal (fsynced; a
-// refused token's record is what the client waits for): the same bad
+// with a bad token, recorded in a real audit journal (fsynced) as custos
+// serve does, refused tokens through the failure aggregator: the same bad
 // token again and again (a client retrying, or a flood replaying one
-// token), a new bad signature each time, a malformed token, and a bad
-// signature without a journal (what the journal costs). jwks/op is how
-// many times the issuer's JWKS was fetched per Check.
+// token), a new bad signature each time, a malformed token; then without
+// the aggregator (one fsynced record per refusal, which the client waits
+// for) and without a journal. jwks/op is how many times the issuer's
+// JWKS was fetched per Check.
 func BenchmarkCheckAudited(b *testing.B) {
 	j, err := audit.Open(audit.Options{DataDir: b.TempDir(), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { _ = j.Close(context.Background()) })
-	audited := newEnv(b, envOptions{audit: j})
+	agg := audit.NewAuthFailures(j, audit.AuthFailureOptions{})
+	b.Cleanup(func() {
+		_ = agg.Close(context.Background())
+		_ = j.Close(context.Background())
+	})
+	audited := newEnv(b, envOptions{audit: j, authFailures: agg})
+	each := newEnv(b, envOptions{audit: j})
 	plain := newEnv(b, envOptions{})
 	ctx := context.Background()
 	check := func(b *testing.B, e *env, tok string, want codes.Code) {
@@ -88,6 +94,8 @@ func BenchmarkCheckAudited(b *testing.B) {
 	check(b, audited, good, codes.OK) // discovery, JWKS
 	plainGood := plain.token(b, "alice", "agents")
 	check(b, plain, plainGood, codes.OK)
+	eachGood := each.token(b, "alice", "agents")
+	check(b, each, eachGood, codes.OK)
 	bad := tampered(b, good)
 	for _, tc := range []struct {
 		name  string
@@ -99,6 +107,9 @@ func BenchmarkCheckAudited(b *testing.B) {
 		{"bad_signature_same", audited, func(int) string { return bad }, codes.Unauthenticated},
 		{"bad_signature_distinct", audited, func(i int) string { return tamperedAs(b, good, "root"+strconv.Itoa(i)) }, codes.Unauthenticated},
 		{"malformed_same", audited, func(int) string { return "not-a-jwt" }, codes.Unauthenticated},
+		{"bad_signature_same_record_each", each, func(int) string { return tampered(b, eachGood) }, codes.Unauthenticated},
+		{"bad_signature_distinct_record_each", each, func(i int) string { return tamperedAs(b, eachGood, "root"+strconv.Itoa(i)) }, codes.Unauthenticated},
+		{"malformed_same_record_each", each, func(int) string { return "not-a-jwt" }, codes.Unauthenticated},
 		{"malformed_same_no_audit", plain, func(int) string { return "not-a-jwt" }, codes.Unauthenticated},
 		{"bad_signature_same_no_audit", plain, func(int) string { return tampered(b, plainGood) }, codes.Unauthenticated},
 	} {

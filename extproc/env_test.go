@@ -65,6 +65,8 @@ type envOptions struct {
 	noApprovals bool
 	// audit records events (nil: no audit).
 	audit extproc.Recorder
+	// authFailures records refused tokens (nil: through audit).
+	authFailures extproc.AuthFailureRecorder
 	// tracer records spans (nil: none).
 	tracer trace.Tracer
 	// now is custos' clock for grant seals (nil: time.Now).
@@ -143,6 +145,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		Logger:            slog.New(slog.DiscardHandler),
 		Registerer:        e.reg,
 		Audit:             opts.audit,
+		AuthFailures:      opts.authFailures,
 		Tracer:            opts.tracer,
 	}
 	if e.approvals != nil {

@@ -53,21 +53,27 @@ func TestAuthFailureFloodEvidence(t *testing.T) {
 	type attempt struct {
 		src, authorization, reason string
 		n                          int
+		distinct                   bool // a new garbage token each time
 	}
 	flood := []attempt{
-		{"10.1.0.1", "Bearer " + forged, "signature", 60},
-		{"10.1.0.2", "Bearer " + forged, "signature", 35},
-		{"10.1.0.2", "Bearer not-a-token", "malformed", 20},
-		{"10.1.0.3", "Bearer not-a-token", "malformed", 15},
-		{"10.1.0.4", "", "missing_token", 9},
+		{"10.1.0.1", "Bearer " + forged, "signature", 60, false},
+		{"10.1.0.2", "Bearer " + forged, "signature", 35, false},
+		{"10.1.0.2", "Bearer not-a-token", "malformed", 20, false},
+		{"10.1.0.3", "Bearer not-a-token", "malformed", 15, false},
+		{"10.1.0.4", "", "missing_token", 9, false},
+		{"10.1.0.5", "Bearer garbage-", "malformed", 40, true},
 	}
 	want := map[string]int64{} // source reason -> attempts
 	var wg sync.WaitGroup
 	for _, a := range flood {
 		want[a.src+" "+a.reason] += int64(a.n)
 		wg.Go(func() {
-			for range a.n {
-				if c := check(a.src, a.authorization); c != codes.Unauthenticated {
+			for i := range a.n {
+				authorization := a.authorization
+				if a.distinct {
+					authorization += strconv.Itoa(i)
+				}
+				if c := check(a.src, authorization); c != codes.Unauthenticated {
 					t.Errorf("%s %s: %v, want Unauthenticated", a.src, a.reason, c)
 				}
 			}
@@ -142,7 +148,12 @@ func TestAuthFailureFloodEvidence(t *testing.T) {
 		if got[k] != n {
 			t.Errorf("%s: %d attempts in the evidence, %d made", k, got[k], n)
 		}
-		if firsts[k] != 1 {
+		if k == "10.1.0.5 malformed" {
+			// One per token up to ten a second, the rest aggregated.
+			if firsts[k] < 1 || firsts[k] > 20 {
+				t.Errorf("%s: %d first-failure records for 40 distinct tokens", k, firsts[k])
+			}
+		} else if firsts[k] != 1 {
 			t.Errorf("%s: %d first-failure records, want 1", k, firsts[k])
 		}
 	}

@@ -25,6 +25,10 @@ const (
 	// of the first and last of those attempts.
 	AttrFailureFirst = "custos.auth.failures.first_time"
 	AttrFailureLast  = "custos.auth.failures.last_time"
+	// AttrFailureTokens is how many distinct tokens those attempts
+	// presented (0 for none); when one, its fingerprint is the record's
+	// AttrTokenFingerprint.
+	AttrFailureTokens = "custos.auth.failures.tokens"
 	// AttrFailureSources lists each source address of those attempts with
 	// its count, "<address>=<count>", sorted by address; the counts add up
 	// to AttrFailureCount.
@@ -37,6 +41,9 @@ const (
 	DefaultAuthFailureMaxCount = 1000
 	DefaultAuthFailureKeys     = 10_000
 	DefaultAuthFailureIdle     = time.Minute
+	// DefaultAuthFailureFirsts is how many first failures of one source
+	// and reason are recorded at once per window.
+	DefaultAuthFailureFirsts = 10
 )
 
 // Appender appends an event and returns once it is durable; *Journal is
@@ -59,6 +66,12 @@ type AuthFailureOptions struct {
 	// at once, but its repeats are not aggregated: each is recorded as a
 	// first failure.
 	MaxKeys int
+	// MaxFirsts bounds the first failures of one source and reason that
+	// are recorded at once, per Window (default DefaultAuthFailureFirsts):
+	// past it, a new token's failures are aggregated from the first, so a
+	// flood of distinct garbage tokens costs no more than one of a single
+	// token.
+	MaxFirsts int
 	// Idle is how long a failure with no repeat is remembered (default
 	// DefaultAuthFailureIdle); after that its next repeat is recorded at
 	// once again, as a first failure.
@@ -77,13 +90,14 @@ type AuthFailureOptions struct {
 // AuthFailures records failed authentications without letting a flood of
 // them cost one fsynced record each. The first failure of a key (source
 // address, reason, token fingerprint, resource and the user the client
-// claimed, for Postgres) is recorded at once,
-// and its caller waits for it as before; repeats of the key within Idle
-// are counted instead, and every Window the counts are written as
-// aggregate records, one per reason, token, resource and user, each carrying
-// every source address with its count and the first and last attempt's
-// times. So each failed attempt is in the evidence, with where it came
-// from, and a burst costs a few records per window.
+// claimed, for Postgres) is recorded at once, and its caller waits for it
+// as before, up to MaxFirsts keys of one source and reason per Window;
+// repeats of a key within Idle, and the failures past MaxFirsts, are
+// counted instead, and every Window the counts are written as aggregate
+// records, one per reason, resource and user, each carrying every source
+// address with its count, the distinct tokens, and the first and last
+// attempt's times. So each failed attempt is in the evidence, with where
+// it came from, and a burst costs a few records per window.
 //
 // Close writes what is pending: a clean stop loses nothing, a crash at
 // most the last Window of repeats (their first failures are durable).
@@ -95,6 +109,7 @@ type AuthFailures struct {
 
 	mu     sync.Mutex
 	keys   map[failureKey]*failureState
+	firsts map[sourceReason]*firstsWindow
 	closed bool
 
 	stop chan struct{}
@@ -103,6 +118,14 @@ type AuthFailures struct {
 
 type failureKey struct {
 	addr, reason, token, resource, user string
+}
+
+// sourceReason counts the first failures recorded at once.
+type sourceReason struct{ addr, reason string }
+
+type firstsWindow struct {
+	start time.Time
+	n     int
 }
 
 type failureState struct {
@@ -126,6 +149,9 @@ func NewAuthFailures(rec Appender, opts AuthFailureOptions) *AuthFailures {
 	if opts.MaxKeys <= 0 {
 		opts.MaxKeys = DefaultAuthFailureKeys
 	}
+	if opts.MaxFirsts <= 0 {
+		opts.MaxFirsts = DefaultAuthFailureFirsts
+	}
 	if opts.Idle <= 0 {
 		opts.Idle = DefaultAuthFailureIdle
 	}
@@ -137,7 +163,8 @@ func NewAuthFailures(rec Appender, opts AuthFailureOptions) *AuthFailures {
 		log = slog.New(slog.DiscardHandler)
 	}
 	a := &AuthFailures{rec: rec, opts: opts, log: log, keys: make(map[failureKey]*failureState),
-		stop: make(chan struct{}), done: make(chan struct{})}
+		firsts: make(map[sourceReason]*firstsWindow),
+		stop:   make(chan struct{}), done: make(chan struct{})}
 	tick := opts.tick
 	if tick == 0 {
 		tick = opts.Window
@@ -184,12 +211,7 @@ func (a *AuthFailures) Record(ctx context.Context, ev Event, token string) error
 	}
 	if st, ok := a.keys[k]; ok && now.Sub(st.seen) < a.opts.Idle {
 		due := a.takeDue(now, false) // the repeat starts a new window if this one has closed
-		st.seen = now
-		if st.count == 0 {
-			st.first, st.template = ev.Time, ev
-		}
-		st.count++
-		st.last = ev.Time
+		a.count(st, ev, now)
 		if st.count >= int64(a.opts.MaxCount) {
 			due = append(due, a.takeDue(now, false)...)
 		}
@@ -197,7 +219,8 @@ func (a *AuthFailures) Record(ctx context.Context, ev Event, token string) error
 		return a.appendAll(ctx, due)
 	}
 	// A first failure (or the first after a quiet Idle): remembered, if
-	// there is room, and recorded at once.
+	// there is room, and recorded at once unless its source has had its
+	// MaxFirsts in this window.
 	var due []Event
 	if st, ok := a.keys[k]; ok {
 		due = a.aggregates([]*failureState{st}, []failureKey{k})
@@ -207,7 +230,22 @@ func (a *AuthFailures) Record(ctx context.Context, ev Event, token string) error
 		due = append(due, a.takeDue(now, false)...)
 		a.forgetQuiet(now, a.opts.Window)
 	}
-	if len(a.keys) < a.opts.MaxKeys {
+	sk := sourceReason{k.addr, k.reason}
+	fw := a.firsts[sk]
+	if fw == nil || now.Sub(fw.start) >= a.opts.Window {
+		fw = &firstsWindow{start: now}
+		a.firsts[sk] = fw
+	}
+	room := len(a.keys) < a.opts.MaxKeys
+	if room && fw.n >= a.opts.MaxFirsts {
+		st := &failureState{}
+		a.keys[k] = st
+		a.count(st, ev, now)
+		a.mu.Unlock()
+		return a.appendAll(ctx, due)
+	}
+	fw.n++
+	if room {
 		a.keys[k] = &failureState{seen: now}
 	}
 	a.mu.Unlock()
@@ -221,6 +259,16 @@ func (a *AuthFailures) Record(ctx context.Context, ev Event, token string) error
 		a.mu.Unlock()
 	}
 	return errors.Join(err, a.appendAll(ctx, due))
+}
+
+// count adds ev to st's pending repeats. a.mu is held.
+func (a *AuthFailures) count(st *failureState, ev Event, now time.Time) {
+	st.seen = now
+	if st.count == 0 {
+		st.first, st.template = ev.Time, ev
+	}
+	st.count++
+	st.last = ev.Time
 }
 
 func (a *AuthFailures) appendFirst(ctx context.Context, ev Event, token string) error {
@@ -287,15 +335,19 @@ func (a *AuthFailures) forgetQuiet(now time.Time, quiet time.Duration) {
 			delete(a.keys, k)
 		}
 	}
+	for k, fw := range a.firsts {
+		if now.Sub(fw.start) >= a.opts.Window {
+			delete(a.firsts, k)
+		}
+	}
 }
 
 // aggregates turns the pending repeats of sts (keyed by ks) into one
-// record per reason, token, resource and user, and resets them. a.mu is
-// held.
+// record per reason, resource and user, and resets them. a.mu is held.
 func (a *AuthFailures) aggregates(sts []*failureState, ks []failureKey) []Event {
 	type group struct {
 		template    Event
-		token       string
+		tokens      map[string]bool
 		count       int64
 		first, last time.Time
 		sources     map[string]int64
@@ -307,10 +359,10 @@ func (a *AuthFailures) aggregates(sts []*failureState, ks []failureKey) []Event 
 			continue
 		}
 		k := ks[i]
-		gk := failureKey{reason: k.reason, token: k.token, resource: k.resource, user: k.user}
+		gk := failureKey{reason: k.reason, resource: k.resource, user: k.user}
 		g, ok := groups[gk]
 		if !ok {
-			g = &group{template: st.template, token: k.token, first: st.first, last: st.last, sources: map[string]int64{}}
+			g = &group{template: st.template, tokens: map[string]bool{}, first: st.first, last: st.last, sources: map[string]int64{}}
 			groups[gk] = g
 			order = append(order, gk)
 		}
@@ -322,10 +374,13 @@ func (a *AuthFailures) aggregates(sts []*failureState, ks []failureKey) []Event 
 		}
 		g.count += st.count
 		g.sources[k.addr] += st.count
+		if k.token != "" {
+			g.tokens[k.token] = true
+		}
 		st.count, st.template = 0, Event{}
 	}
 	slices.SortFunc(order, func(x, y failureKey) int {
-		return cmp.Or(groups[x].first.Compare(groups[y].first), cmp.Compare(x.token, y.token),
+		return cmp.Or(groups[x].first.Compare(groups[y].first), cmp.Compare(x.reason, y.reason),
 			cmp.Compare(x.resource, y.resource), cmp.Compare(x.user, y.user))
 	})
 	out := make([]Event, 0, len(order))
@@ -352,8 +407,11 @@ func (a *AuthFailures) aggregates(sts []*failureState, ks []failureKey) []Event 
 			String(AttrFailureFirst, g.first.UTC().Format(time.RFC3339Nano)),
 			String(AttrFailureLast, g.last.UTC().Format(time.RFC3339Nano)),
 			Strings(AttrFailureSources, sources))
-		if g.token != "" {
-			ev.Attrs = append(ev.Attrs, String(AttrTokenFingerprint, g.token))
+		ev.Attrs = append(ev.Attrs, Int(AttrFailureTokens, int64(len(g.tokens))))
+		if len(g.tokens) == 1 {
+			for tok := range g.tokens {
+				ev.Attrs = append(ev.Attrs, String(AttrTokenFingerprint, tok))
+			}
 		}
 		out = append(out, ev)
 	}
@@ -363,15 +421,22 @@ func (a *AuthFailures) aggregates(sts []*failureState, ks []failureKey) []Event 
 // appendAll appends aggregate records; one that cannot be written is
 // logged (its attempts are then missing from the evidence) and the
 // errors returned.
+//
+// They are appended concurrently, so that the journal commits them with
+// one fsync.
 func (a *AuthFailures) appendAll(ctx context.Context, evs []Event) error {
-	var errs []error
-	for _, ev := range evs {
-		if _, err := a.rec.Append(ctx, ev); err != nil {
-			a.log.Error("audit event not recorded", "event", ev.Name, "error_type", ev.ErrorType,
-				"attempts", attrInt(ev, AttrFailureCount), "error", err.Error())
-			errs = append(errs, err)
-		}
+	errs := make([]error, len(evs))
+	var wg sync.WaitGroup
+	for i, ev := range evs {
+		wg.Go(func() {
+			if _, err := a.rec.Append(ctx, ev); err != nil {
+				a.log.Error("audit event not recorded", "event", ev.Name, "error_type", ev.ErrorType,
+					"attempts", attrInt(ev, AttrFailureCount), "error", err.Error())
+				errs[i] = err
+			}
+		})
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 

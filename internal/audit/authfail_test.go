@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -140,16 +141,22 @@ func TestAuthFailuresCountsAndSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	recs := failureRecords(t, dir)
-	if len(recs) != 6 {
-		t.Fatalf("%d records, want 4 first failures and one aggregate per token", len(recs))
+	if len(recs) != 5 {
+		t.Fatalf("%d records, want 4 first failures and one aggregate of both tokens' repeats", len(recs))
 	}
 	if got := attempts(t, recs); !mapsEqual(got, sent) {
 		t.Errorf("attempts per source in the evidence %v, sent %v", got, sent)
 	}
 	agg := recs[4]
 	srcs, _ := agg.Attr(AttrFailureSources)
-	if want := []string{"10.0.0.1=9", "10.0.0.2=9", "10.0.0.3=9"}; !slices.Equal(srcs.Strings(), want) {
-		t.Errorf("aggregate of tok-a: sources %v, want %v", srcs.Strings(), want)
+	if want := []string{"10.0.0.1=11", "10.0.0.2=9", "10.0.0.3=9"}; !slices.Equal(srcs.Strings(), want) {
+		t.Errorf("aggregate: sources %v, want %v", srcs.Strings(), want)
+	}
+	if n, _ := agg.Attr(AttrFailureTokens); n.Int() != 2 {
+		t.Errorf("aggregate: %d tokens, want 2", n.Int())
+	}
+	if _, ok := agg.Attr(AttrTokenFingerprint); ok {
+		t.Errorf("aggregate of two tokens names one")
 	}
 	first, _ := agg.Attr(AttrFailureFirst)
 	last, _ := agg.Attr(AttrFailureLast)
@@ -311,5 +318,46 @@ func TestAuthFailuresBackground(t *testing.T) {
 	}
 	if got := attempts(t, failureRecords(t, dir)); got["10.0.0.1"] != 3 {
 		t.Fatalf("attempts %v", got)
+	}
+}
+
+// TestAuthFailuresDistinctTokens: a source sending a new garbage token
+// each time gets MaxFirsts records of its own per window, the rest
+// aggregated.
+func TestAuthFailuresDistinctTokens(t *testing.T) {
+	t.Parallel()
+	a, c, dir := newAuthFailuresTest(t, AuthFailureOptions{Window: time.Second, MaxFirsts: 10})
+	ctx := t.Context()
+	for i := range 50 {
+		if err := a.Record(ctx, refusedEvent("10.0.0.7"), "tok-"+strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Record(ctx, refusedEvent("10.0.0.8"), "tok-"+strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(failureRecords(t, dir)); n != 20 {
+		t.Fatalf("%d records at once, want MaxFirsts per source", n)
+	}
+	c.Advance(time.Second)
+	if err := a.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	recs := failureRecords(t, dir)
+	if len(recs) != 21 {
+		t.Fatalf("%d records, want 20 first failures and one aggregate", len(recs))
+	}
+	if got := attempts(t, recs); got["10.0.0.7"] != 50 || got["10.0.0.8"] != 50 {
+		t.Errorf("attempts %v, want 50 per source", got)
+	}
+	if n, _ := recs[20].Attr(AttrFailureTokens); n.Int() != 40 {
+		t.Errorf("aggregate: %d tokens, want 40", n.Int())
+	}
+	// The next window records firsts again.
+	if err := a.Record(ctx, refusedEvent("10.0.0.7"), "tok-new"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(failureRecords(t, dir)); n != 22 {
+		t.Fatalf("a new token in a new window: %d records", n)
 	}
 }

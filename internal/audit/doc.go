@@ -157,22 +157,25 @@
 // Postgres startup) is recorded through [AuthFailures], so that a flood
 // of bad tokens cannot cost an fsynced record each. The first failure of
 // a key, (client.address, error.type, token fingerprint, custos.resource,
-// user.id: the user a Postgres client claimed), is a record of its own, durable before the client is refused, as every
-// other record; it carries custos.auth.token_fingerprint
-// ([AttrTokenFingerprint]: HMAC-SHA256 of the raw token under a key made
-// at process start, 128 bits in hex, never the token; absent when there
-// was no token). Repeats of that key are counted, and once a second
-// (AuthFailureOptions.Window, or after 1000 attempts of one source)
-// written as aggregate records, one per error.type, fingerprint,
-// resource and user.id:
+// user.id: the user a Postgres client claimed), is a record of its own,
+// durable before the client is refused, as every other record; it
+// carries custos.auth.token_fingerprint ([AttrTokenFingerprint]:
+// HMAC-SHA256 of the raw token under a key made at process start, 128
+// bits in hex, never the token; absent when there was no token). At most
+// ten keys of one source and error.type get such a record per second;
+// past that (a source sending a new garbage token each time), and for
+// repeats of a key, attempts are counted, and once a second
+// (AuthFailureOptions.Window, or after 1000 attempts of one key) written
+// as aggregate records, one per error.type, resource and user.id:
 //
 //	custos.auth.failures.count       int: attempts the record stands for (none recorded on its own)
 //	custos.auth.failures.first_time  string: RFC 3339 UTC time of the first of them
 //	custos.auth.failures.last_time   string: ... and of the last
 //	custos.auth.failures.sources     []string: "<address>=<count>" per source, sorted; the counts add up to count
-//	custos.auth.token_fingerprint    as above
+//	custos.auth.failures.tokens      int: distinct tokens presented (0: none)
+//	custos.auth.token_fingerprint    as above, when they presented exactly one
 //
-// with the other fields of the first repeat (outcome, error.type,
+// with the other fields of the first of them (outcome, error.type,
 // custos.error, resource, status code, Postgres user and database) and
 // client.address set to the first source; what differs per attempt
 // (request id, port, path, trace) is left out. Every attempt is in the
@@ -180,6 +183,6 @@
 // counts one, an aggregate its sources' counts. A key with no repeat
 // for a minute is forgotten: its next failure is a first one again.
 // Pending aggregates are written at Close, so a clean stop loses
-// nothing; a crash loses at most the last window's repeats, never a
-// key's first failure.
+// nothing; a crash loses at most the last window's counted attempts,
+// never a first failure's record.
 package audit
