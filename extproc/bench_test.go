@@ -97,6 +97,7 @@ func BenchmarkCheckAudited(b *testing.B) {
 	eachGood := each.token(b, "alice", "agents")
 	check(b, each, eachGood, codes.OK)
 	bad := tampered(b, good)
+	var distinct atomic.Int64 // never the same token twice, whatever runs the loop again
 	for _, tc := range []struct {
 		name  string
 		e     *env
@@ -105,10 +106,10 @@ func BenchmarkCheckAudited(b *testing.B) {
 	}{
 		{"good", audited, func(int) string { return good }, codes.OK},
 		{"bad_signature_same", audited, func(int) string { return bad }, codes.Unauthenticated},
-		{"bad_signature_distinct", audited, func(i int) string { return tamperedAs(b, good, "root"+strconv.Itoa(i)) }, codes.Unauthenticated},
+		{"bad_signature_distinct", audited, func(int) string { return tamperedAs(b, good, "root"+strconv.FormatInt(distinct.Add(1), 10)) }, codes.Unauthenticated},
 		{"malformed_same", audited, func(int) string { return "not-a-jwt" }, codes.Unauthenticated},
 		{"bad_signature_same_record_each", each, func(int) string { return tampered(b, eachGood) }, codes.Unauthenticated},
-		{"bad_signature_distinct_record_each", each, func(i int) string { return tamperedAs(b, eachGood, "root"+strconv.Itoa(i)) }, codes.Unauthenticated},
+		{"bad_signature_distinct_record_each", each, func(int) string { return tamperedAs(b, eachGood, "root"+strconv.FormatInt(distinct.Add(1), 10)) }, codes.Unauthenticated},
 		{"malformed_same_record_each", each, func(int) string { return "not-a-jwt" }, codes.Unauthenticated},
 		{"malformed_same_no_audit", plain, func(int) string { return "not-a-jwt" }, codes.Unauthenticated},
 		{"bad_signature_same_no_audit", plain, func(int) string { return tampered(b, plainGood) }, codes.Unauthenticated},
