@@ -2,6 +2,7 @@ package authn_test
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -214,5 +215,43 @@ func TestFailureMemoryNeverRefusesAGoodToken(t *testing.T) {
 	c.Advance(time.Minute)
 	if _, err := v.Verify(t.Context(), early); err != nil {
 		t.Fatalf("token refused as not yet valid, once valid: %v", err)
+	}
+}
+
+// TestForgedSignatureFetchesNoJWKS: tokens signed by someone else under
+// the issuer's published key id (a new one each time: the memory does
+// not help) are refused without fetching the JWKS again; a token naming
+// an unpublished key id still makes custos fetch it.
+func TestForgedSignatureFetchesNoJWKS(t *testing.T) {
+	t.Parallel()
+	c := newClock()
+	now := c.Now()
+	k := newKey(t, jose.ES256, "ec-1")
+	ti := newTestIssuer(t, k)
+	v := newVerifier(t, c, []authn.Issuer{{URL: ti.url, Audiences: []string{"custos"}}}, authn.WithFailureMemory(0, 0))
+	good := sign(t, k, ti.claims(now))
+	if _, err := v.Verify(t.Context(), good); err != nil {
+		t.Fatal(err)
+	}
+	forger := newKey(t, jose.ES256, "ec-1")
+	hits := ti.jwksHits.Load()
+	for i := range 5 {
+		_, err := v.Verify(t.Context(), sign(t, forger, ti.claims(now, set("sub", "root"+strconv.Itoa(i)))))
+		if !errors.Is(err, authn.ErrSignature) {
+			t.Fatalf("forged token: %v", err)
+		}
+	}
+	if got := ti.jwksHits.Load(); got != hits {
+		t.Errorf("forged tokens under a published key id fetched the JWKS %d times", got-hits)
+	}
+	if _, err := v.Verify(t.Context(), good); err != nil {
+		t.Fatalf("good token after the forgeries: %v", err)
+	}
+	unknown := newKey(t, jose.ES256, "ec-2")
+	if _, err := v.Verify(t.Context(), sign(t, unknown, ti.claims(now))); !errors.Is(err, authn.ErrSignature) {
+		t.Fatalf("token of an unpublished key: %v", err)
+	}
+	if got := ti.jwksHits.Load(); got != hits+1 {
+		t.Errorf("a token of an unknown key id fetched the JWKS %d times, want once", got-hits)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -376,7 +377,8 @@ func (v *Verifier) newIDTokenVerifier(ctx context.Context, is *issuer) (*oidc.ID
 	return idv, meta.JWKSURL, nil
 }
 
-// keySet wraps go-oidc's remote key set for one issuer. It adds two things:
+// keySet wraps go-oidc's remote key set for one issuer. It adds three
+// things:
 //
 //   - it records, for the Verify call in progress, whether the signature check
 //     ran and why it failed (go-oidc flattens the key set's error into a
@@ -386,16 +388,18 @@ func (v *Verifier) newIDTokenVerifier(ctx context.Context, is *issuer) (*oidc.ID
 //     retired or revoked would keep verifying for as long as the process
 //     runs. After keyRefresh the next token is verified against a freshly
 //     fetched set; if the JWKS cannot be fetched then, the cached keys stay
-//     in use and the refresh is retried after retry.
+//     in use and the refresh is retried after retry;
+//   - a bad signature by a published key costs no JWKS fetch (remoteKeys).
 type keySet struct {
 	jwksURL    string
 	ctx        context.Context // for RemoteKeySet's background fetches
+	client     *http.Client
 	now        func() time.Time
 	keyRefresh time.Duration
 	retry      time.Duration
 
 	mu        sync.Mutex
-	cur       *oidc.RemoteKeySet
+	cur       *remoteKeys
 	createdAt time.Time // of cur
 	triedAt   time.Time // last refresh attempt
 	// verifiedKids are the key ids that verified a token of cur: keys the
@@ -438,10 +442,11 @@ func newKeySet(ctx context.Context, jwksURL string, o options) *keySet {
 	return &keySet{
 		jwksURL:    jwksURL,
 		ctx:        ctx,
+		client:     o.client,
 		now:        o.now,
 		keyRefresh: o.keyRefresh,
 		retry:      o.discoveryRetry,
-		cur:        oidc.NewRemoteKeySet(ctx, jwksURL),
+		cur:        newRemoteKeys(ctx, o.client, jwksURL),
 		createdAt:  o.now(),
 	}
 }
@@ -465,20 +470,20 @@ func (k *keySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error
 func (k *keySet) verify(ctx context.Context, jwt string) ([]byte, error) {
 	cur, refresh := k.current()
 	if refresh {
-		fresh := oidc.NewRemoteKeySet(k.ctx, k.jwksURL)
-		payload, err := fresh.VerifySignature(ctx, jwt)
+		fresh := newRemoteKeys(k.ctx, k.client, k.jwksURL)
+		payload, err := fresh.verify(ctx, jwt)
 		if err == nil || !keyFetchFailed(err) {
 			k.replace(fresh)
 			return payload, err
 		}
 		// The JWKS is unreachable: fall back to the cached keys.
 	}
-	return cur.VerifySignature(ctx, jwt)
+	return cur.verify(ctx, jwt)
 }
 
 // current returns the key set in use and whether this caller should try to
 // replace it with a fresh one (at most one caller per retry interval).
-func (k *keySet) current() (*oidc.RemoteKeySet, bool) {
+func (k *keySet) current() (*remoteKeys, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	now := k.now()
@@ -489,7 +494,7 @@ func (k *keySet) current() (*oidc.RemoteKeySet, bool) {
 	return k.cur, true
 }
 
-func (k *keySet) replace(fresh *oidc.RemoteKeySet) {
+func (k *keySet) replace(fresh *remoteKeys) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.cur, k.createdAt = fresh, k.now()
