@@ -135,7 +135,19 @@ type failureState struct {
 	count       int64
 	first, last time.Time
 	template    Event
+	// tokens are the fingerprints an overflow key counted (up to
+	// maxOverflowTokens).
+	tokens map[string]bool
 }
+
+// overflowToken stands for the token in the key that gathers a source's
+// failures past MaxFirsts in a window: one key, whatever the tokens, so
+// that distinct garbage tokens do not each take a key. It is no
+// fingerprint (those are hex).
+const overflowToken = "*"
+
+// maxOverflowTokens bounds the distinct tokens an overflow key counts.
+const maxOverflowTokens = 1000
 
 // NewAuthFailures returns an AuthFailures recording into rec, with its
 // background flush running until Close.
@@ -210,11 +222,7 @@ func (a *AuthFailures) Record(ctx context.Context, ev Event, token string) error
 		return a.appendFirst(ctx, ev, token)
 	}
 	if st, ok := a.keys[k]; ok && now.Sub(st.seen) < a.opts.Idle {
-		due := a.takeDue(now, false) // the repeat starts a new window if this one has closed
-		a.count(st, ev, now)
-		if st.count >= int64(a.opts.MaxCount) {
-			due = append(due, a.takeDue(now, false)...)
-		}
+		due := a.countRepeat(k, st, ev, now, "")
 		a.mu.Unlock()
 		return a.appendAll(ctx, due)
 	}
@@ -237,12 +245,19 @@ func (a *AuthFailures) Record(ctx context.Context, ev Event, token string) error
 		a.firsts[sk] = fw
 	}
 	room := len(a.keys) < a.opts.MaxKeys
-	if room && fw.n >= a.opts.MaxFirsts {
-		st := &failureState{}
-		a.keys[k] = st
-		a.count(st, ev, now)
-		a.mu.Unlock()
-		return a.appendAll(ctx, due)
+	if fw.n >= a.opts.MaxFirsts {
+		ok := k
+		ok.token = overflowToken
+		st, known := a.keys[ok]
+		if !known && room {
+			st = &failureState{}
+			a.keys[ok] = st
+		}
+		if st != nil {
+			due = append(due, a.countRepeat(ok, st, ev, now, token)...)
+			a.mu.Unlock()
+			return a.appendAll(ctx, due)
+		}
 	}
 	fw.n++
 	if room {
@@ -261,14 +276,33 @@ func (a *AuthFailures) Record(ctx context.Context, ev Event, token string) error
 	return errors.Join(err, a.appendAll(ctx, due))
 }
 
-// count adds ev to st's pending repeats. a.mu is held.
-func (a *AuthFailures) count(st *failureState, ev Event, now time.Time) {
+// countRepeat adds ev to the pending attempts of k's state st, and
+// returns st's aggregate when it is due: before ev when st's window has
+// closed (ev starts the next), after it when it reached MaxCount. token
+// is ev's token for an overflow key. a.mu is held.
+func (a *AuthFailures) countRepeat(k failureKey, st *failureState, ev Event, now time.Time, token string) []Event {
+	var due []Event
+	if st.count > 0 && now.Sub(st.first) >= a.opts.Window {
+		due = a.aggregates([]*failureState{st}, []failureKey{k})
+	}
 	st.seen = now
 	if st.count == 0 {
 		st.first, st.template = ev.Time, ev
 	}
 	st.count++
 	st.last = ev.Time
+	if k.token == overflowToken && token != "" {
+		if st.tokens == nil {
+			st.tokens = make(map[string]bool)
+		}
+		if len(st.tokens) < maxOverflowTokens {
+			st.tokens[token] = true
+		}
+	}
+	if st.count >= int64(a.opts.MaxCount) {
+		due = append(due, a.aggregates([]*failureState{st}, []failureKey{k})...)
+	}
+	return due
 }
 
 func (a *AuthFailures) appendFirst(ctx context.Context, ev Event, token string) error {
@@ -374,10 +408,16 @@ func (a *AuthFailures) aggregates(sts []*failureState, ks []failureKey) []Event 
 		}
 		g.count += st.count
 		g.sources[k.addr] += st.count
-		if k.token != "" {
+		switch k.token {
+		case "":
+		case overflowToken:
+			for tok := range st.tokens {
+				g.tokens[tok] = true
+			}
+		default:
 			g.tokens[k.token] = true
 		}
-		st.count, st.template = 0, Event{}
+		st.count, st.template, st.tokens = 0, Event{}, nil
 	}
 	slices.SortFunc(order, func(x, y failureKey) int {
 		return cmp.Or(groups[x].first.Compare(groups[y].first), cmp.Compare(x.reason, y.reason),

@@ -339,6 +339,12 @@ func TestAuthFailuresDistinctTokens(t *testing.T) {
 	if n := len(failureRecords(t, dir)); n != 20 {
 		t.Fatalf("%d records at once, want MaxFirsts per source", n)
 	}
+	a.mu.Lock()
+	keys := len(a.keys)
+	a.mu.Unlock()
+	if keys != 22 {
+		t.Errorf("%d keys for 100 distinct tokens, want MaxFirsts and one overflow key per source", keys)
+	}
 	c.Advance(time.Second)
 	if err := a.Flush(ctx); err != nil {
 		t.Fatal(err)

@@ -172,7 +172,7 @@
 //	custos.auth.failures.first_time  string: RFC 3339 UTC time of the first of them
 //	custos.auth.failures.last_time   string: ... and of the last
 //	custos.auth.failures.sources     []string: "<address>=<count>" per source, sorted; the counts add up to count
-//	custos.auth.failures.tokens      int: distinct tokens presented (0: none)
+//	custos.auth.failures.tokens      int: distinct tokens presented (0: none; past ten a second, counted up to 1000 per source)
 //	custos.auth.token_fingerprint    as above, when they presented exactly one
 //
 // with the other fields of the first of them (outcome, error.type,
