@@ -24,6 +24,12 @@ type durableRecorder interface {
 	AppendAs(ctx context.Context, ev audit.Event, d audit.Durability) (uint64, error)
 }
 
+// AuthFailureRecorder records refused tokens by the token's fingerprint
+// (authn.TokenFingerprint); *audit.AuthFailures is one.
+type AuthFailureRecorder interface {
+	Record(ctx context.Context, ev audit.Event, token string) error
+}
+
 // auditTimeout bounds recording one event.
 const auditTimeout = 5 * time.Second
 
@@ -56,6 +62,27 @@ func (s *Server) recordAs(ctx context.Context, ev audit.Event, d audit.Durabilit
 		return false
 	}
 	return true
+}
+
+// recordAuthFailure records a request refused for its token (token is
+// the token's fingerprint, "" without one): through
+// Options.AuthFailures when set, which records the first failure of a
+// source, reason and token at once and aggregates repeats, else as one
+// record each.
+func (s *Server) recordAuthFailure(ctx context.Context, ev audit.Event, token string) {
+	if s.opts.AuthFailures == nil {
+		s.record(ctx, ev)
+		return
+	}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		ev.TraceID, ev.SpanID = sc.TraceID(), sc.SpanID()
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+	defer cancel()
+	if err := s.opts.AuthFailures.Record(ctx, ev, token); err != nil {
+		s.log.Error("audit event not recorded", slog.String("event", ev.Name),
+			slog.String("reason", ev.ErrorType), slog.Any("error", err))
+	}
 }
 
 // grantEvent is the audit event of a request the grant let through, as

@@ -65,7 +65,7 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 	if !ok {
 		s.metrics.checks.WithLabelValues(policy.KindHTTP, "unauthenticated").Inc()
 		log.Info("http request refused: no bearer token")
-		s.record(ctx, authFailed(attrs, h, headers, method, path, "missing_token", "no bearer token"))
+		s.recordAuthFailure(ctx, authFailed(attrs, h, headers, method, path, "missing_token", "no bearer token"), "")
 		return unauthenticated(`Bearer realm="`+realm+`"`, "missing_token",
 			"this request needs an Authorization: Bearer header with an OIDC token")
 	}
@@ -74,7 +74,7 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 		reason := authn.Reason(err)
 		s.metrics.checks.WithLabelValues(policy.KindHTTP, "unauthenticated").Inc()
 		log.Info("http request refused: token not accepted", slog.String("reason", reason), slog.Any("error", err))
-		s.record(ctx, authFailed(attrs, h, headers, method, path, reason, err.Error()))
+		s.recordAuthFailure(ctx, authFailed(attrs, h, headers, method, path, reason, err.Error()), authn.TokenFingerprint(token))
 		if errors.Is(err, authn.ErrIssuerUnavailable) {
 			return denied(codes.Unavailable, typev3.StatusCode_ServiceUnavailable,
 				[]*corev3.HeaderValueOption{header("retry-after", "5")},

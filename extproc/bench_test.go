@@ -2,6 +2,7 @@ package extproc_test
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/custos-dev/custos/extproc"
+	"github.com/custos-dev/custos/internal/audit"
 	"github.com/custos-dev/custos/internal/mask"
 )
 
@@ -58,6 +60,70 @@ func BenchmarkCheck(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkCheckAudited compares a Check with a good token against one
+// with a bad token, recorded in a real audit journal (fsynced) as custos
+// serve does, refused tokens through the failure aggregator: the same bad
+// token again and again (a client retrying, or a flood replaying one
+// token), a new bad signature each time, a malformed token; then without
+// the aggregator (one fsynced record per refusal, which the client waits
+// for) and without a journal. jwks/op is how many times the issuer's
+// JWKS was fetched per Check.
+func BenchmarkCheckAudited(b *testing.B) {
+	j, err := audit.Open(audit.Options{DataDir: b.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	agg := audit.NewAuthFailures(j, audit.AuthFailureOptions{})
+	b.Cleanup(func() {
+		_ = agg.Close(context.Background())
+		_ = j.Close(context.Background())
+	})
+	audited := newEnv(b, envOptions{audit: j, authFailures: agg})
+	each := newEnv(b, envOptions{audit: j})
+	plain := newEnv(b, envOptions{})
+	ctx := context.Background()
+	check := func(b *testing.B, e *env, tok string, want codes.Code) {
+		resp, err := e.authz.Check(ctx, checkRequest(tok))
+		if err != nil || codes.Code(resp.GetStatus().GetCode()) != want {
+			b.Fatalf("check: %v %v", resp, err)
+		}
+	}
+	good := audited.token(b, "alice", "agents")
+	check(b, audited, good, codes.OK) // discovery, JWKS
+	plainGood := plain.token(b, "alice", "agents")
+	check(b, plain, plainGood, codes.OK)
+	eachGood := each.token(b, "alice", "agents")
+	check(b, each, eachGood, codes.OK)
+	bad := tampered(b, good)
+	var distinct atomic.Int64 // never the same token twice, whatever runs the loop again
+	for _, tc := range []struct {
+		name  string
+		e     *env
+		token func(i int) string
+		want  codes.Code
+	}{
+		{"good", audited, func(int) string { return good }, codes.OK},
+		{"bad_signature_same", audited, func(int) string { return bad }, codes.Unauthenticated},
+		{"bad_signature_distinct", audited, func(int) string { return tamperedAs(b, good, "root"+strconv.FormatInt(distinct.Add(1), 10)) }, codes.Unauthenticated},
+		{"malformed_same", audited, func(int) string { return "not-a-jwt" }, codes.Unauthenticated},
+		{"bad_signature_same_record_each", each, func(int) string { return tampered(b, eachGood) }, codes.Unauthenticated},
+		{"bad_signature_distinct_record_each", each, func(int) string { return tamperedAs(b, eachGood, "root"+strconv.FormatInt(distinct.Add(1), 10)) }, codes.Unauthenticated},
+		{"malformed_same_record_each", each, func(int) string { return "not-a-jwt" }, codes.Unauthenticated},
+		{"malformed_same_no_audit", plain, func(int) string { return "not-a-jwt" }, codes.Unauthenticated},
+		{"bad_signature_same_no_audit", plain, func(int) string { return tampered(b, plainGood) }, codes.Unauthenticated},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			fetches := tc.e.jwksFetches.Load()
+			i := 0
+			for b.Loop() {
+				check(b, tc.e, tc.token(i), tc.want)
+				i++
+			}
+			b.ReportMetric(float64(tc.e.jwksFetches.Load()-fetches)/float64(i), "jwks/op")
+		})
+	}
 }
 
 // BenchmarkMaskBody measures body masking in MB/s of the plain body.

@@ -75,6 +75,14 @@
 // response go (a record that cannot be written withholds the response:
 // 503), or the refusal, or the stream ending early. Refused connections
 // are recorded as custos.connection.opened, denied.
+// With Options.AuthFailures, refused tokens go through the audit
+// package's failure aggregator instead: the first refusal of a source,
+// reason and token is recorded before the 401 as any other record,
+// repeats are counted and recorded together each second with every
+// source's count (internal/audit, "Repeated authentication failures").
+// The verifier refuses a token it refused a moment ago from memory
+// (internal/authn), so a replayed bad token costs neither a signature
+// check nor a JWKS fetch.
 //
 // Every failure refuses: no token, a token or decision that cannot be
 // checked, a body that cannot be inspected, an audit record that cannot be

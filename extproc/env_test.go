@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,6 +47,8 @@ type env struct {
 	reg       *prometheus.Registry
 	// grantKey is the key custos seals grants with.
 	grantKey []byte
+	// jwksFetches counts the issuer's JWKS requests.
+	jwksFetches atomic.Int64
 	// minted are the tokens token() made: no upstream may ever see one.
 	mintedMu sync.Mutex
 	minted   []string
@@ -62,6 +65,8 @@ type envOptions struct {
 	noApprovals bool
 	// audit records events (nil: no audit).
 	audit extproc.Recorder
+	// authFailures records refused tokens (nil: through audit).
+	authFailures extproc.AuthFailureRecorder
 	// tracer records spans (nil: none).
 	tracer trace.Tracer
 	// now is custos' clock for grant seals (nil: time.Now).
@@ -75,11 +80,20 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e := &env{issuer: iss, issuerDir: filepath.Join(dir, "issuer"), reg: prometheus.NewRegistry(),
+		grantKey: []byte(newID() + newID() + newID() + newID())}
 	mux := http.NewServeMux()
-	mux.Handle("/dev-oidc/", http.StripPrefix("/dev-oidc", iss.Handler()))
+	issuerHandler := http.StripPrefix("/dev-oidc", iss.Handler())
+	mux.Handle("/dev-oidc/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, devissuer.JWKSPath) {
+			e.jwksFetches.Add(1)
+		}
+		issuerHandler.ServeHTTP(w, r)
+	}))
 	ts := httptest.NewServer(mux)
 	t.Cleanup(ts.Close)
 	issuerURL := ts.URL + "/dev-oidc"
+	e.issuerURL = issuerURL
 	if err := iss.SetURL(issuerURL); err != nil {
 		t.Fatal(err)
 	}
@@ -97,8 +111,6 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{issuer: iss, issuerURL: issuerURL, issuerDir: filepath.Join(dir, "issuer"), reg: prometheus.NewRegistry(),
-		grantKey: []byte(newID() + newID() + newID() + newID())}
 	if !opts.noApprovals {
 		store, err := approval.OpenSQLite(filepath.Join(dir, "approvals.db"))
 		if err != nil {
@@ -133,6 +145,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		Logger:            slog.New(slog.DiscardHandler),
 		Registerer:        e.reg,
 		Audit:             opts.audit,
+		AuthFailures:      opts.authFailures,
 		Tracer:            opts.tracer,
 	}
 	if e.approvals != nil {
@@ -220,6 +233,13 @@ func (e *env) signed(t testing.TB, claims map[string]any) string {
 // tampered changes the subject of a valid token without signing it again.
 func tampered(t testing.TB, tok string) string {
 	t.Helper()
+	return tamperedAs(t, tok, "root")
+}
+
+// tamperedAs sets the subject of a valid token to sub without signing it
+// again.
+func tamperedAs(t testing.TB, tok, sub string) string {
+	t.Helper()
 	parts := strings.Split(tok, ".")
 	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
@@ -229,7 +249,7 @@ func tampered(t testing.TB, tok string) string {
 	if err := json.Unmarshal(payload, &claims); err != nil {
 		t.Fatal(err)
 	}
-	claims["sub"] = "root"
+	claims["sub"] = sub
 	payload, _ = json.Marshal(claims)
 	parts[1] = base64.RawURLEncoding.EncodeToString(payload)
 	return strings.Join(parts, ".")

@@ -80,6 +80,11 @@ type Options struct {
 	// connection. A request whose record cannot be written is refused
 	// (fail closed). *audit.Journal is a Recorder.
 	Audit Recorder
+	// AuthFailures, when set, records the refused tokens instead of Audit:
+	// the first failure of a source, reason and token at once, repeats
+	// aggregated with their counts and sources (*audit.AuthFailures), so
+	// that a flood of bad tokens does not cost an fsynced record each.
+	AuthFailures AuthFailureRecorder
 	// Health, when set, is told that both services serve.
 	Health *health.Server
 	// Logger receives one line per refusal and parked request; nil

@@ -367,10 +367,11 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 	}
 	user, database, params := sp.user, sp.database, sp.params
 	log := hs.log.With("user", user, "database", database)
+	var tokenFingerprint string // once a token was read
 	// event reports this connection's authentication and session start.
 	event := func(kind SessionEventKind, reason string, p *authn.Principal, ss *session, err error) error {
 		ev := SessionEvent{Kind: kind, ClientAddr: hs.clientAddr, User: user, Database: database,
-			TLS: hs.tls, Principal: p, Reason: reason, Err: err}
+			TLS: hs.tls, Principal: p, Reason: reason, Err: err, TokenFingerprint: tokenFingerprint}
 		if up := s.upstreamFor(database); up != nil {
 			ev.Resource = up.res
 		}
@@ -418,6 +419,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		_ = event(SessionAuthFailed, "protocol", nil, nil, err)
 		return nil, err
 	}
+	tokenFingerprint = authn.TokenFingerprint(token)
 	principal, err := s.opts.Verifier.Verify(ctx, token)
 	if err != nil {
 		reason := authn.Reason(err)

@@ -138,6 +138,10 @@ type SessionEvent struct {
 	Reason string
 	// Err is the failure, for a failed or refused connection.
 	Err error
+	// TokenFingerprint names the token of a failed authentication
+	// (authn.TokenFingerprint), "" when none was read: the token itself
+	// never leaves pgfilter.
+	TokenFingerprint string
 	// SpanContext is the session's pg.session span, when traced.
 	SpanContext trace.SpanContext
 	// Closed sessions: PAN values masked and SAD values removed in the

@@ -50,7 +50,11 @@ const eventXDSRequestRefused = "custos.xds.request_refused"
 // zero journal (audit off) records nothing. An event that cannot be
 // recorded is logged and counted; it never stops custos.
 type auditor struct {
-	j          *audit.Journal
+	j *audit.Journal
+	// authFailures records refused tokens, of Postgres and of HTTP: the
+	// first of a source, reason and token at once, repeats aggregated.
+	authFailures *audit.AuthFailures
+
 	log        *slog.Logger
 	reg        prometheus.Registerer
 	failClosed bool
@@ -107,12 +111,14 @@ func openAuditor(ctx context.Context, cfg *config.Config, log *slog.Logger, reg 
 		return nil, fmt.Errorf("audit: %w", err)
 	}
 	a.j = j
+	a.authFailures = audit.NewAuthFailures(j, audit.AuthFailureOptions{Logger: log})
 	a.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "custos_audit_record_failures_total",
 		Help: "Audit events custos could not record, by event name.",
 	}, []string{"event"})
 	if reg != nil {
 		if err := reg.Register(a.failures); err != nil {
+			a.closeAuthFailures()
 			a.closeJournal()
 			return nil, fmt.Errorf("audit metrics: %w", err)
 		}
@@ -170,6 +176,24 @@ func (a *auditor) record(ev audit.Event) error {
 	return nil
 }
 
+// recordAuthFailure records a refused authentication through the
+// aggregator (token is the token's fingerprint). A failure is logged,
+// counted and returned.
+func (a *auditor) recordAuthFailure(ev audit.Event, token string) error {
+	if !a.enabled() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), auditAppendTimeout)
+	defer cancel()
+	if err := a.authFailures.Record(ctx, ev, token); err != nil {
+		a.failures.WithLabelValues(ev.Name).Inc()
+		a.log.Error("audit event not recorded", "event", ev.Name, "error", err.Error(),
+			"unavailable", errors.Is(err, audit.ErrUnavailable))
+		return err
+	}
+	return nil
+}
+
 // recordAsync appends ev without making the caller wait (callers that
 // must not block, like xDS stream callbacks); close waits for it.
 func (a *auditor) recordAsync(ev audit.Event) {
@@ -206,6 +230,7 @@ func (a *auditor) close() {
 	a.closed = true
 	a.mu.Unlock()
 	a.async.Wait()
+	a.closeAuthFailures() // before the journal: it writes the pending aggregates there
 	a.closeJournal()
 	if a.reg != nil {
 		a.reg.Unregister(a.failures)
@@ -226,6 +251,16 @@ func (a *auditor) close() {
 	}
 	if b := a.exp.Backlog(); b > 0 {
 		a.log.Warn("audit records not exported yet; they are sent at the next start", "backlog", b)
+	}
+}
+
+// closeAuthFailures writes the pending aggregates of repeated
+// authentication failures.
+func (a *auditor) closeAuthFailures() {
+	ctx, cancel := context.WithTimeout(context.Background(), auditCloseTimeout)
+	defer cancel()
+	if err := a.authFailures.Close(ctx); err != nil {
+		a.log.Error("audit: authentication failures not recorded", "error", err.Error())
 	}
 }
 
@@ -279,6 +314,7 @@ func (a *auditor) sessionEvent(ev pgfilter.SessionEvent) error {
 	switch ev.Kind {
 	case pgfilter.SessionAuthFailed:
 		e.Name, e.Outcome, e.ErrorType = audit.EventAuthFailed, audit.OutcomeFailure, ev.Reason
+		return a.recordAuthFailure(e, ev.TokenFingerprint)
 	case pgfilter.SessionAuthSucceeded:
 		e.Name, e.Outcome = audit.EventAuthSucceeded, audit.OutcomeSuccess
 	case pgfilter.SessionOpened:

@@ -44,8 +44,11 @@ type extprocDeps struct {
 	masker    *mask.Masker
 	approvals *approval.Service // nil: writes that need approval are refused
 	audit     extproc.Recorder  // nil: no audit journal
-	health    *health.Server
-	tracing   *tracing // nil: no spans
+	// authFailures records refused tokens (nil: through audit, one
+	// record each).
+	authFailures extproc.AuthFailureRecorder
+	health       *health.Server
+	tracing      *tracing // nil: no spans
 }
 
 // serveExtproc registers Envoy's external authorization (HTTP and network
@@ -73,6 +76,7 @@ func serveExtproc(g *grpc.Server, cfg *config.Config, d extprocDeps, log *slog.L
 		ApprovalURL:       cfg.Approvals.PublicURL,
 		MaxMessageTimeout: xds.MaxApprovalWait,
 		Audit:             d.audit,
+		AuthFailures:      d.authFailures,
 		Health:            d.health,
 		Logger:            log.With("component", "extproc"),
 		Registerer:        reg,

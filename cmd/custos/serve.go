@@ -268,7 +268,7 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		}
 		deps := extprocDeps{verifier: verifier, policy: eng, masker: masker, approvals: aprSvc, health: gw.health, tracing: tr}
 		if aud.enabled() {
-			deps.audit = aud.j
+			deps.audit, deps.authFailures = aud.j, aud.authFailures
 		}
 		if err := serveExtproc(gw.grpc, cfg, deps, log, reg); err != nil {
 			if apr != nil {

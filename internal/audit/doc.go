@@ -155,5 +155,39 @@
 // range as CSV or JSON. The [Exporter] ships records as OTLP logs from a
 // persisted cursor. [WriteEvidence] writes the auditor bundle for a time
 // range; [FindSession] and [WriteReplay] play a Postgres session back from its
-// records (statements, decisions, approvals, masked results).
+// records (statements, decisions, approvals, masked results).//
+// # Repeated authentication failures
+//
+// A refused token (custos.auth.failed, from ext_authz and from the
+// Postgres startup) is recorded through [AuthFailures], so that a flood
+// of bad tokens cannot cost an fsynced record each. The first failure of
+// a key, (client.address, error.type, token fingerprint, custos.resource,
+// user.id: the user a Postgres client claimed), is a record of its own,
+// durable before the client is refused, as every other record; it
+// carries custos.auth.token_fingerprint ([AttrTokenFingerprint]:
+// HMAC-SHA256 of the raw token under a key made at process start, 128
+// bits in hex, never the token; absent when there was no token). At most
+// ten keys of one source and error.type get such a record per second;
+// past that (a source sending a new garbage token each time), and for
+// repeats of a key, attempts are counted, and once a second
+// (AuthFailureOptions.Window, or after 1000 attempts of one key) written
+// as aggregate records, one per error.type, resource and user.id:
+//
+//	custos.auth.failures.count       int: attempts the record stands for (none recorded on its own)
+//	custos.auth.failures.first_time  string: RFC 3339 UTC time of the first of them
+//	custos.auth.failures.last_time   string: ... and of the last
+//	custos.auth.failures.sources     []string: "<address>=<count>" per source, sorted; the counts add up to count
+//	custos.auth.failures.tokens      int: distinct tokens presented (0: none; past ten a second, counted up to 1000 per source)
+//	custos.auth.token_fingerprint    as above, when they presented exactly one
+//
+// with the other fields of the first of them (outcome, error.type,
+// custos.error, resource, status code, Postgres user and database) and
+// client.address set to the first source; what differs per attempt
+// (request id, port, path, trace) is left out. Every attempt is in the
+// evidence with its source: a record without custos.auth.failures.count
+// counts one, an aggregate its sources' counts. A key with no repeat
+// for a minute is forgotten: its next failure is a first one again.
+// Pending aggregates are written at Close, so a clean stop loses
+// nothing; a crash loses at most the last window's counted attempts,
+// never a first failure's record.
 package audit

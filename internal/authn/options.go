@@ -34,6 +34,8 @@ type options struct {
 	logger         *slog.Logger
 	discoveryRetry time.Duration
 	keyRefresh     time.Duration
+	failureEntries int
+	failureTTL     time.Duration
 }
 
 func defaultOptions() options {
@@ -44,6 +46,8 @@ func defaultOptions() options {
 		logger:         slog.New(slog.DiscardHandler),
 		discoveryRetry: defaultDiscoveryRetry,
 		keyRefresh:     defaultKeyRefresh,
+		failureEntries: DefaultFailureEntries,
+		failureTTL:     DefaultFailureTTL,
 	}
 }
 
@@ -89,6 +93,24 @@ func WithLogger(l *slog.Logger) Option {
 	return func(o *options) {
 		if l != nil {
 			o.logger = l
+		}
+	}
+}
+
+// WithFailureMemory sets how many refused tokens are remembered (default
+// DefaultFailureEntries, least recently refused dropped first) and for
+// how long at most (default DefaultFailureTTL): the same token presented
+// again within that time is refused with the same error without being
+// verified. Only refusals that cannot turn into an acceptance within the
+// TTL are remembered (a bad signature by a key not yet seen only
+// briefly; an unreachable issuer and a token not yet valid never).
+// Entries or ttl of 0 turn the memory off; NewVerifier rejects negative
+// values.
+func WithFailureMemory(entries int, ttl time.Duration) Option {
+	return func(o *options) {
+		o.failureEntries, o.failureTTL = entries, ttl
+		if entries == 0 {
+			o.failureTTL = 0
 		}
 	}
 }

@@ -24,8 +24,12 @@ const maxUnix = 253402300799
 // Only alg and iss are read from it, to pick the issuer.
 type unverifiedToken struct {
 	alg       string
+	kid       string // header kid, "" when absent
 	claims    map[string]any
 	signature []byte
+	// checkedBy is the issuer whose keys checked the signature, once they
+	// did.
+	checkedBy *issuer
 }
 
 // parseToken splits and decodes a compact JWS. It is strict: exactly three
@@ -62,7 +66,8 @@ func parseToken(raw string) (*unverifiedToken, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: token is not a JWT: signature is not base64url", ErrMalformed)
 	}
-	return &unverifiedToken{alg: alg, claims: claims, signature: sig}, nil
+	kid, _ := header["kid"].(string)
+	return &unverifiedToken{alg: alg, kid: kid, claims: claims, signature: sig}, nil
 }
 
 // isCompactJWSRune reports whether r may appear in a compact JWS: the

@@ -2,9 +2,11 @@ package authn
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -85,14 +87,17 @@ type Verifier struct {
 	// keySetCtx carries the HTTP client (and the values of the context given
 	// to NewVerifier) to go-oidc's background JWKS fetches.
 	keySetCtx context.Context
+	// failures remembers recent refusals; nil when off.
+	failures *failureMemory
 }
 
 // issuer is the runtime state of one configured Issuer.
 type issuer struct {
 	cfg  Issuer
 	algs map[string]bool
-	// verifier is set once discovery succeeded.
+	// verifier is set once discovery succeeded, with its key set.
 	verifier atomic.Pointer[oidc.IDTokenVerifier]
+	keys     atomic.Pointer[keySet]
 
 	mu sync.Mutex
 	// inflight is closed when the running discovery ends; nil when none runs.
@@ -116,6 +121,9 @@ func NewVerifier(ctx context.Context, issuers []Issuer, opts ...Option) (*Verifi
 	if o.keyRefresh <= 0 {
 		return nil, fmt.Errorf("authn: key refresh interval %s is not positive", o.keyRefresh)
 	}
+	if o.failureEntries < 0 || o.failureTTL < 0 {
+		return nil, fmt.Errorf("authn: failure memory of %d entries for %s is negative", o.failureEntries, o.failureTTL)
+	}
 	if len(issuers) == 0 {
 		return nil, errors.New("authn: no issuers configured")
 	}
@@ -123,6 +131,9 @@ func NewVerifier(ctx context.Context, issuers []Issuer, opts ...Option) (*Verifi
 		issuers:   make(map[string]*issuer, len(issuers)),
 		opts:      o,
 		keySetCtx: oidc.ClientContext(context.WithoutCancel(ctx), o.client),
+	}
+	if o.failureTTL > 0 {
+		v.failures = newFailureMemory(o.failureEntries)
 	}
 	for i, cfg := range issuers {
 		cfg, err := normalizeIssuer(cfg)
@@ -189,11 +200,55 @@ func normalizeIssuer(cfg Issuer) (Issuer, error) {
 
 // Verify verifies rawToken and returns its principal. Every error wraps one of
 // the package's sentinel errors; see [Reason].
+//
+// A token refused recently is refused again from memory, with the same
+// error, without being verified again (see [WithFailureMemory]): a client
+// or a flood presenting the same bad token costs neither a signature check
+// nor a JWKS fetch. Accepted tokens are verified every time.
 func (v *Verifier) Verify(ctx context.Context, rawToken string) (*Principal, error) {
-	tok, err := parseToken(rawToken)
-	if err != nil {
+	if v.failures == nil {
+		p, _, err := v.verify(ctx, rawToken)
+		return p, err
+	}
+	key := sha256.Sum256([]byte(rawToken))
+	now := v.opts.now()
+	if err := v.failures.lookup(key, now); err != nil {
 		return nil, err
 	}
+	p, sig, err := v.verify(ctx, rawToken)
+	if err != nil {
+		var known bool
+		if sig.is != nil {
+			known = sig.is.keyVerified(sig.kid)
+		}
+		if ttl := failureTTL(err, known, v.opts.failureTTL); ttl > 0 {
+			is := sig.is
+			if known || !errors.Is(err, ErrSignature) {
+				is = nil
+			}
+			v.failures.remember(key, err, now.Add(ttl), is, sig.kid)
+		}
+	}
+	return p, err
+}
+
+// verified says, for a refusal, which issuer's key (by kid) the token
+// named when its signature was checked; is is nil when it was not.
+type verified struct {
+	is  *issuer
+	kid string
+}
+
+func (v *Verifier) verify(ctx context.Context, rawToken string) (*Principal, verified, error) {
+	tok, err := parseToken(rawToken)
+	if err != nil {
+		return nil, verified{}, err
+	}
+	p, err := v.verifyParsed(ctx, rawToken, tok)
+	return p, verified{is: tok.checkedBy, kid: tok.kid}, err
+}
+
+func (v *Verifier) verifyParsed(ctx context.Context, rawToken string, tok *unverifiedToken) (*Principal, error) {
 	iss, err := tok.issuer()
 	if err != nil {
 		return nil, err
@@ -214,9 +269,13 @@ func (v *Verifier) Verify(ctx context.Context, rawToken string) (*Principal, err
 	}
 	sig := &signatureCheck{}
 	idt, err := idv.Verify(context.WithValue(ctx, signatureCheckKey{}, sig), rawToken)
+	if sig.ran {
+		tok.checkedBy = is
+	}
 	if err != nil {
 		return nil, classifyOIDCError(err, sig, is.cfg.URL)
 	}
+	is.keyVerifiedToken(tok.kid)
 	var payload json.RawMessage
 	if err := idt.Claims(&payload); err != nil {
 		return nil, fmt.Errorf("%w: payload: %w", ErrMalformed, err)
@@ -304,7 +363,9 @@ func (v *Verifier) newIDTokenVerifier(ctx context.Context, is *issuer) (*oidc.ID
 	if meta.JWKSURL == "" {
 		return nil, "", errors.New("discovery document has no jwks_uri")
 	}
-	idv := oidc.NewVerifier(is.cfg.URL, newKeySet(v.keySetCtx, meta.JWKSURL, v.opts), &oidc.Config{
+	keys := newKeySet(v.keySetCtx, meta.JWKSURL, v.opts)
+	is.keys.Store(keys)
+	idv := oidc.NewVerifier(is.cfg.URL, keys, &oidc.Config{
 		SupportedSigningAlgs: is.cfg.Algorithms,
 		// Audiences are checked in principal (go-oidc takes only one).
 		SkipClientIDCheck: true,
@@ -316,7 +377,8 @@ func (v *Verifier) newIDTokenVerifier(ctx context.Context, is *issuer) (*oidc.ID
 	return idv, meta.JWKSURL, nil
 }
 
-// keySet wraps go-oidc's remote key set for one issuer. It adds two things:
+// keySet wraps go-oidc's remote key set for one issuer. It adds three
+// things:
 //
 //   - it records, for the Verify call in progress, whether the signature check
 //     ran and why it failed (go-oidc flattens the key set's error into a
@@ -326,28 +388,65 @@ func (v *Verifier) newIDTokenVerifier(ctx context.Context, is *issuer) (*oidc.ID
 //     retired or revoked would keep verifying for as long as the process
 //     runs. After keyRefresh the next token is verified against a freshly
 //     fetched set; if the JWKS cannot be fetched then, the cached keys stay
-//     in use and the refresh is retried after retry.
+//     in use and the refresh is retried after retry;
+//   - a bad signature by a published key costs no JWKS fetch (remoteKeys).
 type keySet struct {
 	jwksURL    string
 	ctx        context.Context // for RemoteKeySet's background fetches
+	client     *http.Client
 	now        func() time.Time
 	keyRefresh time.Duration
 	retry      time.Duration
 
 	mu        sync.Mutex
-	cur       *oidc.RemoteKeySet
+	cur       *remoteKeys
 	createdAt time.Time // of cur
 	triedAt   time.Time // last refresh attempt
+	// verifiedKids are the key ids that verified a token of cur: keys the
+	// issuer publishes. Only verified tokens add to it, so it stays as
+	// small as the issuer's key set.
+	verifiedKids map[string]bool
+}
+
+// maxVerifiedKids bounds keySet.verifiedKids (an issuer publishes a few
+// keys at a time).
+const maxVerifiedKids = 64
+
+// keyVerifiedToken notes that the key kid verified a token.
+func (is *issuer) keyVerifiedToken(kid string) {
+	k := is.keys.Load()
+	if k == nil {
+		return
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.verifiedKids == nil || len(k.verifiedKids) >= maxVerifiedKids {
+		k.verifiedKids = make(map[string]bool)
+	}
+	k.verifiedKids[kid] = true
+}
+
+// keyVerified reports whether the key kid verified a token of the
+// current key set.
+func (is *issuer) keyVerified(kid string) bool {
+	k := is.keys.Load()
+	if k == nil {
+		return false
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.verifiedKids[kid]
 }
 
 func newKeySet(ctx context.Context, jwksURL string, o options) *keySet {
 	return &keySet{
 		jwksURL:    jwksURL,
 		ctx:        ctx,
+		client:     o.client,
 		now:        o.now,
 		keyRefresh: o.keyRefresh,
 		retry:      o.discoveryRetry,
-		cur:        oidc.NewRemoteKeySet(ctx, jwksURL),
+		cur:        newRemoteKeys(ctx, o.client, jwksURL),
 		createdAt:  o.now(),
 	}
 }
@@ -371,20 +470,20 @@ func (k *keySet) VerifySignature(ctx context.Context, jwt string) ([]byte, error
 func (k *keySet) verify(ctx context.Context, jwt string) ([]byte, error) {
 	cur, refresh := k.current()
 	if refresh {
-		fresh := oidc.NewRemoteKeySet(k.ctx, k.jwksURL)
-		payload, err := fresh.VerifySignature(ctx, jwt)
+		fresh := newRemoteKeys(k.ctx, k.client, k.jwksURL)
+		payload, err := fresh.verify(ctx, jwt)
 		if err == nil || !keyFetchFailed(err) {
 			k.replace(fresh)
 			return payload, err
 		}
 		// The JWKS is unreachable: fall back to the cached keys.
 	}
-	return cur.VerifySignature(ctx, jwt)
+	return cur.verify(ctx, jwt)
 }
 
 // current returns the key set in use and whether this caller should try to
 // replace it with a fresh one (at most one caller per retry interval).
-func (k *keySet) current() (*oidc.RemoteKeySet, bool) {
+func (k *keySet) current() (*remoteKeys, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	now := k.now()
@@ -395,10 +494,12 @@ func (k *keySet) current() (*oidc.RemoteKeySet, bool) {
 	return k.cur, true
 }
 
-func (k *keySet) replace(fresh *oidc.RemoteKeySet) {
+func (k *keySet) replace(fresh *remoteKeys) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.cur, k.createdAt = fresh, k.now()
+	// The fresh set may lack keys the old one had.
+	k.verifiedKids = nil
 }
 
 // classifyOIDCError maps an error of go-oidc's IDTokenVerifier.Verify to a

@@ -509,7 +509,9 @@ func TestKeyRotation(t *testing.T) {
 	now := c.Now()
 	k1, k2 := newKey(t, jose.RS256, "2030-01"), newKey(t, jose.ES256, "2030-02")
 	ti := newTestIssuer(t, k1)
-	v := newVerifier(t, c, []authn.Issuer{{URL: ti.url, Audiences: []string{"custos"}}})
+	// The key set's own behaviour, every token verified: how remembered
+	// refusals meet rotation is TestFailureMemoryKeyRotation.
+	v := newVerifier(t, c, []authn.Issuer{{URL: ti.url, Audiences: []string{"custos"}}}, authn.WithFailureMemory(0, 0))
 	old, next := sign(t, k1, ti.claims(now)), sign(t, k2, ti.claims(now))
 
 	steps := []struct {

@@ -1,0 +1,4 @@
+package authn
+
+// FailureMemoryLen is how many refusals v remembers.
+func FailureMemoryLen(v *Verifier) int { return v.failures.len() }
