@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/custos-dev/custos/internal/config"
+	"github.com/custos-dev/custos/internal/devenv"
 	"github.com/custos-dev/custos/pgfilter/pgfiltertest"
 )
 
@@ -26,8 +27,8 @@ func TestDDLForgetsFunctionResolutions(t *testing.T) {
 	s := fmt.Sprintf("ddl_shadow_%d", policyTableSeq.Add(1))
 	if err := ae.Cluster.Exec(ctx, pgfiltertest.Database, fmt.Sprintf(`CREATE SCHEMA %[1]s;
 		CREATE TABLE %[1]s.hits (what text);
-		GRANT USAGE, CREATE ON SCHEMA %[1]s TO %[2]s;
-		GRANT ALL ON %[1]s.hits TO %[2]s`, s, ae.Resource.User)); err != nil {
+		GRANT USAGE, CREATE ON SCHEMA %[1]s TO %[2]s, %[3]s;
+		GRANT ALL ON %[1]s.hits TO %[2]s, %[3]s`, s, ae.Resource.User, devenv.DBARole)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ae.Cluster.Exec(ctx, pgfiltertest.Database, "DROP SCHEMA "+s+" CASCADE") })
