@@ -15,7 +15,6 @@ import (
 	"net"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -289,36 +288,11 @@ func TestCopyMaskedPsql(t *testing.T) {
 }
 
 // copyExchange sends msgs, then reads until ReadyForQuery, returning the
-// CopyData bytes, the message types and any errors' SQLSTATEs.
-func copyExchange(t *testing.T, c *pgconn.PgConn, msgs ...pgproto3.FrontendMessage) (data []byte, kinds []string) {
+// CopyData bytes and the other message types (errors as "Error <code> …").
+func copyExchange(t *testing.T, c *pgconn.PgConn, msgs ...pgproto3.FrontendMessage) ([]byte, []string) {
 	t.Helper()
-	fe := c.Frontend()
-	for _, m := range msgs {
-		fe.Send(m)
-	}
-	if err := fe.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Conn().SetReadDeadline(time.Now().Add(30 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Conn().SetReadDeadline(time.Time{}) }()
-	for {
-		msg, err := fe.Receive()
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch m := msg.(type) {
-		case *pgproto3.CopyData:
-			data = append(data, m.Data...)
-		case *pgproto3.ErrorResponse:
-			kinds = append(kinds, "Error "+m.Code+" "+m.Message)
-		case *pgproto3.ReadyForQuery:
-			return data, kinds
-		default:
-			kinds = append(kinds, fmt.Sprintf("%T", msg)[len("*pgproto3."):])
-		}
-	}
+	_, data, kinds := exchange(t, c, false, msgs...)
+	return data, kinds
 }
 
 // TestCopyMaskedExtendedProtocol runs COPY TO STDOUT through Parse, Bind

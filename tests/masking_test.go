@@ -1536,6 +1536,15 @@ func runNodeEnv(t *testing.T, env *pgfiltertest.Env, script, user string, vars [
 // DataRow values and what else came back (message type names).
 func rawExchange(t *testing.T, c *pgconn.PgConn, msgs ...pgproto3.FrontendMessage) (rows [][][]byte, kinds []string) {
 	t.Helper()
+	rows, _, kinds = exchange(t, c, true, msgs...)
+	return rows, kinds
+}
+
+// exchange is rawExchange that also returns the CopyData bytes; an
+// ErrorResponse fails the test when failOnError, else it is a kind
+// "Error <code> <message>".
+func exchange(t *testing.T, c *pgconn.PgConn, failOnError bool, msgs ...pgproto3.FrontendMessage) (rows [][][]byte, copyData []byte, kinds []string) {
+	t.Helper()
 	fe := c.Frontend()
 	for _, m := range msgs {
 		fe.Send(m)
@@ -1560,10 +1569,17 @@ func rawExchange(t *testing.T, c *pgconn.PgConn, msgs ...pgproto3.FrontendMessag
 			}
 			rows = append(rows, row)
 			continue
+		case *pgproto3.CopyData:
+			copyData = append(copyData, m.Data...)
+			continue
 		case *pgproto3.ErrorResponse:
+			if !failOnError {
+				kinds = append(kinds, "Error "+m.Code+" "+m.Message)
+				continue
+			}
 			t.Errorf("server error: %s %s", m.Code, m.Message)
 		case *pgproto3.ReadyForQuery:
-			return rows, kinds
+			return rows, copyData, kinds
 		}
 		kinds = append(kinds, fmt.Sprintf("%T", msg)[len("*pgproto3."):])
 	}

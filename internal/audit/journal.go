@@ -791,16 +791,7 @@ func (j *Journal) syncThrough(seq uint64) error {
 			j.wmu.Unlock()
 			return fmt.Errorf("%w: the record's fsync failed", ErrUnavailable)
 		}
-		f, upTo := j.f, j.seq
-		j.dirty = false
-		j.syncing++
-		j.wmu.Unlock()
-		err := datasync(f)
-		j.wmu.Lock()
-		j.syncing--
-		j.synced.Broadcast()
-		j.synced1(upTo, err)
-		synced = synced || err == nil
+		synced = j.syncUnlocked() == nil || synced
 	}
 	j.wmu.Unlock()
 	if synced {
@@ -1267,6 +1258,16 @@ func (j *Journal) syncNow() {
 		j.wmu.Unlock()
 		return
 	}
+	err := j.syncUnlocked()
+	j.wmu.Unlock()
+	if err == nil {
+		j.notify()
+	}
+}
+
+// syncUnlocked fsyncs what is written, with wmu held on entry and on
+// return but released during the fsync, and tells waiters when it ends.
+func (j *Journal) syncUnlocked() error {
 	f, seq := j.f, j.seq
 	j.dirty = false
 	j.syncing++
@@ -1276,10 +1277,7 @@ func (j *Journal) syncNow() {
 	j.syncing--
 	j.synced.Broadcast()
 	j.synced1(seq, err)
-	j.wmu.Unlock()
-	if err == nil {
-		j.notify()
-	}
+	return err
 }
 
 // synced1 notes the end of a fsync covering records up to seq; wmu held.

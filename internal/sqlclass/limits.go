@@ -308,18 +308,8 @@ const (
 
 // keyword classifies an identifier that matters to the depth estimate.
 func keyword(w string) int {
-	if len(w) < 2 || len(w) > 9 {
-		return kwNone
-	}
 	var buf [9]byte
-	for i := 0; i < len(w); i++ {
-		c := w[i]
-		if c >= 'A' && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		buf[i] = c
-	}
-	switch string(buf[:len(w)]) {
+	switch string(lowerWord(&buf, w)) {
 	case "case":
 		return kwCase
 	case "end":
@@ -352,18 +342,8 @@ const (
 // one (IS DISTINCT FROM, AS from, t.limit), so every comma of the frame after the list's start
 // counts. That over-counts only the short lists that follow (FROM, ORDER BY, WINDOW).
 func listKeyword(w string) int {
-	if len(w) < 2 || len(w) > 9 {
-		return listNone
-	}
 	var buf [9]byte
-	for i := 0; i < len(w); i++ {
-		c := w[i]
-		if c >= 'A' && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		buf[i] = c
-	}
-	switch string(buf[:len(w)]) {
+	switch string(lowerWord(&buf, w)) {
 	case "select", "returning":
 		return listStart
 	case "group":
@@ -372,6 +352,23 @@ func listKeyword(w string) int {
 		return listBy
 	}
 	return listNone
+}
+
+// lowerWord is w in lower case, in buf, when it is as long as a keyword the
+// pre-scan knows (2 to 9 bytes); nil otherwise. Callers switch on
+// string(lowerWord(…)), which the compiler does without allocating.
+func lowerWord(buf *[9]byte, w string) []byte {
+	if len(w) < 2 || len(w) > len(buf) {
+		return nil
+	}
+	for i := 0; i < len(w); i++ {
+		c := w[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf[i] = c
+	}
+	return buf[:len(w)]
 }
 
 func isOpChar(c byte) bool {
