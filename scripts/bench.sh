@@ -24,10 +24,10 @@
 # restarted in turn on the same data dir, both without the audit journal (measured next) so that
 # the policy's cost is what differs, BENCH_POLICY_ROUNDS (2) runs each; target on/off >= 0.9.
 #
-# Then the audit journal: the same run with audit on (fsync before each completion, the default,
-# with and without the group commit's delay; and written, fsynced within 10ms) versus custos dev
-# --no-audit, BENCH_AUDIT_ROUNDS (2) runs each, at each of BENCH_AUDIT_CLIENTS ("4 32") clients;
-# target on/off >= 0.85.
+# Then the audit journal: the same run with audit on (the default: a plain read's record written,
+# fsynced within 10ms; and every record fsynced first, with and without the group commit's
+# delay) versus custos dev --no-audit, BENCH_AUDIT_ROUNDS (2) runs each, at each of
+# BENCH_AUDIT_CLIENTS ("4 32") clients; target on/off >= 0.85.
 #
 # Called by `make bench` after `make build`, with the PostgreSQL bin dir and /usr/sbin in PATH.
 # Settings: BENCH_SECONDS (15), BENCH_WARMUP_SECONDS (3), BENCH_SCALE (10), BENCH_MASK_ROWS (1000000),
@@ -419,21 +419,23 @@ done
 # --- 7. audit on versus off ---------------------------------------------------------------------
 # The same pgbench run through custos dev keeping its audit journal (a record of every statement,
 # its completion held back from the client until the record is kept) with the default durability
-# (fsynced, group commit) and with audit.sync_interval 10ms (written to the journal file before the
-# completion, fsynced within 10ms), versus custos dev --no-audit; alternating, BENCH_AUDIT_ROUNDS
-# (2) runs each. The fsynced mode also runs without audit.commit_delay ("fsync-nodelay"), the
-# group commit then fsyncing as soon as the one before ends. At 4 clients every statement round
+# (by what the statement touched: these plain reads' records written to the journal file before the
+# completion, fsynced within audit.sync_interval, 10ms) and with every record fsynced before its
+# completion (audit.sync_interval 0, group commit), versus custos dev --no-audit; alternating,
+# BENCH_AUDIT_ROUNDS (2) runs each. The fsync-everything mode also runs without
+# audit.commit_delay ("fsync-nodelay"), the group commit then fsyncing as soon as the one before
+# ends. At 4 clients every statement round
 # trip waits for a fsync of its own or of a small group; at 32, group commit shares them.
 # Target on/off >= 0.85.
-audit_modes=(off fsync fsync-nodelay written)
+audit_modes=(off default fsync fsync-nodelay)
 declare -A audit_tps
 for clients in "${AUDIT_CLIENTS[@]}"; do
-	compare_modes "audit-c$clients" "$AUDIT_ROUNDS" "$clients" "off=--no-audit" "fsync=" \
-		"fsync-nodelay=--audit-commit-delay 0" "written=--audit-sync-interval 10ms"
-	# The audit really was on in the last instance ("written"): it recorded the run's statements.
+	compare_modes "audit-c$clients" "$AUDIT_ROUNDS" "$clients" "off=--no-audit" "fsync=--audit-sync-interval 0" \
+		"fsync-nodelay=--audit-sync-interval 0 --audit-commit-delay 0" "default="
+	# The audit really was on in the last instance ("default"): it recorded the run's statements.
 	recorded=$(find "$DATA_DIR/audit/segments" -name '*.jsonl' | sort | tail -n 2 |
 		xargs cat | grep -c '"event":"custos.db.statement"' || true)
-	((recorded >= 1000)) || die "audit written: only ${recorded:-0} statement records in the journal's last segments"
+	((recorded >= 1000)) || die "audit default: only ${recorded:-0} statement records in the journal's last segments"
 	for mode in "${audit_modes[@]}"; do
 		# shellcheck disable=SC2086 # a list of numbers
 		audit_tps[$clients,$mode]=$(mean ${runs[audit-c$clients,$mode]})
@@ -478,9 +480,9 @@ printf '\npolicy on/off     %s (target >= 0.9)\n' "$policy_ratio"
 
 declare -A audit_label=(
 	[off]='audit off (--no-audit)'
-	[fsync]='fsync before completion (default, 1ms delay)'
-	[fsync-nodelay]='fsync before completion, no commit delay'
-	[written]='written, fsync within 10ms'
+	[default]='default: reads written, fsync within 10ms'
+	[fsync]='every record fsynced first (1ms delay)'
+	[fsync-nodelay]='every record fsynced first, no delay'
 )
 for clients in "${AUDIT_CLIENTS[@]}"; do
 	printf '\naudit: pgbench -n -S -M prepared -c %s -j %s -T %s through custos as an agent, mean of %s runs each\n\n' \
@@ -514,7 +516,7 @@ json_string() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g'
 		"$custos_direct" "$custos_pgbouncer" "$pgbouncer_direct"
 	printf '  "policy": {"principal_groups": ["agents"], "audit": false, "rounds": %s, "tps_off": [%s], "tps_on": [%s], "tps_off_mean": %s, "tps_on_mean": %s, "on_off": %s, "target_on_off": 0.9},\n' \
 		"$POLICY_ROUNDS" "${policy_runs[off]// /, }" "${policy_runs[on]// /, }" "${policy_tps[off]}" "${policy_tps[on]}" "$policy_ratio"
-	printf '  "audit": {"principal_groups": ["agents"], "rounds": %s, "jobs": %s, "commit_delay_fsync": "1ms", "sync_interval_written": "10ms", "target_on_off": 0.85, "by_clients": {\n' \
+	printf '  "audit": {"principal_groups": ["agents"], "rounds": %s, "jobs": %s, "commit_delay_fsync": "1ms", "sync_interval_default": "10ms", "target_on_off": 0.85, "by_clients": {\n' \
 		"$AUDIT_ROUNDS" "$JOBS"
 	sep=""
 	for clients in "${AUDIT_CLIENTS[@]}"; do
