@@ -250,7 +250,7 @@ func (h *policyHook) query(ctx context.Context, m *Message, op *stateOp) error {
 	}
 	res, err := h.classify(q)
 	if err != nil {
-		h.refuseQuery(m, h.refused(e, h.syntaxRefusal(err)))
+		h.refuseQuery(m, h.refused(e, h.syntaxRefusal(e, err)))
 		return nil
 	}
 	if len(res.Statements) == 0 {
@@ -403,7 +403,7 @@ func (h *policyHook) parse(ctx context.Context, m *Message) {
 		if err == nil {
 			return
 		}
-		resp = h.syntaxRefusal(err)
+		resp = h.syntaxRefusal(nil, err)
 	}
 	n := h.addDenial(resp)
 	body := append([]byte(name), 0)
@@ -445,7 +445,7 @@ func (h *policyHook) execute(ctx context.Context, m *Message, op *stateOp) error
 			e.text = "(unknown portal)"
 		}
 	case info.err != nil:
-		h.refused(e, h.syntaxRefusal(info.err))
+		h.refused(e, h.syntaxRefusal(e, info.err))
 		return nil // its Parse already failed at the server
 	case len(info.res.Statements) == 0:
 		if e != nil {
@@ -766,11 +766,17 @@ func (h *policyHook) classify(q string) (*sqlclass.Result, error) {
 // syntaxRefusal answers a statement the classifier could not classify: a
 // syntax error as the server would report it, or a statement over the
 // classifier's bounds, which is custos' decision (54001 with a decision id,
-// logged and counted).
-func (h *policyHook) syntaxRefusal(err error) *pgproto3.ErrorResponse {
+// logged and counted, and in e's record when there is one).
+func (h *policyHook) syntaxRefusal(e *stmtEntry, err error) *pgproto3.ErrorResponse {
 	msg := err.Error()
 	if errors.Is(err, sqlclass.ErrTooComplex) {
 		dec := &policy.Decision{ID: policy.NewDecisionID(), Reasons: []string{msg}}
+		if e != nil {
+			e.dec = dec
+			if e.text == "" {
+				e.text = "(a statement over custos' bounds on what it parses)"
+			}
+		}
 		h.srv.metrics.decided(dec)
 		h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", h.ses.Principal.Subject,
 			"decision_id", dec.ID, "outcome", dec.Label(), "reasons", dec.Reasons)
