@@ -1,6 +1,9 @@
 package sqlclass
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 const benchQuery = "SELECT c.id, c.pan, o.total FROM cards c JOIN orders o ON o.card_id = c.id WHERE o.created > $1 ORDER BY o.created DESC LIMIT 50"
 
@@ -28,4 +31,31 @@ func BenchmarkClassify(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkPreScan is the pre-scan alone (the bounds checked before the parser) on a typical
+// statement and on a 1 MB multi-row INSERT, beside the whole classification of the same text.
+func BenchmarkPreScan(b *testing.B) {
+	row := "(12345, 'a card holder name', 2.5, now()), "
+	insert := "INSERT INTO t VALUES " + strings.Repeat(row, (1<<20)/len(row)) + "(1, 'x', 2.5, now())"
+	for _, tc := range []struct{ name, q string }{{"typical", benchQuery}, {"insert-1MB", insert}} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(tc.q)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := checkLimits(tc.q, DefaultMaxBytes, DefaultMaxDepth); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(tc.name+"/classify", func(b *testing.B) {
+			c := New(-1)
+			b.SetBytes(int64(len(tc.q)))
+			for b.Loop() {
+				if _, err := c.Classify(tc.q); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

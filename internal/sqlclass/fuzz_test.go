@@ -2,7 +2,9 @@ package sqlclass
 
 import (
 	"encoding/json"
+	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -68,4 +70,55 @@ func normalizedTexts(res *Result) []string {
 		out = append(out, st.Normalized)
 	}
 	return out
+}
+
+// FuzzDeepStatements builds a statement from a fuzzed prefix and suffix repeated up to 50,000
+// times around a fuzzed core: whatever the shape, Classify answers it or refuses it as too
+// complex (or as a syntax error), and never takes the process down with it.
+func FuzzDeepStatements(f *testing.F) {
+	for _, s := range deepShapes {
+		q := s.build(3)
+		f.Add("SELECT ", "", "1", uint16(3), q)
+	}
+	for _, seed := range []struct{ pre, suf, core string }{
+		{"(", ")", "1"}, {"1+", "", "1"}, {"- ", "", "1"}, {"NOT ", "", "true"}, {"ARRAY[", "]", "1"},
+		{"SELECT * FROM (", ") s", "SELECT 1"}, {"'{}'::jsonb->'", "'", "b"}, {"lower(", ")", "'x'"},
+		{"CASE WHEN true THEN ", " END", "1"}, {"ROW(", ")", "1"}, {"1,", "", "1"}, {"(1),", "", "(1)"},
+		{"$$", "$$", "x"}, {"/*", "*/", "1"}, {"'", "'", "("}, {"\"", "\"", ")"},
+	} {
+		f.Add("SELECT ", seed.suf, seed.core, uint16(1000), seed.pre)
+	}
+	c := New(-1)
+	f.Fuzz(func(t *testing.T, head, suffix, core string, n uint16, prefix string) {
+		reps := int(n) % 50001
+		if len(head)+len(core)+reps*(len(prefix)+len(suffix)) > DefaultMaxBytes+1<<10 {
+			return // over the size bound: refused unread
+		}
+		q := head + strings.Repeat(prefix, reps) + core + strings.Repeat(suffix, reps)
+		_, err := c.Classify(q)
+		if err != nil && !errors.Is(err, ErrTooComplex) && !errors.Is(err, ErrSyntax) {
+			t.Fatalf("%d×%q…%q: %v, want a result, ErrTooComplex or ErrSyntax", reps, prefix, suffix, err)
+		}
+	})
+}
+
+// FuzzPreScan: the pre-scan never panics, reports a depth within its limit when it accepts,
+// and refuses a text at a lower limit whenever it refuses it at a higher one.
+func FuzzPreScan(f *testing.F) {
+	for _, tt := range cases {
+		f.Add(tt.q, uint16(10))
+	}
+	for _, s := range deepShapes {
+		f.Add(s.build(50), uint16(20))
+	}
+	f.Fuzz(func(t *testing.T, q string, limit uint16) {
+		lim := int(limit)%2000 + 1
+		sc := scanQuery(q, lim, MaxListItems, MaxTokens)
+		if !sc.depthOver && sc.depth > lim {
+			t.Fatalf("accepted at depth %d over the limit %d", sc.depth, lim)
+		}
+		if sc.depthOver && lim > 1 && !scanQuery(q, lim-1, MaxListItems, MaxTokens).depthOver {
+			t.Fatalf("refused at %d but accepted at %d", lim, lim-1)
+		}
+	})
 }
