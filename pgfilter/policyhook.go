@@ -59,8 +59,10 @@ type policyHook struct {
 	encoded map[*sqlclass.Result]json.RawMessage
 	decided map[*sqlclass.Result]rememberedDecision
 	// pathChanged: a statement may have changed search_path, so function
-	// names are resolved in any schema (routines.go).
+	// names are resolved in any schema (routines.go); path is the
+	// session's search_path until then, once worked out.
 	pathChanged bool
+	path        *searchPath
 
 	// roleNames and resetOps serve approved statements' role changes
 	// (approvalrole.go): resetOps wait to be queued after the approved

@@ -198,7 +198,7 @@ func (c *catalog) unsafeFunctions(ctx context.Context, path searchPath, schema, 
 		path = knownPath(nil) // pg_catalog only
 	}
 	return c.routines(ctx, "f\x00"+path.key+"\x00"+name, functionQuery,
-		[][]byte{[]byte(name), path.param()}, func(v [][]byte) (string, bool) {
+		func() [][]byte { return [][]byte{[]byte(name), path.param()} }, func(v [][]byte) (string, bool) {
 			return string(v[0]) + "." + string(v[1]), true
 		})
 }
@@ -209,7 +209,7 @@ func (c *catalog) unsafeFunctions(ctx context.Context, path searchPath, schema, 
 // there are none.
 func (c *catalog) unsafeViewFunctions(ctx context.Context, path searchPath, schema, name string) ([]string, error) {
 	return c.routines(ctx, "v\x00"+path.key+"\x00"+schema+"\x00"+name, viewQuery,
-		[][]byte{[]byte(name), []byte(schema), path.param()}, func(v [][]byte) (string, bool) {
+		func() [][]byte { return [][]byte{[]byte(name), []byte(schema), path.param()} }, func(v [][]byte) (string, bool) {
 			ns, fn, builtin := string(v[0]), string(v[1]), string(v[2]) == "t"
 			if ns == "pg_catalog" && builtin && sqlclass.BuiltinReadOnly(fn) {
 				return "", false
@@ -220,12 +220,13 @@ func (c *catalog) unsafeViewFunctions(ctx context.Context, path searchPath, sche
 
 // routines runs a resolution query, or answers it from the cache; row
 // turns a result row into a function custos cannot prove read-only.
-func (c *catalog) routines(ctx context.Context, key, query string, params [][]byte, row func([][]byte) (string, bool)) ([]string, error) {
+func (c *catalog) routines(ctx context.Context, key, query string, paramsOf func() [][]byte, row func([][]byte) (string, bool)) ([]string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.routineCache[key]; ok && time.Since(e.loaded) < catalogTTL {
 		return e.unsafe, nil
 	}
+	params := paramsOf()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var out []string
@@ -308,22 +309,35 @@ func (h *policyHook) sessionPath(ctx context.Context, cat *catalog) searchPath {
 	if h.pathChanged {
 		return anySchema()
 	}
+	// A session's path is fixed from its start until a statement changes
+	// it (then pathChanged): worked out once.
+	if h.path != nil {
+		return *h.path
+	}
+	p, final := h.startPath(ctx, cat)
+	if final {
+		h.path = &p
+	}
+	return p
+}
+
+// startPath is the session's search_path at its start, and whether it is
+// known for good (a failed catalog lookup is tried again next time).
+func (h *policyHook) startPath(ctx context.Context, cat *catalog) (searchPath, bool) {
 	v, ok := h.ses.Params["search_path"]
 	if !ok {
 		var err error
 		if v, err = cat.defaultSearchPath(ctx); err != nil {
-			return anySchema()
+			return anySchema(), false
 		}
 	}
-	user := ""
-	if up := h.srv.upstreams[h.ses.Resource.Name]; up != nil {
-		user = up.cfg.User
-	}
-	schemas, ok := splitSearchPath(v, user)
+	// "$user" is the role the session logs in as (its group's login, or
+	// the principal's own user).
+	schemas, ok := splitSearchPath(v, h.ses.UpstreamUser())
 	if !ok {
-		return anySchema()
+		return anySchema(), true
 	}
-	return knownPath(schemas)
+	return knownPath(schemas), true
 }
 
 // resolveRoutines returns stmts with every statement whose function calls
