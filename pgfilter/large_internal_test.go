@@ -11,12 +11,12 @@ import (
 func TestSerializeLarge(t *testing.T) {
 	t.Parallel()
 	s := &Server{large: map[string]*largeLock{}}
-	release := s.serializeLarge("mallory")
+	release, _ := s.serializeLarge("mallory", 1)
 	got := make(chan string, 2)
 	var wg sync.WaitGroup
 	for _, who := range []string{"mallory", "bob"} {
 		wg.Go(func() {
-			r := s.serializeLarge(who)
+			r, _ := s.serializeLarge(who, 1)
 			got <- who
 			r()
 		})
@@ -38,5 +38,39 @@ func TestSerializeLarge(t *testing.T) {
 	defer s.mu.Unlock()
 	if len(s.large) != 0 {
 		t.Errorf("locks left: %v", s.large)
+	}
+}
+
+// TestLargeBudget: a principal's long texts are parsed within a budget of
+// bytes refilled at largeRate; past it they are refused, and another
+// principal's budget is its own.
+func TestLargeBudget(t *testing.T) {
+	t.Parallel()
+	l := &largeLock{}
+	now := time.Now()
+	if !l.spend(largeBurst, now) {
+		t.Fatal("a full budget refused its size")
+	}
+	if l.spend(largeRate, now) {
+		t.Fatal("an empty budget spent")
+	}
+	if !l.spend(largeRate, now.Add(1100*time.Millisecond)) {
+		t.Fatal("a second's refill refused")
+	}
+	s := &Server{large: map[string]*largeLock{}}
+	for range 4 {
+		r, ok := s.serializeLarge("mallory", largeBurst/4)
+		if !ok {
+			t.Fatal("refused within the burst")
+		}
+		r()
+	}
+	if _, ok := s.serializeLarge("mallory", largeBurst/4); ok {
+		t.Error("past the burst, not refused")
+	}
+	if r, ok := s.serializeLarge("bob", largeBurst/4); !ok {
+		t.Error("another principal refused")
+	} else {
+		r()
 	}
 }

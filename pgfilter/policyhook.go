@@ -757,10 +757,19 @@ func denyResponse(reason, decisionID string) *pgproto3.ErrorResponse {
 // classify classifies a statement text. A long one is parsed after the
 // principal's other long ones (the classifier parses few at a time, in
 // arrival order), so one principal's flood of long texts delays another's
-// by one parse at most.
+// by one parse at most, and only within the principal's budget of long
+// text (largeRate).
 func (h *policyHook) classify(q string) (*sqlclass.Result, error) {
 	if len(q) > largeStatementBytes {
-		defer h.srv.serializeLarge(h.ses.Principal.Issuer + "\x00" + h.ses.Principal.Subject)()
+		// What the bounds refuse is refused unparsed, and spends nothing.
+		if err := h.cls.CheckLimits(q); err != nil {
+			return nil, err
+		}
+		release, ok := h.srv.serializeLarge(h.ses.Principal.Issuer+"\x00"+h.ses.Principal.Subject, len(q))
+		if !ok {
+			return nil, &sqlclass.LimitError{Limit: "rate", Max: largeRate}
+		}
+		defer release()
 	}
 	return h.cls.Classify(q)
 }

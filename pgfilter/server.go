@@ -554,15 +554,42 @@ func (s *Server) releaseSession(ss *session) {
 // for its shared parse slots).
 const largeStatementBytes = 64 << 10
 
-// largeLock serializes one principal's long parses.
+// largeLock serializes one principal's long parses, and holds its budget
+// of long text (a token bucket of bytes, largeBurst deep, refilled at
+// largeRate a second): parsing costs about a second of CPU per megabyte,
+// so the budget bounds the CPU one principal's long statements take from
+// everyone else to about half a core.
 type largeLock struct {
-	mu   sync.Mutex
-	refs int
+	mu     sync.Mutex
+	refs   int
+	budget float64
+	at     time.Time
 }
 
-// serializeLarge waits for the principal's turn to parse a long text; the
-// returned function ends it.
-func (s *Server) serializeLarge(key string) func() {
+const (
+	largeRate  = 512 << 10
+	largeBurst = sqlclass.DefaultMaxBytes
+)
+
+// spend takes n bytes from the principal's budget; l.mu held.
+func (l *largeLock) spend(n int, now time.Time) bool {
+	if l.at.IsZero() {
+		l.budget = largeBurst
+	} else {
+		l.budget = min(largeBurst, l.budget+now.Sub(l.at).Seconds()*largeRate)
+	}
+	l.at = now
+	if float64(n) > l.budget {
+		return false
+	}
+	l.budget -= float64(n)
+	return true
+}
+
+// serializeLarge waits for the principal's turn to parse a long text of n
+// bytes; the returned function ends it. It returns false, and nil, when
+// the principal's budget of long text is spent.
+func (s *Server) serializeLarge(key string, n int) (func(), bool) {
 	s.mu.Lock()
 	l := s.large[key]
 	if l == nil {
@@ -572,14 +599,19 @@ func (s *Server) serializeLarge(key string) func() {
 	l.refs++
 	s.mu.Unlock()
 	l.mu.Lock()
-	return func() {
+	release := func() {
 		l.mu.Unlock()
 		s.mu.Lock()
-		if l.refs--; l.refs == 0 {
-			delete(s.large, key)
+		if l.refs--; l.refs == 0 && l.budget+time.Since(l.at).Seconds()*largeRate >= largeBurst {
+			delete(s.large, key) // nothing left to remember
 		}
 		s.mu.Unlock()
 	}
+	if !l.spend(n, time.Now()) {
+		release()
+		return nil, false
+	}
+	return release, true
 }
 
 func principalKey(ss *session) string { return ss.Principal.Issuer + "\x00" + ss.Principal.Subject }

@@ -77,25 +77,31 @@ func BenchmarkHostileAgent(b *testing.B) {
 		idle := measure(2 * time.Second)
 		var attacked, withReads []time.Duration
 		var counts hostileCounts
-		for _, reads := range []bool{false, true} {
+		for _, ph := range []struct {
+			name string
+			a    attacks
+		}{
+			{"sessions", attackSessions}, {"statements", attackStatements}, {"bad-tokens", attackBadTokens},
+			{"attack", attackSessions | attackStatements | attackBadTokens},
+			{"attack+reads", attackSessions | attackStatements | attackBadTokens | attackReads},
+		} {
 			actx, cancel := context.WithCancel(ctx)
 			var wg sync.WaitGroup
-			hostileAgent(actx, &wg, env, agentToken, reads, &counts)
+			hostileAgent(actx, &wg, env, agentToken, ph.a, &counts)
 			lat := measure(3 * time.Second)
 			cancel()
 			wg.Wait()
-			if reads {
-				withReads = lat
-			} else {
+			switch ph.name {
+			case "attack":
 				attacked = lat
+			case "attack+reads":
+				withReads = lat
 			}
+			b.ReportMetric(pct(lat, 0.5)/pct(idle, 0.5), ph.name+"/idle-p50")
+			b.ReportMetric(pct(lat, 0.99)/pct(idle, 0.99), ph.name+"/idle-p99")
 		}
 		b.ReportMetric(pct(idle, 0.5), "idle-p50-µs")
 		b.ReportMetric(pct(idle, 0.99), "idle-p99-µs")
-		b.ReportMetric(pct(attacked, 0.5)/pct(idle, 0.5), "attack/idle-p50")
-		b.ReportMetric(pct(attacked, 0.99)/pct(idle, 0.99), "attack/idle-p99")
-		b.ReportMetric(pct(withReads, 0.5)/pct(idle, 0.5), "attack+reads/idle-p50")
-		b.ReportMetric(pct(withReads, 0.99)/pct(idle, 0.99), "attack+reads/idle-p99")
 		if e := counts.firstError.Load(); e != nil {
 			b.Logf("the agent's first unexpected error (of %d): %v", counts.otherErrors.Load(), e)
 		}
@@ -108,9 +114,21 @@ func BenchmarkHostileAgent(b *testing.B) {
 	}
 }
 
+// attacks are the parts of the attack a phase runs.
+type attacks uint8
+
+const (
+	attackSessions   attacks = 1 << iota // hold every session the caps allow, reopen each in turn
+	attackStatements                     // statements built to make the classifier work
+	attackBadTokens                      // connections with garbage tokens
+	attackReads                          // allowed reads at full speed
+)
+
 // hostileAgent starts the attack's goroutines; they stop when ctx ends.
-// It returns once the agent holds every session the caps allow it (or after 20 s).
-func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env, token string, reads bool, n *hostileCounts) {
+// With attackSessions it returns once the agent holds every session the
+// caps allow it (or after 20 s).
+func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env, token string, which attacks, n *hostileCounts) {
+	reads := which&attackReads != 0
 	connStr := env.ConnString("mallory", token)
 	open := func() *pgx.Conn {
 		c, err := pgx.Connect(ctx, connStr)
@@ -129,7 +147,10 @@ func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env
 		return nil
 	}
 	// The workers' sessions first, then the flood takes the rest.
-	workers := 2
+	workers := 0
+	if which&attackStatements != 0 {
+		workers = 2
+	}
 	if reads {
 		workers += 2
 	}
@@ -140,8 +161,15 @@ func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env
 	// Sessions: as many as the caps allow, each closed and reopened in turn.
 	full := make(chan struct{})
 	var fullOnce sync.Once
+	if which&attackSessions == 0 {
+		fullOnce.Do(func() { close(full) })
+	}
 	wg.Add(1)
 	go func() {
+		if which&attackSessions == 0 {
+			wg.Done()
+			return
+		}
 		defer wg.Done()
 		defer fullOnce.Do(func() { close(full) })
 		var held []*pgx.Conn
@@ -169,7 +197,7 @@ func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env
 		"SELECT " + strings.Repeat("1,", 100000) + "1",
 		"SELECT count(*) FROM (VALUES " + strings.Repeat("(1),", 250000) + "(1)) v",
 	}
-	for w := range 2 {
+	for w := range workers - 2*btoi(reads) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -198,6 +226,9 @@ func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		if which&attackBadTokens == 0 {
+			return
+		}
 		for i := 0; ctx.Err() == nil; i++ {
 			c, err := pgx.Connect(ctx, env.ConnString("mallory", fmt.Sprintf("eyJhbGciOiJSUzI1NiJ9.garbage%d.sig", i)))
 			if err == nil {
@@ -217,7 +248,7 @@ func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env
 		return
 	}
 	// Allowed reads at full speed.
-	for w := 2; w < workers; w++ {
+	for w := workers - 2; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -240,4 +271,11 @@ func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env
 			}
 		}()
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -100,6 +100,12 @@ func (c *Classifier) Classify(query string) (*Result, error) {
 	return res, err
 }
 
+// CheckLimits reports whether query would be refused by the limits on what reaches the
+// parser (the error Classify would return), without parsing it.
+func (c *Classifier) CheckLimits(query string) error {
+	return checkLimits(query, c.maxBytes, c.maxDepth)
+}
+
 // Len reports how many query texts the cache holds.
 func (c *Classifier) Len() int {
 	c.mu.RLock()

@@ -38,8 +38,8 @@ const MaxListItems = 1664
 // belong in COPY.
 const MaxTokens = 1 << 20
 
-// LimitError is a statement refused by a limit: Limit is "depth", "size", "list" or "tokens",
-// Max its value.
+// LimitError is a statement refused by a limit: Limit is "depth", "size", "list", "tokens"
+// or "rate" (a caller's budget of long texts), Max its value.
 type LimitError struct {
 	Limit string
 	Max   int
@@ -53,6 +53,8 @@ func (e *LimitError) Error() string {
 		return fmt.Sprintf("%s: a SELECT, RETURNING or GROUP BY list of more than %d items", ErrTooComplex, e.Max)
 	case "tokens":
 		return fmt.Sprintf("%s: more than %d tokens (load bulk data with COPY)", ErrTooComplex, e.Max)
+	case "rate":
+		return fmt.Sprintf("%s: long statements past %d bytes a second from one principal (load bulk data with COPY, or wait)", ErrTooComplex, e.Max)
 	}
 	return fmt.Sprintf("%s: nesting deeper than %d levels", ErrTooComplex, e.Max)
 }
