@@ -227,6 +227,15 @@ func (hs *handshake) run(ctx context.Context) (*session, error) {
 			return nil, err
 		}
 	}
+	if s.gate.blocked(hs.clientAddr) {
+		// Refused before TLS and verification: a flood of refused tokens
+		// from one address costs custos no more than this.
+		s.metrics.connections.WithLabelValues("auth_rate_limited").Inc()
+		hs.log.Debug("connection refused", "reason", "auth_rate_limited")
+		_ = s.sessionEvent(SessionEvent{Kind: SessionAuthFailed, ClientAddr: hs.clientAddr, Reason: "rate_limited",
+			Err: errors.New("too many refused authentications from this address")})
+		return nil, fatal("53300", fmt.Sprintf("too many refused authentications from %s: try again in a second", hostOf(hs.clientAddr)))
+	}
 	first, err := hs.br.Peek(1)
 	if err != nil {
 		return nil, nil // closed before saying anything
@@ -424,6 +433,7 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 	if err != nil {
 		reason := authn.Reason(err)
 		s.metrics.authFailures.WithLabelValues(reason).Inc()
+		s.gate.failed(hs.clientAddr)
 		log.Warn("authentication failed", "reason", reason, "error", err)
 		_ = event(SessionAuthFailed, reason, nil, nil, err)
 		if s.opts.Listener.OAuthBearer {

@@ -638,3 +638,44 @@ func TestMessageTooLarge(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestRefusedTokenFloodGated: past a burst of refused tokens from one
+// address, its connections are refused at once, before TLS (the client
+// sees its TLS request answered by an error) until the window passes; a
+// good token then gets in again.
+func TestRefusedTokenFloodGated(t *testing.T) {
+	t.Parallel()
+	env := pgfiltertest.Start(t, pgfiltertest.Options{})
+	refused, gated := 0, 0
+	for i := 0; i < 200 && gated < 5; i++ {
+		c, err := pgx.Connect(context.Background(), env.ConnString("alice", fmt.Sprintf("not-a-token-%d", i)))
+		var pe *pgconn.PgError
+		switch {
+		case err == nil:
+			_ = c.Close(context.Background())
+			t.Fatalf("attempt %d: a garbage token got in", i)
+		case errors.As(err, &pe) && pe.Code == "28P01":
+			refused++
+		case strings.Contains(err.Error(), "refused TLS"), errors.As(err, &pe) && pe.Code == "53300":
+			gated++
+		default:
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+	}
+	if refused < 20 || gated == 0 {
+		t.Fatalf("%d refused, %d gated", refused, gated)
+	}
+	// Without TLS the refusal is the FATAL itself (or, if the window has
+	// passed meanwhile, the token's refusal).
+	if e := connectErr(t, env.ConnString("alice", "x", "sslmode=disable")); e.Code == "53300" &&
+		!strings.Contains(e.Message, "too many refused authentications from 127.0.0.1") {
+		t.Errorf("gated, no TLS: %s %q", e.Code, e.Message)
+	}
+	waitFor(t, func() bool {
+		c, err := pgx.Connect(context.Background(), env.ConnString("alice", env.Token(t, "alice")))
+		if err == nil {
+			_ = c.Close(context.Background())
+		}
+		return err == nil
+	})
+}

@@ -197,7 +197,8 @@ type Server struct {
 	perSubject map[string]int
 	perGroup   map[string]int
 	large      map[string]*largeLock // by principalKey
-	admitted   int                   // sessions holding a place (admitSession)
+	gate       *authGate
+	admitted   int // sessions holding a place (admitSession)
 	cancelKeys map[uint64]*session
 	closing    bool
 	sessionsWG sync.WaitGroup
@@ -261,6 +262,7 @@ func New(opts Options) (*Server, error) {
 		perSubject: map[string]int{},
 		perGroup:   map[string]int{},
 		large:      map[string]*largeLock{},
+		gate:       newAuthGate(),
 		cancelKeys: map[uint64]*session{},
 		proxy:      proxy,
 	}
