@@ -569,8 +569,9 @@ type largeLock struct {
 }
 
 const (
-	largeRate  = 512 << 10
-	largeBurst = sqlclass.DefaultMaxBytes
+	maxLargeLocks = 4096
+	largeRate     = 512 << 10
+	largeBurst    = sqlclass.DefaultMaxBytes
 )
 
 // spend takes n bytes from the principal's budget; l.mu held.
@@ -595,6 +596,16 @@ func (s *Server) serializeLarge(key string, n int) (func(), bool) {
 	s.mu.Lock()
 	l := s.large[key]
 	if l == nil {
+		if len(s.large) >= maxLargeLocks {
+			// Budgets still refilling are kept until their principal
+			// comes back; past this many, those not in use go (each then
+			// starts again with a full budget).
+			for k, other := range s.large {
+				if other.refs == 0 {
+					delete(s.large, k)
+				}
+			}
+		}
 		l = &largeLock{}
 		s.large[key] = l
 	}
