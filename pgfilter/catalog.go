@@ -73,29 +73,42 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped`
 
 func (c *catalog) load(ctx context.Context, table uint32) (*catalogTable, error) {
+	var t *catalogTable
+	err := c.query(ctx, catalogQuery, [][]byte{[]byte(strconv.FormatUint(uint64(table), 10))}, []uint32{26},
+		func() { t = &catalogTable{loaded: time.Now(), cols: map[int16]column{}} },
+		func(v [][]byte) {
+			if n, err := strconv.ParseInt(string(v[0]), 10, 16); err == nil {
+				t.cols[int16(n)] = column{schema: string(v[3]), table: string(v[2]), name: string(v[1])}
+			}
+		})
+	if err != nil {
+		return nil, fmt.Errorf("catalog lookup of table %d: %w", table, err)
+	}
+	return t, nil
+}
+
+// query runs a catalog query, reconnecting once when the connection went
+// away: start is called before each attempt (to reset what row collects),
+// row for each result row. c.mu is held.
+func (c *catalog) query(ctx context.Context, sql string, params [][]byte, oids []uint32, start func(), row func([][]byte)) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for attempt := 0; ; attempt++ {
 		if err := c.connect(ctx); err != nil {
-			return nil, err
+			return err
 		}
-		rr := c.conn.ExecParams(ctx, catalogQuery, [][]byte{[]byte(strconv.FormatUint(uint64(table), 10))}, []uint32{26}, nil, nil)
-		t := &catalogTable{loaded: time.Now(), cols: map[int16]column{}}
+		start()
+		rr := c.conn.ExecParams(ctx, sql, params, oids, nil, nil)
 		for rr.NextRow() {
-			v := rr.Values()
-			n, err := strconv.ParseInt(string(v[0]), 10, 16)
-			if err != nil {
-				continue
-			}
-			t.cols[int16(n)] = column{schema: string(v[3]), table: string(v[2]), name: string(v[1])}
+			row(rr.Values())
 		}
 		if _, err := rr.Close(); err != nil {
 			if attempt == 0 && c.conn.IsClosed() {
-				continue // the connection went away: reconnect once
+				continue
 			}
-			return nil, fmt.Errorf("catalog lookup of table %d: %w", table, err)
+			return err
 		}
-		return t, nil
+		return nil
 	}
 }
 
@@ -124,27 +137,13 @@ func (c *catalog) compositeAttrs(ctx context.Context, typ uint32) ([]attr, error
 // queryAttrs runs a query answering (name, type oid) rows, reconnecting
 // once when the catalog connection was lost; nil for no rows. c.mu is held.
 func (c *catalog) queryAttrs(ctx context.Context, query string, params [][]byte, oids []uint32) ([]attr, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	var attrs []attr
-	for attempt := 0; ; attempt++ {
-		if err := c.connect(ctx); err != nil {
-			return nil, err
-		}
-		rr := c.conn.ExecParams(ctx, query, params, oids, nil, nil)
-		attrs = attrs[:0]
-		for rr.NextRow() {
-			v := rr.Values()
-			t, _ := strconv.ParseUint(string(v[1]), 10, 32)
-			attrs = append(attrs, attr{name: string(v[0]), typ: uint32(t)})
-		}
-		if _, err := rr.Close(); err != nil {
-			if attempt == 0 && c.conn.IsClosed() {
-				continue
-			}
-			return nil, err
-		}
-		break
+	err := c.query(ctx, query, params, oids, func() { attrs = attrs[:0] }, func(v [][]byte) {
+		t, _ := strconv.ParseUint(string(v[1]), 10, 32)
+		attrs = append(attrs, attr{name: string(v[0]), typ: uint32(t)})
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(attrs) == 0 {
 		return nil, nil
@@ -223,29 +222,19 @@ func (c *catalog) close() {
 func (c *catalog) functionName(ctx context.Context, oid uint32) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for attempt := 0; ; attempt++ {
-		if err := c.connect(ctx); err != nil {
-			return "", err
-		}
-		rr := c.conn.ExecParams(ctx, `SELECT p.proname, n.nspname FROM pg_catalog.pg_proc p
+	name := ""
+	err := c.query(ctx, `SELECT p.proname, n.nspname FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = $1`,
-			[][]byte{[]byte(strconv.FormatUint(uint64(oid), 10))}, []uint32{26}, nil, nil)
-		name := ""
-		for rr.NextRow() {
-			v := rr.Values()
+		[][]byte{[]byte(strconv.FormatUint(uint64(oid), 10))}, []uint32{26},
+		func() { name = "" },
+		func(v [][]byte) {
 			name = string(v[0])
 			if s := string(v[1]); s != "pg_catalog" {
 				name = s + "." + name
 			}
-		}
-		if _, err := rr.Close(); err != nil {
-			if attempt == 0 && c.conn.IsClosed() {
-				continue
-			}
-			return "", fmt.Errorf("catalog lookup of function %d: %w", oid, err)
-		}
-		return name, nil
+		})
+	if err != nil {
+		return "", fmt.Errorf("catalog lookup of function %d: %w", oid, err)
 	}
+	return name, nil
 }

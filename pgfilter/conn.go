@@ -497,26 +497,25 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		_ = event(SessionRefused, "session_limit", principal, ss, err)
 		return nil, err
 	}
+	upstreamFailed := func(err error) (*session, error) {
+		s.releaseSession(ss)
+		s.metrics.connections.WithLabelValues("upstream_failed").Inc()
+		ss.log.Error("upstream login failed", "error", err)
+		_ = event(SessionRefused, "upstream_failed", principal, ss, err)
+		return nil, upstreamError(up.res.Name, err)
+	}
 	var cred *credential
 	if login != nil && login.PerPrincipal {
 		u, pw, err := s.prov.acquire(ctx, up, login, principal)
 		if err != nil {
-			s.releaseSession(ss)
-			s.metrics.connections.WithLabelValues("upstream_failed").Inc()
-			ss.log.Error("upstream login failed", "error", err)
-			_ = event(SessionRefused, "upstream_failed", principal, ss, err)
-			return nil, upstreamError(up.res.Name, err)
+			return upstreamFailed(err)
 		}
 		ss.provUser, ss.provUp, ss.ProvisionedUser = u, up, u
 		cred = &credential{user: u, password: pw}
 	}
 	hj, err := s.connectUpstream(ctx, up, &ss.Session, cred, params)
 	if err != nil {
-		s.releaseSession(ss)
-		s.metrics.connections.WithLabelValues("upstream_failed").Inc()
-		ss.log.Error("upstream login failed", "error", err)
-		_ = event(SessionRefused, "upstream_failed", principal, ss, err)
-		return nil, upstreamError(up.res.Name, err)
+		return upstreamFailed(err)
 	}
 	if err := checkReportedEncoding(hj.ParameterStatuses["client_encoding"], params["client_encoding"]); err != nil {
 		_ = hj.Conn.Close()

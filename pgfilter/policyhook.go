@@ -223,11 +223,7 @@ func (h *policyHook) bind(ctx context.Context, m *Message) {
 // nameRefusal is the client's answer to a message custos refused because
 // it would redefine a name: code is the server's own for the case.
 func (h *policyHook) nameRefusal(code, what, why, hint string) *pgproto3.ErrorResponse {
-	dec := &policy.Decision{ID: policy.NewDecisionID(), Reasons: []string{why}}
-	id := dec.ID
-	h.srv.metrics.decided(dec)
-	h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", h.ses.Principal.Subject,
-		"decision_id", id, "outcome", dec.Label(), "reasons", dec.Reasons)
+	id := h.custosDecision(why).ID
 	return &pgproto3.ErrorResponse{
 		Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: code,
 		Message: "custos: " + what + "; " + why + " (decision " + id + ")",
@@ -237,6 +233,26 @@ func (h *policyHook) nameRefusal(code, what, why, hint string) *pgproto3.ErrorRe
 }
 
 const hintRedefine = "Close it first, or use another name."
+
+// custosDecision is a refusal custos makes itself, for reason: counted and
+// logged as the policy's are.
+func (h *policyHook) custosDecision(reason string) *policy.Decision {
+	dec := &policy.Decision{ID: policy.NewDecisionID(), Reasons: []string{reason}}
+	h.srv.metrics.decided(dec)
+	h.logRefusal(dec, "")
+	return dec
+}
+
+// logRefusal logs a decision that refuses or parks a statement (query: its
+// normalized text, if known).
+func (h *policyHook) logRefusal(dec *policy.Decision, query string) {
+	args := []any{"session_id", h.ses.ID, "principal", h.ses.Principal.Subject,
+		"decision_id", dec.ID, "outcome", dec.Label(), "reasons", dec.Reasons}
+	if query != "" {
+		args = append(args, "query", query)
+	}
+	h.srv.log.Info("statement refused", args...)
+}
 
 // query decides a simple-protocol query string; op receives its
 // statements when it goes upstream as sent.
@@ -616,8 +632,7 @@ func (h *policyHook) resolve(ctx context.Context, stmts []sqlclass.Statement) ([
 func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []sqlclass.Statement) *policy.Decision {
 	if dec := invariantDenial(stmts); dec != nil {
 		h.srv.metrics.decided(dec)
-		h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", h.ses.Principal.Subject,
-			"decision_id", dec.ID, "outcome", dec.Label(), "reasons", dec.Reasons, "query", res.Normalized)
+		h.logRefusal(dec, res.Normalized)
 		return dec
 	}
 	if h.eng == nil {
@@ -648,8 +663,7 @@ func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []s
 	h.remember(res, stmts, dec)
 	h.srv.metrics.decided(dec)
 	if !dec.Allow || dec.RequireApproval != nil {
-		h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", p.Subject,
-			"decision_id", dec.ID, "outcome", dec.Label(), "reasons", dec.Reasons, "query", res.Normalized)
+		h.logRefusal(dec, res.Normalized)
 	}
 	return dec
 }
@@ -781,16 +795,13 @@ func (h *policyHook) classify(q string) (*sqlclass.Result, error) {
 func (h *policyHook) syntaxRefusal(e *stmtEntry, err error) *pgproto3.ErrorResponse {
 	msg := err.Error()
 	if errors.Is(err, sqlclass.ErrTooComplex) {
-		dec := &policy.Decision{ID: policy.NewDecisionID(), Reasons: []string{msg}}
+		dec := h.custosDecision(msg)
 		if e != nil {
 			e.dec = dec
 			if e.text == "" {
 				e.text = "(a statement over custos' bounds on what it parses)"
 			}
 		}
-		h.srv.metrics.decided(dec)
-		h.srv.log.Info("statement refused", "session_id", h.ses.ID, "principal", h.ses.Principal.Subject,
-			"decision_id", dec.ID, "outcome", dec.Label(), "reasons", dec.Reasons)
 		return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "54001",
 			Message: "custos refused the statement: " + msg + " (decision " + dec.ID + ")",
 			Detail:  "decision id: " + dec.ID,

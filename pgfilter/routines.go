@@ -134,7 +134,7 @@ func textArray(names []string) []byte {
 	return []byte(b.String())
 }
 
-// pathParam is the query parameter for a path: NULL (any schema) when
+// param is the query parameter for a path: NULL (any schema) when
 // unknown.
 func (p searchPath) param() []byte {
 	if !p.known {
@@ -226,28 +226,14 @@ func (c *catalog) routines(ctx context.Context, key, query string, paramsOf func
 	if e, ok := c.routineCache[key]; ok && time.Since(e.loaded) < catalogTTL {
 		return e.unsafe, nil
 	}
-	params := paramsOf()
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
 	var out []string
-	for attempt := 0; ; attempt++ {
-		if err := c.connect(ctx); err != nil {
-			return nil, err
+	err := c.query(ctx, query, paramsOf(), nil, func() { out = out[:0] }, func(v [][]byte) {
+		if f, bad := row(v); bad && !slices.Contains(out, f) {
+			out = append(out, f)
 		}
-		rr := c.conn.ExecParams(ctx, query, params, nil, nil, nil)
-		out = out[:0]
-		for rr.NextRow() {
-			if f, bad := row(rr.Values()); bad && !slices.Contains(out, f) {
-				out = append(out, f)
-			}
-		}
-		if _, err := rr.Close(); err != nil {
-			if attempt == 0 && c.conn.IsClosed() {
-				continue
-			}
-			return nil, fmt.Errorf("catalog resolution: %w", err)
-		}
-		break
+	})
+	if err != nil {
+		return nil, fmt.Errorf("catalog resolution: %w", err)
 	}
 	if len(c.routineCache) >= routineCacheMax {
 		clear(c.routineCache)
@@ -265,26 +251,14 @@ func (c *catalog) defaultSearchPath(ctx context.Context) (string, error) {
 	if c.defaultPath != nil && time.Since(c.defaultPath.loaded) < catalogTTL {
 		return c.defaultPath.value, nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for attempt := 0; ; attempt++ {
-		if err := c.connect(ctx); err != nil {
-			return "", err
-		}
-		rr := c.conn.ExecParams(ctx, `SELECT pg_catalog.current_setting('search_path')`, nil, nil, nil, nil)
-		v := ""
-		for rr.NextRow() {
-			v = string(rr.Values()[0])
-		}
-		if _, err := rr.Close(); err != nil {
-			if attempt == 0 && c.conn.IsClosed() {
-				continue
-			}
-			return "", fmt.Errorf("catalog search_path: %w", err)
-		}
-		c.defaultPath = &pathEntry{loaded: time.Now(), value: v}
-		return v, nil
+	v := ""
+	err := c.query(ctx, `SELECT pg_catalog.current_setting('search_path')`, nil, nil,
+		func() { v = "" }, func(row [][]byte) { v = string(row[0]) })
+	if err != nil {
+		return "", fmt.Errorf("catalog search_path: %w", err)
 	}
+	c.defaultPath = &pathEntry{loaded: time.Now(), value: v}
+	return v, nil
 }
 
 type pathEntry struct {

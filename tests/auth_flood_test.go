@@ -32,18 +32,13 @@ func TestAuthFailureFloodEvidence(t *testing.T) {
 	client := authv3.NewAuthorizationClient(dialEnvoy(t, vars, true))
 
 	check := func(src, authorization string) codes.Code {
-		h := map[string]string{":method": "GET", ":path": "/v1/customers", ":authority": "api.example.com", ":scheme": "https"}
+		h := map[string]string{}
 		if authorization != "" {
 			h["authorization"] = authorization
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		resp, err := client.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-			Source: &authv3.AttributeContext_Peer{Address: sockAddr(src, 40000)},
-			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-				Method: "GET", Path: "/v1/customers", Host: "api.example.com", Scheme: "https", Headers: h,
-			}},
-		}})
+		resp, err := client.Check(ctx, customersCheck(src, "", "GET", h))
 		if err != nil {
 			t.Errorf("Check: %v", err)
 			return codes.Unknown

@@ -52,18 +52,9 @@ func TestCustosDevAnswersEnvoy(t *testing.T) {
 	client := authv3.NewAuthorizationClient(dialEnvoy(t, vars, true))
 	httpCheck := func(t *testing.T, method string, headers map[string]string) *authv3.CheckResponse {
 		t.Helper()
-		h := map[string]string{":method": method, ":path": "/v1/customers", ":authority": "api.example.com", ":scheme": "https"}
-		for k, v := range headers {
-			h[k] = v
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		resp, err := client.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
-			Source: &authv3.AttributeContext_Peer{Address: sockAddr("127.0.0.1", 40000)},
-			Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
-				Id: "req-1", Method: method, Path: "/v1/customers", Host: "api.example.com", Scheme: "https", Headers: h,
-			}},
-		}})
+		resp, err := client.Check(ctx, customersCheck("127.0.0.1", "req-1", method, headers))
 		if err != nil {
 			t.Fatalf("Check: %v", err)
 		}
@@ -102,6 +93,21 @@ func TestCustosDevAnswersEnvoy(t *testing.T) {
 			t.Fatalf("network check: %v %v", resp, err)
 		}
 	})
+}
+
+// customersCheck is Envoy's HTTP Check of a request to the demo route
+// /v1/customers from src, with headers added to the pseudo-headers.
+func customersCheck(src, id, method string, headers map[string]string) *authv3.CheckRequest {
+	h := map[string]string{":method": method, ":path": "/v1/customers", ":authority": "api.example.com", ":scheme": "https"}
+	for k, v := range headers {
+		h[k] = v
+	}
+	return &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+		Source: &authv3.AttributeContext_Peer{Address: sockAddr(src, 40000)},
+		Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Id: id, Method: method, Path: "/v1/customers", Host: "api.example.com", Scheme: "https", Headers: h,
+		}},
+	}}
 }
 
 func sockAddr(ip string, port uint32) *corev3.Address {

@@ -147,16 +147,12 @@ func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env
 		return nil
 	}
 	// The workers' sessions first, then the flood takes the rest.
-	workers := 0
+	var stmtConns, readConns []*pgx.Conn
 	if which&attackStatements != 0 {
-		workers = 2
+		stmtConns = []*pgx.Conn{open(), open()}
 	}
 	if reads {
-		workers += 2
-	}
-	conns := make([]*pgx.Conn, workers)
-	for i := range conns {
-		conns[i] = open()
+		readConns = []*pgx.Conn{open(), open()}
 	}
 	// Sessions: as many as the caps allow, each closed and reopened in turn.
 	full := make(chan struct{})
@@ -197,11 +193,10 @@ func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env
 		"SELECT " + strings.Repeat("1,", 100000) + "1",
 		"SELECT count(*) FROM (VALUES " + strings.Repeat("(1),", 250000) + "(1)) v",
 	}
-	for w := range workers - 2*btoi(reads) {
+	for w, c := range stmtConns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := conns[w]
 			for i := w; ctx.Err() == nil; i++ {
 				if c == nil {
 					if c = open(); c == nil {
@@ -248,11 +243,10 @@ func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env
 		return
 	}
 	// Allowed reads at full speed.
-	for w := workers - 2; w < workers; w++ {
+	for _, c := range readConns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := conns[w]
 			for ctx.Err() == nil {
 				if c == nil {
 					if c = open(); c == nil {
@@ -271,11 +265,4 @@ func hostileAgent(ctx context.Context, wg *sync.WaitGroup, env *pgfiltertest.Env
 			}
 		}()
 	}
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }

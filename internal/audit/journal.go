@@ -698,8 +698,7 @@ func (j *Journal) EnqueueAs(ctx context.Context, t *Template, ev Event, d Durabi
 	if d == Written {
 		label = "written"
 	}
-	ev.Attrs = append(ev.Attrs[:len(ev.Attrs):len(ev.Attrs)], String(AttrDurability, label))
-	tail, err := j.encode(t, &ev)
+	tail, err := j.encodeAs(t, &ev, label)
 	return j.enqueue(ctx, tail, err, d)
 }
 
@@ -861,7 +860,11 @@ const truncatedMark = "…[truncated]"
 
 // encode turns ev (with t's attributes, when t is set) into the tail of
 // its record body: scrubbed, checked, in the canonical encoding.
-func (j *Journal) encode(t *Template, ev *Event) ([]byte, error) {
+func (j *Journal) encode(t *Template, ev *Event) ([]byte, error) { return j.encodeAs(t, ev, "") }
+
+// encodeAs is encode of a record kept with the durability named (an
+// AttrDurability value; "" for none).
+func (j *Journal) encodeAs(t *Template, ev *Event, durability string) ([]byte, error) {
 	name := ev.Name
 	if t != nil {
 		if name != "" && name != t.name {
@@ -884,6 +887,11 @@ func (j *Journal) encode(t *Template, ev *Event) ([]byte, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if durability != "" {
+		if attrs, err = addAttr(attrs, String(AttrDurability, durability)); err != nil {
+			return nil, err
+		}
 	}
 	if len(ev.PANSources) > 0 {
 		if fps := j.scrub.Fingerprints(ev.PANSources...); len(fps) > 0 {
