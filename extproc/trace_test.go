@@ -3,6 +3,7 @@ package extproc_test
 import (
 	"net/http"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -28,9 +29,17 @@ func TestSpansContinueEnvoysTrace(t *testing.T) {
 	requireStatus(t, e.do(paymentsRoute(), request{method: "GET", path: "/nested"}), http.StatusUnauthorized)
 	evs := audits.wait(t, 2)
 
-	spans := map[string][]sdktrace.ReadOnlySpan{}
-	for _, s := range rec.Ended() {
-		spans[s.Name()] = append(spans[s.Name()], s)
+	// The stream's span ends when its handler returns, which can be after
+	// the request's record and the response reached the caller.
+	var spans map[string][]sdktrace.ReadOnlySpan
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		spans = map[string][]sdktrace.ReadOnlySpan{}
+		for _, s := range rec.Ended() {
+			spans[s.Name()] = append(spans[s.Name()], s)
+		}
+		if len(spans[extproc.SpanCheck]) >= 2 && len(spans[extproc.SpanProcess]) >= 1 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if len(spans[extproc.SpanCheck]) != 2 || len(spans[extproc.SpanProcess]) != 1 {
 		t.Fatalf("spans: %d %s, %d %s; want 2 and 1", len(spans[extproc.SpanCheck]), extproc.SpanCheck,

@@ -2,12 +2,13 @@ package tests
 
 // A hostile agent at full speed against one custos, while another principal works: the
 // victim's statement latency under attack, as a ratio to its latency with custos idle, both
-// measured in the same run. The agent is a process of its own (see startHostileProcess). The attacks are the ones custos bounds: sessions opened until the
-// caps refuse them and reopened as soon as one closes, statements built to make the
-// classifier work (deep nesting, 200 KB SELECT lists, 1 MB VALUES lists), and connections
-// with garbage tokens. A second figure adds the same agent's plain, allowed reads at full
-// speed on its sessions: that is load custos relays rather than refuses, and on a 2-core
-// machine it competes with the victim for the same CPUs.
+// measured in the same run. The agent is a process of its own (see startHostileProcess).
+// The attacks are the ones custos bounds: sessions opened until the caps refuse them and
+// reopened as soon as one closes, statements built to make the classifier work (deep
+// nesting, 200 KB SELECT lists, 1 MB VALUES lists), and connections with garbage tokens. A
+// second figure adds the same agent's plain, allowed reads at full speed on its sessions:
+// that is load custos relays rather than refuses, and on a 2-core machine it competes with
+// the victim for the same CPUs.
 
 import (
 	"bufio"
@@ -127,7 +128,7 @@ const (
 	hostileEnv          = "CUSTOS_HOSTILE_AGENT"
 	hostilePasswordMark = "HOSTILE-PASSWORD"
 	hostileReady        = "hostile-agent: ready"
-	hostileDone         = "hostile-agent: "
+	hostileDone         = "hostile-agent: report "
 )
 
 // hostileSpec is what the attacker process is told.
