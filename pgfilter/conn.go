@@ -227,14 +227,16 @@ func (hs *handshake) run(ctx context.Context) (*session, error) {
 			return nil, err
 		}
 	}
-	if s.gate.blocked(hs.clientAddr) {
-		// Refused before TLS and verification: a flood of refused tokens
-		// from one address costs custos no more than this.
+	if gated, left := s.gate.blocked(hs.clientAddr); gated {
+		// Refused before TLS and verification, and only when the window
+		// ends: a flood of refused connections from one address costs
+		// custos no more than this.
 		s.metrics.connections.WithLabelValues("auth_rate_limited").Inc()
 		hs.log.Debug("connection refused", "reason", "auth_rate_limited")
 		_ = s.sessionEvent(SessionEvent{Kind: SessionAuthFailed, ClientAddr: hs.clientAddr, Reason: "rate_limited",
-			Err: errors.New("too many refused authentications from this address")})
-		return nil, fatal("53300", fmt.Sprintf("too many refused authentications from %s: try again in a second", hostOf(hs.clientAddr)))
+			Err: errors.New("too many refused connections from this address")})
+		s.gate.hold(ctx, left)
+		return nil, fatal("53300", fmt.Sprintf("too many refused connections from %s: try again in a second", hostOf(hs.clientAddr)))
 	}
 	first, err := hs.br.Peek(1)
 	if err != nil {
@@ -491,10 +493,14 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		ss.cancel()
 		return nil, err
 	}
-	if err := s.admitSession(ss); err != nil {
+	if reason, err := s.admitSession(ss); err != nil {
 		s.metrics.connections.WithLabelValues("refused_limit").Inc()
-		ss.log.Warn("connection refused", "reason", "session_limit")
-		_ = event(SessionRefused, "session_limit", principal, ss, err)
+		// A principal retrying over its bounds makes custos do a TLS
+		// handshake and a verification for each refusal: the address's
+		// refusals are bounded as refused tokens are.
+		s.gate.failed(hs.clientAddr)
+		ss.log.Warn("connection refused", "reason", reason)
+		_ = event(SessionRefused, reason, principal, ss, err)
 		return nil, err
 	}
 	upstreamFailed := func(err error) (*session, error) {

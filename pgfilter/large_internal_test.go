@@ -11,14 +11,14 @@ import (
 func TestSerializeLarge(t *testing.T) {
 	t.Parallel()
 	s := &Server{large: map[string]*largeLock{}}
-	release, _ := s.serializeLarge("mallory", 0)
+	release, _ := s.serializeLarge("mallory")
 	got := make(chan string, 2)
 	var wg sync.WaitGroup
 	for _, who := range []string{"mallory", "bob"} {
 		wg.Go(func() {
-			r, _ := s.serializeLarge(who, 0)
+			r, _ := s.serializeLarge(who)
 			got <- who
-			r()
+			r(0)
 		})
 	}
 	if who := <-got; who != "bob" {
@@ -29,7 +29,7 @@ func TestSerializeLarge(t *testing.T) {
 		t.Fatalf("%s did not wait for mallory's first parse", who)
 	case <-time.After(50 * time.Millisecond):
 	}
-	release()
+	release(0)
 	if who := <-got; who != "mallory" {
 		t.Fatalf("got %s", who)
 	}
@@ -41,36 +41,40 @@ func TestSerializeLarge(t *testing.T) {
 	}
 }
 
-// TestLargeBudget: a principal's long texts are parsed within a budget of
-// bytes refilled at largeRate; past it they are refused, and another
-// principal's budget is its own.
+// TestLargeBudget: a principal's long texts are parsed while its budget
+// of parse time lasts, each charged what it took; once spent they are
+// refused, saying for how long, until the refill (largeRate) pays the
+// debt; another principal's budget is its own.
 func TestLargeBudget(t *testing.T) {
 	t.Parallel()
 	l := &largeLock{}
 	now := time.Now()
-	if !l.spend(largeBurst, now) {
-		t.Fatal("a full budget refused its size")
+	if ok, _ := l.ready(now); !ok {
+		t.Fatal("a full budget not ready")
 	}
-	if l.spend(largeRate, now) {
-		t.Fatal("an empty budget spent")
+	// One parse may overrun the budget: it is charged in full.
+	l.charge(largeBurst+time.Second, now)
+	ok, wait := l.ready(now)
+	if want := (time.Second + time.Millisecond) * 1000 / largeRate; ok || wait != want {
+		t.Fatalf("in debt: ready %v, wait %v, want %v", ok, wait, want)
 	}
-	if !l.spend(largeRate, now.Add(1100*time.Millisecond)) {
-		t.Fatal("a second's refill refused")
+	if ok, _ := l.ready(now.Add(wait)); !ok {
+		t.Fatal("not ready once the debt is paid")
 	}
 	s := &Server{large: map[string]*largeLock{}}
-	for range 4 {
-		r, ok := s.serializeLarge("mallory", largeBurst/4)
-		if !ok {
-			t.Fatal("refused within the burst")
-		}
-		r()
+	done, _ := s.serializeLarge("mallory")
+	done(largeBurst + time.Second)
+	if done, wait := s.serializeLarge("mallory"); done != nil || wait <= 0 {
+		t.Errorf("past the budget: not refused (wait %v)", wait)
 	}
-	if _, ok := s.serializeLarge("mallory", largeBurst/4); ok {
-		t.Error("past the burst, not refused")
-	}
-	if r, ok := s.serializeLarge("bob", largeBurst/4); !ok {
+	if done, _ := s.serializeLarge("bob"); done == nil {
 		t.Error("another principal refused")
 	} else {
-		r()
+		done(time.Millisecond)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.large["mallory"]; !ok {
+		t.Error("mallory's debt forgotten")
 	}
 }

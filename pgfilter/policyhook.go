@@ -266,7 +266,7 @@ func (h *policyHook) query(ctx context.Context, m *Message, op *stateOp) error {
 	if e != nil && mask.Contains(m.Body) {
 		e.panSources = []string{q}
 	}
-	res, err := h.classify(q)
+	res, err := h.classify(ctx, q)
 	if err != nil {
 		h.refuseQuery(m, h.refused(e, h.syntaxRefusal(e, err)))
 		return nil
@@ -416,7 +416,7 @@ func (h *policyHook) parse(ctx context.Context, m *Message) {
 		}
 	}
 	if resp == nil {
-		res, err := h.classify(q)
+		res, err := h.classify(ctx, q)
 		op.stmt = &stmtInfo{text: q, res: res, err: err, pan: h.led != nil && mask.Contains(rest)}
 		if err == nil {
 			return
@@ -771,20 +771,32 @@ func denyResponse(reason, decisionID string) *pgproto3.ErrorResponse {
 // classify classifies a statement text. A long one is parsed after the
 // principal's other long ones (the classifier parses few at a time, in
 // arrival order), so one principal's flood of long texts delays another's
-// by one parse at most, and only within the principal's budget of long
-// text (largeRate).
-func (h *policyHook) classify(q string) (*sqlclass.Result, error) {
-	if len(q) > largeStatementBytes {
-		// What the bounds refuse is refused unparsed, and spends nothing.
-		if err := h.cls.CheckLimits(q); err != nil {
-			return nil, err
-		}
-		release, ok := h.srv.serializeLarge(h.ses.Principal.Issuer+"\x00"+h.ses.Principal.Subject, len(q))
-		if !ok {
-			return nil, &sqlclass.LimitError{Limit: "rate", Max: largeRate}
-		}
-		defer release()
+// by one parse at most, and only within the principal's budget of parse
+// time (largeRate).
+func (h *policyHook) classify(ctx context.Context, q string) (*sqlclass.Result, error) {
+	if len(q) <= largeStatementBytes {
+		return h.cls.Classify(q)
 	}
+	// A principal whose budget is spent is refused before any work on the
+	// text; otherwise the pre-scan of the bounds (which refuses unparsed)
+	// and the parse are both charged, so that a flood of long texts the
+	// bounds refuse is bounded too.
+	done, wait := h.srv.serializeLarge(h.ses.Principal.Issuer + "\x00" + h.ses.Principal.Subject)
+	if done == nil {
+		// The refusal comes after a pause (the rest of the debt, a second
+		// at most) in which custos reads nothing more from this session:
+		// a client sending long texts in a loop sends one a second, not
+		// as many as custos can receive and refuse.
+		t := time.NewTimer(min(wait, largeRefusalPause))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		return nil, &sqlclass.LimitError{Limit: "rate", Max: largeRate, Wait: wait}
+	}
+	start := time.Now()
+	defer func() { done(time.Since(start)) }()
 	return h.cls.Classify(q)
 }
 

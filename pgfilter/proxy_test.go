@@ -668,7 +668,7 @@ func TestRefusedTokenFloodGated(t *testing.T) {
 	// Without TLS the refusal is the FATAL itself (or, if the window has
 	// passed meanwhile, the token's refusal).
 	if e := connectErr(t, env.ConnString("alice", "x", "sslmode=disable")); e.Code == "53300" &&
-		!strings.Contains(e.Message, "too many refused authentications from 127.0.0.1") {
+		!strings.Contains(e.Message, "too many refused connections from 127.0.0.1") {
 		t.Errorf("gated, no TLS: %s %q", e.Code, e.Message)
 	}
 	waitFor(t, func() bool {

@@ -133,7 +133,8 @@ type SessionEvent struct {
 	// refused (authn reasons, insecure_transport, protocol,
 	// user_mismatch, unknown_database, refused_parameter (a startup
 	// parameter the policy refused; Err holds the decision id),
-	// session_limit, upstream_failed), or
+	// session_limit (a cap), session_rate (the open rate), shutdown,
+	// upstream_failed), or
 	// how a session closed (client_closed, or the error that ended it).
 	Reason string
 	// Err is the failure, for a failed or refused connection.
@@ -196,7 +197,8 @@ type Server struct {
 	sessions   map[*session]struct{}
 	perSubject map[string]int
 	perGroup   map[string]int
-	large      map[string]*largeLock // by principalKey
+	opens      map[string]*openBucket // by principalKey (Sessions.OpenRate)
+	large      map[string]*largeLock  // by principalKey
 	gate       *authGate
 	admitted   int // sessions holding a place (admitSession)
 	cancelKeys map[uint64]*session
@@ -261,6 +263,7 @@ func New(opts Options) (*Server, error) {
 		sessions:   map[*session]struct{}{},
 		perSubject: map[string]int{},
 		perGroup:   map[string]int{},
+		opens:      map[string]*openBucket{},
 		large:      map[string]*largeLock{},
 		gate:       newAuthGate(),
 		cancelKeys: map[uint64]*session{},
@@ -452,14 +455,40 @@ func (s *Server) ActiveSessions() int {
 // admitSession reserves a place for an authenticated principal before the
 // upstream login, enforcing the caps: per principal, per group (each of
 // the principal's groups with a cap), and the replica's total, whose last
-// places are kept for the reserve's groups. A refusal is a FATAL 53300
-// naming the cap.
-func (s *Server) admitSession(ss *session) error {
+// places are kept for the reserve's groups; then the principal's open
+// rate. A refusal is a FATAL 53300 naming the bound, with the reason
+// recorded: session_limit for a cap, session_rate for the rate.
+func (s *Server) admitSession(ss *session) (reason string, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
-		return errShutdown
+		return "shutdown", errShutdown
 	}
+	if err := s.sessionCaps(ss); err != nil {
+		return "session_limit", err
+	}
+	p, subj := ss.Principal, principalKey(ss)
+	if r := s.opts.Sessions.OpenRate; r.PerSecond > 0 {
+		if wait := s.takeOpen(subj, r, time.Now()); wait > 0 {
+			return "session_rate", fatalHint("53300",
+				fmt.Sprintf("%s is opening sessions too fast: %g a second are allowed, after %d at once", p.Subject, r.PerSecond, max(r.Burst, 1)),
+				fmt.Sprintf("Try again in %v, or keep sessions open and reuse them.", wait.Round(time.Millisecond)))
+		}
+	}
+	s.perSubject[subj]++
+	for _, g := range slices.Compact(slices.Sorted(slices.Values(p.Groups))) {
+		if _, ok := s.opts.Sessions.MaxPerGroup[g]; ok {
+			s.perGroup[g]++
+			ss.countedGroups = append(ss.countedGroups, g)
+		}
+	}
+	s.admitted++
+	ss.admitted = true
+	return "", nil
+}
+
+// sessionCaps refuses a session over a cap; s.mu held.
+func (s *Server) sessionCaps(ss *session) error {
 	lim := s.opts.Sessions
 	p := ss.Principal
 	subj := principalKey(ss)
@@ -485,16 +514,46 @@ func (s *Server) admitSession(ss *session) error {
 				p.Subject, s.admitted, total, reserved, strings.Join(lim.Reserve.Groups, ", ")))
 		}
 	}
-	s.perSubject[subj]++
-	for _, g := range groups {
-		if _, ok := lim.MaxPerGroup[g]; ok {
-			s.perGroup[g]++
-			ss.countedGroups = append(ss.countedGroups, g)
-		}
-	}
-	s.admitted++
-	ss.admitted = true
 	return nil
+}
+
+// openBucket is one principal's token bucket of session opens.
+type openBucket struct {
+	tokens float64
+	at     time.Time
+}
+
+// maxOpenBuckets bounds the principals whose open rate is remembered
+// before full buckets (principals that have not opened a session lately)
+// are forgotten.
+const maxOpenBuckets = 4096
+
+// takeOpen takes one open from key's bucket, or says how long until one
+// is there; s.mu held.
+func (s *Server) takeOpen(key string, r config.SessionOpenRate, now time.Time) time.Duration {
+	burst := float64(max(r.Burst, 1))
+	refill := func(b *openBucket) {
+		b.tokens = min(burst, b.tokens+now.Sub(b.at).Seconds()*r.PerSecond)
+		b.at = now
+	}
+	b := s.opens[key]
+	if b == nil {
+		if len(s.opens) >= maxOpenBuckets {
+			for k, o := range s.opens {
+				if refill(o); o.tokens >= burst {
+					delete(s.opens, k)
+				}
+			}
+		}
+		b = &openBucket{tokens: burst, at: now}
+		s.opens[key] = b
+	}
+	refill(b)
+	if b.tokens < 1 {
+		return time.Duration((1 - b.tokens) / r.PerSecond * float64(time.Second))
+	}
+	b.tokens--
+	return 0
 }
 
 // activateSession makes a session whose upstream is attached visible to
@@ -557,42 +616,68 @@ func (s *Server) releaseSession(ss *session) {
 const largeStatementBytes = 64 << 10
 
 // largeLock serializes one principal's long parses, and holds its budget
-// of long text (a token bucket of bytes, largeBurst deep, refilled at
-// largeRate a second): parsing costs about a second of CPU per megabyte,
-// so the budget bounds the CPU one principal's long statements take from
-// everyone else to about half a core.
+// of parse time (a token bucket of seconds, largeBurst deep, refilled at
+// largeRate): a long text is parsed only while the budget is not spent,
+// and its parse is charged what it took. Parsing one megabyte can take
+// seconds of CPU (a VALUES list of 250,000 rows takes about five), so
+// bytes are no measure of it; the time taken is, and the budget bounds
+// what one principal's long statements take from everyone else to a tenth
+// of a core, a burst apart.
 type largeLock struct {
 	mu     sync.Mutex
 	refs   int
-	budget float64
+	budget time.Duration
 	at     time.Time
 }
 
 const (
 	maxLargeLocks = 4096
-	largeRate     = 512 << 10
-	largeBurst    = sqlclass.DefaultMaxBytes
+	// largeRate is the parse time a second of waiting earns, in parts per
+	// thousand (100: 100 ms a second).
+	largeRate  = 100
+	largeBurst = 2 * time.Second
+	// largeRefusalPause bounds the pause before a refusal for a spent
+	// budget (policyHook.classify).
+	largeRefusalPause = time.Second
 )
 
-// spend takes n bytes from the principal's budget; l.mu held.
-func (l *largeLock) spend(n int, now time.Time) bool {
+// refill brings the budget up to now; l.mu held.
+func (l *largeLock) refill(now time.Time) {
 	if l.at.IsZero() {
 		l.budget = largeBurst
 	} else {
-		l.budget = min(largeBurst, l.budget+now.Sub(l.at).Seconds()*largeRate)
+		l.budget = min(largeBurst, l.budget+now.Sub(l.at)*largeRate/1000)
 	}
 	l.at = now
-	if float64(n) > l.budget {
-		return false
-	}
-	l.budget -= float64(n)
-	return true
 }
 
-// serializeLarge waits for the principal's turn to parse a long text of n
-// bytes; the returned function ends it. It returns false, and nil, when
-// the principal's budget of long text is spent.
-func (s *Server) serializeLarge(key string, n int) (func(), bool) {
+// ready reports whether a long text may be parsed now, and if not how
+// long until it may; l.mu held.
+func (l *largeLock) ready(now time.Time) (bool, time.Duration) {
+	l.refill(now)
+	if l.budget > 0 {
+		return true, 0
+	}
+	return false, (-l.budget + time.Millisecond) * 1000 / largeRate
+}
+
+// charge takes a parse's time from the budget (which may go below zero:
+// the next long text waits for the debt to be paid); l.mu held.
+func (l *largeLock) charge(took time.Duration, now time.Time) {
+	l.refill(now)
+	l.budget -= took
+}
+
+// full reports whether the budget would be full at now (nothing to
+// remember); l.mu or s.mu with no user.
+func (l *largeLock) full(now time.Time) bool {
+	return l.at.IsZero() || l.budget+now.Sub(l.at)*largeRate/1000 >= largeBurst
+}
+
+// serializeLarge waits for the principal's turn to parse a long text and
+// returns done, to call with the time the parse took; or, when the
+// principal's parse time is spent, how long until it is not.
+func (s *Server) serializeLarge(key string) (done func(took time.Duration), wait time.Duration) {
 	s.mu.Lock()
 	l := s.large[key]
 	if l == nil {
@@ -613,18 +698,22 @@ func (s *Server) serializeLarge(key string, n int) (func(), bool) {
 	s.mu.Unlock()
 	l.mu.Lock()
 	release := func() {
+		now := time.Now()
 		l.mu.Unlock()
 		s.mu.Lock()
-		if l.refs--; l.refs == 0 && l.budget+time.Since(l.at).Seconds()*largeRate >= largeBurst {
+		if l.refs--; l.refs == 0 && l.full(now) {
 			delete(s.large, key) // nothing left to remember
 		}
 		s.mu.Unlock()
 	}
-	if !l.spend(n, time.Now()) {
+	if ok, wait := l.ready(time.Now()); !ok {
 		release()
-		return nil, false
+		return nil, wait
 	}
-	return release, true
+	return func(took time.Duration) {
+		l.charge(took, time.Now())
+		release()
+	}, 0
 }
 
 func principalKey(ss *session) string { return ss.Principal.Issuer + "\x00" + ss.Principal.Subject }

@@ -270,7 +270,9 @@ func hostileAgent(ctx context.Context, wg *sync.WaitGroup, connString func(passw
 		case err == nil:
 			n.sessionsOpened.Add(1)
 			return c
-		case errors.As(err, &pe) && pe.Code == "53300":
+		case errors.As(err, &pe) && pe.Code == "53300", strings.Contains(err.Error(), "server refused TLS"):
+			// Over a cap or the open rate, or its address gated before
+			// TLS (a client asking for TLS sees only the refusal).
 			n.sessionsRefused.Add(1)
 		default:
 			if n.otherErrors.Add(1) == 1 && ctx.Err() == nil {

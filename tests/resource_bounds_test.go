@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -52,6 +53,68 @@ func TestSessionCapsWithRealClients(t *testing.T) {
 	dba.token = env.Token(t, "bob", "dba")
 	if out := dba.ok("-c", "SELECT 41 + 1"); strings.TrimSpace(out) != "42" {
 		t.Errorf("dba through the reserve: %q", out)
+	}
+}
+
+// TestSessionOpenRateWithRealClients: a principal that closes and reopens
+// sessions in a loop is refused past its burst, with a hint, while others
+// open theirs; and its refusals, like refused tokens, gate its address
+// before TLS until the window passes.
+func TestSessionOpenRateWithRealClients(t *testing.T) {
+	t.Parallel()
+	env := pgfiltertest.Start(t, pgfiltertest.Options{Policy: pgfiltertest.DefaultPolicy(t), Sessions: config.Sessions{
+		OpenRate: config.SessionOpenRate{PerSecond: 0.001, Burst: 3},
+	}})
+	ctx := testCtx(t)
+	for range 3 {
+		if err := connect(t, env, "alice").Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := pgx.Connect(ctx, env.ConnString("alice", env.Token(t, "alice", "agents")))
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "53300" || !strings.Contains(pe.Message, "alice is opening sessions too fast: 0.001 a second are allowed, after 3 at once") ||
+		!strings.Contains(pe.Hint, "Try again in") {
+		t.Fatalf("pgx past alice's burst: %v", err)
+	}
+	r := newPsql(t, env, "alice").run(nil, "-c", "SELECT 1")
+	if r.code == 0 || !strings.Contains(r.stderr, "opening sessions too fast") {
+		t.Errorf("psql past alice's burst: %s", r)
+	}
+	// Another principal has a bucket of its own.
+	dba := newPsql(t, env, "bob")
+	dba.token = env.Token(t, "bob", "dba")
+	if out := dba.ok("-c", "SELECT 41 + 1"); strings.TrimSpace(out) != "42" {
+		t.Errorf("bob beside alice: %q", out)
+	}
+	// alice retrying in a loop: past the gate's burst her address is
+	// refused before TLS, then let in again once the window has passed.
+	gated := false
+	for i := 0; i < 200 && !gated; i++ {
+		_, err := pgx.Connect(ctx, env.ConnString("alice", env.Token(t, "alice", "agents")))
+		switch {
+		case err == nil:
+			t.Fatalf("attempt %d: alice got past her rate", i)
+		case strings.Contains(err.Error(), "refused TLS"), errors.As(err, &pe) && strings.Contains(pe.Message, "too many refused connections"):
+			gated = true
+		case !errors.As(err, &pe) || !strings.Contains(pe.Message, "opening sessions too fast"):
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+	}
+	if !gated {
+		t.Fatal("200 refusals in a row, and the address is not gated")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		c, err := pgx.Connect(ctx, env.ConnString("bob", env.Token(t, "bob", "dba")))
+		if err == nil {
+			_ = c.Close(ctx)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("bob still refused after the gate's window: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

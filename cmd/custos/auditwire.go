@@ -321,7 +321,7 @@ func (a *auditor) sessionEvent(ev pgfilter.SessionEvent) error {
 		e.Name, e.Outcome = audit.EventConnectionOpened, audit.OutcomeSuccess
 	case pgfilter.SessionRefused:
 		e.Name, e.Outcome, e.ErrorType = audit.EventConnectionOpened, audit.OutcomeFailure, ev.Reason
-		if ev.Reason == "session_limit" {
+		if ev.Reason == "session_limit" || ev.Reason == "session_rate" {
 			e.Outcome = audit.OutcomeDenied
 		}
 	case pgfilter.SessionClosed:

@@ -476,6 +476,11 @@ type Sessions struct {
 	// Reserve keeps the last sessions of MaxTotal for principals in its
 	// groups (approvers), so that no one else's sessions lock them out.
 	Reserve SessionReserve `yaml:"reserve"`
+	// OpenRate bounds how fast one principal opens sessions: each new one
+	// starts and logs in a PostgreSQL backend, work the database does for
+	// everyone at once, so a principal closing and reopening sessions in a
+	// loop would slow every other principal's statements.
+	OpenRate SessionOpenRate `yaml:"open_rate"`
 	// ShutdownGrace is how long sessions may finish on shutdown.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
 }
@@ -486,6 +491,15 @@ type SessionReserve struct {
 	Groups []string `yaml:"groups"`
 	// Sessions is how many (0 with no Groups: DefaultReserve; -1: none).
 	Sessions int `yaml:"sessions"`
+}
+
+// SessionOpenRate is a token bucket per principal: Burst sessions at
+// once, then PerSecond.
+type SessionOpenRate struct {
+	// PerSecond is the sustained rate (0: DefaultOpenRate; -1: no bound).
+	PerSecond float64 `yaml:"per_second"`
+	// Burst is how many may open at once (0: DefaultOpenBurst).
+	Burst int `yaml:"burst"`
 }
 
 // Resource is one protected upstream.
@@ -578,6 +592,11 @@ const (
 	DefaultMaxPerPrincipal = 32
 	DefaultMaxTotal        = 90
 	DefaultReserveSessions = 10
+	// Session opens per principal: a pool's sessions at once, then two a
+	// second (an agent running psql per command is well inside it; each
+	// open costs PostgreSQL a backend's start and a SCRAM exchange).
+	DefaultOpenRate        = 2
+	DefaultOpenBurst       = DefaultMaxPerPrincipal
 	DefaultClockSkew       = 30 * time.Second
 	DefaultSweepInterval   = 5 * time.Second
 	DefaultEnvoyListenHost = "0.0.0.0"
@@ -693,6 +712,12 @@ func (c *Config) ApplyDefaults() {
 	}
 	if rs := &c.Sessions.Reserve; rs.Sessions == 0 && rs.Groups == nil {
 		rs.Groups, rs.Sessions = []string{"dba"}, DefaultReserveSessions
+	}
+	if c.Sessions.OpenRate.PerSecond == 0 {
+		c.Sessions.OpenRate.PerSecond = DefaultOpenRate
+	}
+	if c.Sessions.OpenRate.Burst == 0 {
+		c.Sessions.OpenRate.Burst = DefaultOpenBurst
 	}
 	for i := range c.Resources {
 		r := &c.Resources[i]
@@ -884,6 +909,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Sessions.MaxTotal < -1 {
 		add("sessions.max_total", "must be positive, or -1 for no cap")
+	}
+	if r := c.Sessions.OpenRate.PerSecond; r < 0 && r != -1 {
+		add("sessions.open_rate.per_second", "must be positive, or -1 for no bound")
+	}
+	if c.Sessions.OpenRate.Burst < 0 {
+		add("sessions.open_rate.burst", "must be positive")
 	}
 	for _, g := range slices.Sorted(maps.Keys(c.Sessions.MaxPerGroup)) {
 		if c.Sessions.MaxPerGroup[g] < 1 {

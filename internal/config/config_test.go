@@ -39,6 +39,9 @@ func TestParseDefaults(t *testing.T) {
 		ss.MaxPerGroup["agents"] != 48 || ss.Reserve.Sessions != DefaultReserveSessions || len(ss.Reserve.Groups) != 1 || ss.Reserve.Groups[0] != "dba" {
 		t.Errorf("session caps = %+v", ss)
 	}
+	if r := c.Sessions.OpenRate; r.PerSecond != DefaultOpenRate || r.Burst != DefaultOpenBurst {
+		t.Errorf("session open rate = %+v", r)
+	}
 	is := c.OIDC.Issuers[0]
 	if is.GroupsClaim != "groups" || is.UserClaim != "sub" || len(is.Algorithms) == 0 {
 		t.Errorf("issuer defaults = %+v", is)
@@ -67,6 +70,8 @@ func TestValidateNamesFields(t *testing.T) {
 		{"reserve too large", "resources:", "sessions:\n  max_total: 5\n  reserve: {groups: [dba], sessions: 5}\nresources:", "sessions.reserve.sessions: must be below sessions.max_total (5)"},
 		{"reserve without groups", "resources:", "sessions:\n  reserve: {groups: [], sessions: 3}\nresources:", "sessions.reserve.groups: is required"},
 		{"principal cap", "resources:", "sessions:\n  max_per_principal: -2\nresources:", "sessions.max_per_principal"},
+		{"open rate", "resources:", "sessions:\n  open_rate: {per_second: -3}\nresources:", "sessions.open_rate.per_second: must be positive, or -1"},
+		{"open burst", "resources:", "sessions:\n  open_rate: {burst: -1}\nresources:", "sessions.open_rate.burst: must be positive"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -24,6 +24,9 @@ var LargeQuerySlots = max(1, runtime.NumCPU()/2)
 // which bounds its memory by entries × this size. Such texts are rarely repeated anyway.
 const maxCachedQueryBytes = 16 << 10
 
+// A text long enough for a slot is never cached (Classify relies on it).
+const _ = uint(largeQueryBytes - maxCachedQueryBytes)
+
 // Classifier classifies query strings and caches the results by exact text. It is safe for
 // concurrent use.
 type Classifier struct {
@@ -78,12 +81,14 @@ func New(cacheEntries int, opts ...Option) *Classifier {
 // shared: callers must not modify it.
 func (c *Classifier) Classify(query string) (*Result, error) {
 	if len(query) > largeQueryBytes {
-		// Checked first: a text refused by the limits takes no slot.
+		// Checked first, and once: a text refused by the limits takes no
+		// slot.
 		if err := checkLimits(query, c.maxBytes, c.maxDepth); err != nil {
 			return nil, err
 		}
 		c.large <- struct{}{}
 		defer func() { <-c.large }()
+		return parseAndClassify(query) // longer than what is cached
 	}
 	if c.max == 0 || len(query) > maxCachedQueryBytes {
 		return classify(query, c.maxBytes, c.maxDepth)

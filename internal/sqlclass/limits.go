@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // ErrTooComplex is wrapped by the error Classify returns for a text refused before it reaches
@@ -39,10 +40,13 @@ const MaxListItems = 1664
 const MaxTokens = 1 << 20
 
 // LimitError is a statement refused by a limit: Limit is "depth", "size", "list", "tokens"
-// or "rate" (a caller's budget of long texts), Max its value.
+// or "rate" (a caller's budget of time parsing long texts, Max in milliseconds a second),
+// Max its value.
 type LimitError struct {
 	Limit string
 	Max   int
+	// Wait, for "rate", is how long until the budget allows a long text again.
+	Wait time.Duration
 }
 
 func (e *LimitError) Error() string {
@@ -54,7 +58,8 @@ func (e *LimitError) Error() string {
 	case "tokens":
 		return fmt.Sprintf("%s: more than %d tokens (load bulk data with COPY)", ErrTooComplex, e.Max)
 	case "rate":
-		return fmt.Sprintf("%s: long statements past %d bytes a second from one principal (load bulk data with COPY, or wait)", ErrTooComplex, e.Max)
+		return fmt.Sprintf("%s: one principal's long statements took more than %d ms a second to parse (load bulk data with COPY, or wait %v)",
+			ErrTooComplex, e.Max, e.Wait.Round(100*time.Millisecond))
 	}
 	return fmt.Sprintf("%s: nesting deeper than %d levels", ErrTooComplex, e.Max)
 }

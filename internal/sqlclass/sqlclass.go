@@ -139,6 +139,11 @@ func classify(query string, maxBytes, maxDepth int) (*Result, error) {
 	if err := checkLimits(query, maxBytes, maxDepth); err != nil {
 		return nil, err
 	}
+	return parseAndClassify(query)
+}
+
+// parseAndClassify is classify for a text within the limits.
+func parseAndClassify(query string) (*Result, error) {
 	if i := strings.IndexByte(query, 0); i >= 0 {
 		return nil, &SyntaxError{Message: "query string contains a zero byte", Position: i + 1}
 	}
