@@ -75,12 +75,7 @@ func (g *authGate) hold(ctx context.Context, d time.Duration) {
 		return
 	}
 	defer g.held.Add(-1)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
+	sleep(ctx, d)
 }
 
 // failed notes a refused authentication from addr.

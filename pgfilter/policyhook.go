@@ -781,18 +781,13 @@ func (h *policyHook) classify(ctx context.Context, q string) (*sqlclass.Result, 
 	// text; otherwise the pre-scan of the bounds (which refuses unparsed)
 	// and the parse are both charged, so that a flood of long texts the
 	// bounds refuse is bounded too.
-	done, wait := h.srv.serializeLarge(h.ses.Principal.Issuer + "\x00" + h.ses.Principal.Subject)
+	done, wait := h.srv.serializeLarge(principalKey(h.ses))
 	if done == nil {
 		// The refusal comes after a pause (the rest of the debt, a second
 		// at most) in which custos reads nothing more from this session:
 		// a client sending long texts in a loop sends one a second, not
 		// as many as custos can receive and refuse.
-		t := time.NewTimer(min(wait, largeRefusalPause))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
+		sleep(ctx, min(wait, largeRefusalPause))
 		return nil, &sqlclass.LimitError{Limit: "rate", Max: largeRate, Wait: wait}
 	}
 	start := time.Now()

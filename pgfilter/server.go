@@ -197,8 +197,8 @@ type Server struct {
 	sessions   map[*session]struct{}
 	perSubject map[string]int
 	perGroup   map[string]int
-	opens      map[string]*openBucket // by principalKey (Sessions.OpenRate)
-	large      map[string]*largeLock  // by principalKey
+	opens      map[string]*bucket    // by principalKey (Sessions.OpenRate)
+	large      map[string]*largeLock // by principalKey
 	gate       *authGate
 	admitted   int // sessions holding a place (admitSession)
 	cancelKeys map[uint64]*session
@@ -263,7 +263,7 @@ func New(opts Options) (*Server, error) {
 		sessions:   map[*session]struct{}{},
 		perSubject: map[string]int{},
 		perGroup:   map[string]int{},
-		opens:      map[string]*openBucket{},
+		opens:      map[string]*bucket{},
 		large:      map[string]*largeLock{},
 		gate:       newAuthGate(),
 		cancelKeys: map[uint64]*session{},
@@ -464,10 +464,11 @@ func (s *Server) admitSession(ss *session) (reason string, err error) {
 	if s.closing {
 		return "shutdown", errShutdown
 	}
-	if err := s.sessionCaps(ss); err != nil {
+	p, subj := ss.Principal, principalKey(&ss.Session)
+	groups := slices.Compact(slices.Sorted(slices.Values(p.Groups)))
+	if err := s.sessionCaps(subj, groups, p); err != nil {
 		return "session_limit", err
 	}
-	p, subj := ss.Principal, principalKey(ss)
 	if r := s.opts.Sessions.OpenRate; r.PerSecond > 0 {
 		if wait := s.takeOpen(subj, r, time.Now()); wait > 0 {
 			return "session_rate", fatalHint("53300",
@@ -476,7 +477,7 @@ func (s *Server) admitSession(ss *session) (reason string, err error) {
 		}
 	}
 	s.perSubject[subj]++
-	for _, g := range slices.Compact(slices.Sorted(slices.Values(p.Groups))) {
+	for _, g := range groups {
 		if _, ok := s.opts.Sessions.MaxPerGroup[g]; ok {
 			s.perGroup[g]++
 			ss.countedGroups = append(ss.countedGroups, g)
@@ -487,15 +488,13 @@ func (s *Server) admitSession(ss *session) (reason string, err error) {
 	return "", nil
 }
 
-// sessionCaps refuses a session over a cap; s.mu held.
-func (s *Server) sessionCaps(ss *session) error {
+// sessionCaps refuses a session of p (its key subj, its groups sorted
+// and distinct) over a cap; s.mu held.
+func (s *Server) sessionCaps(subj string, groups []string, p *authn.Principal) error {
 	lim := s.opts.Sessions
-	p := ss.Principal
-	subj := principalKey(ss)
 	if limit := lim.MaxPerPrincipal; limit > 0 && s.perSubject[subj] >= limit {
 		return fatal("53300", fmt.Sprintf("too many sessions for %s: %d of %d allowed are open", p.Subject, s.perSubject[subj], limit))
 	}
-	groups := slices.Compact(slices.Sorted(slices.Values(p.Groups)))
 	for _, g := range groups {
 		if limit, ok := lim.MaxPerGroup[g]; ok && limit > 0 && s.perGroup[g] >= limit {
 			return fatal("53300", fmt.Sprintf("too many sessions for group %s: %d of %d allowed are open", g, s.perGroup[g], limit))
@@ -517,12 +516,6 @@ func (s *Server) sessionCaps(ss *session) error {
 	return nil
 }
 
-// openBucket is one principal's token bucket of session opens.
-type openBucket struct {
-	tokens float64
-	at     time.Time
-}
-
 // maxOpenBuckets bounds the principals whose open rate is remembered
 // before full buckets (principals that have not opened a session lately)
 // are forgotten.
@@ -532,27 +525,22 @@ const maxOpenBuckets = 4096
 // is there; s.mu held.
 func (s *Server) takeOpen(key string, r config.SessionOpenRate, now time.Time) time.Duration {
 	burst := float64(max(r.Burst, 1))
-	refill := func(b *openBucket) {
-		b.tokens = min(burst, b.tokens+now.Sub(b.at).Seconds()*r.PerSecond)
-		b.at = now
-	}
 	b := s.opens[key]
 	if b == nil {
 		if len(s.opens) >= maxOpenBuckets {
 			for k, o := range s.opens {
-				if refill(o); o.tokens >= burst {
+				if o.fill(now, r.PerSecond, burst) >= burst {
 					delete(s.opens, k)
 				}
 			}
 		}
-		b = &openBucket{tokens: burst, at: now}
+		b = &bucket{}
 		s.opens[key] = b
 	}
-	refill(b)
-	if b.tokens < 1 {
-		return time.Duration((1 - b.tokens) / r.PerSecond * float64(time.Second))
+	if b.fill(now, r.PerSecond, burst) < 1 {
+		return b.until(1, r.PerSecond)
 	}
-	b.tokens--
+	b.level--
 	return 0
 }
 
@@ -590,7 +578,7 @@ func (s *Server) releaseSession(ss *session) {
 	defer s.mu.Unlock()
 	if ss.admitted {
 		ss.admitted = false
-		subj := principalKey(ss)
+		subj := principalKey(&ss.Session)
 		if s.perSubject[subj]--; s.perSubject[subj] <= 0 {
 			delete(s.perSubject, subj)
 		}
@@ -626,8 +614,7 @@ const largeStatementBytes = 64 << 10
 type largeLock struct {
 	mu     sync.Mutex
 	refs   int
-	budget time.Duration
-	at     time.Time
+	budget bucket // seconds of parse time
 }
 
 const (
@@ -641,37 +628,26 @@ const (
 	largeRefusalPause = time.Second
 )
 
-// refill brings the budget up to now; l.mu held.
-func (l *largeLock) refill(now time.Time) {
-	if l.at.IsZero() {
-		l.budget = largeBurst
-	} else {
-		l.budget = min(largeBurst, l.budget+now.Sub(l.at)*largeRate/1000)
-	}
-	l.at = now
+// fill brings the budget up to now and returns it, in seconds; l.mu
+// held, or s.mu with no user.
+func (l *largeLock) fill(now time.Time) float64 {
+	return l.budget.fill(now, largeRate/1000.0, largeBurst.Seconds())
 }
 
 // ready reports whether a long text may be parsed now, and if not how
 // long until it may; l.mu held.
 func (l *largeLock) ready(now time.Time) (bool, time.Duration) {
-	l.refill(now)
-	if l.budget > 0 {
+	if l.fill(now) > 0 {
 		return true, 0
 	}
-	return false, (-l.budget + time.Millisecond) * 1000 / largeRate
+	return false, l.budget.until(time.Millisecond.Seconds(), largeRate/1000.0)
 }
 
 // charge takes a parse's time from the budget (which may go below zero:
 // the next long text waits for the debt to be paid); l.mu held.
 func (l *largeLock) charge(took time.Duration, now time.Time) {
-	l.refill(now)
-	l.budget -= took
-}
-
-// full reports whether the budget would be full at now (nothing to
-// remember); l.mu or s.mu with no user.
-func (l *largeLock) full(now time.Time) bool {
-	return l.at.IsZero() || l.budget+now.Sub(l.at)*largeRate/1000 >= largeBurst
+	l.fill(now)
+	l.budget.level -= took.Seconds()
 }
 
 // serializeLarge waits for the principal's turn to parse a long text and
@@ -701,7 +677,7 @@ func (s *Server) serializeLarge(key string) (done func(took time.Duration), wait
 		now := time.Now()
 		l.mu.Unlock()
 		s.mu.Lock()
-		if l.refs--; l.refs == 0 && l.full(now) {
+		if l.refs--; l.refs == 0 && l.fill(now) >= largeBurst.Seconds() {
 			delete(s.large, key) // nothing left to remember
 		}
 		s.mu.Unlock()
@@ -716,7 +692,7 @@ func (s *Server) serializeLarge(key string) (done func(took time.Duration), wait
 	}, 0
 }
 
-func principalKey(ss *session) string { return ss.Principal.Issuer + "\x00" + ss.Principal.Subject }
+func principalKey(ss *Session) string { return ss.Principal.Issuer + "\x00" + ss.Principal.Subject }
 
 func (s *Server) sessionByKey(pid uint32, secret []byte) *session {
 	if len(secret) != 4 {
