@@ -87,7 +87,7 @@ func (s *Server) checkHTTP(ctx context.Context, attrs *authv3.AttributeContext, 
 	res := resourceOf(attrs.GetContextExtensions(), h.GetHost(), headers[":authority"])
 	in := &policy.Input{
 		Kind:      policy.KindHTTP,
-		Principal: principalInput(p),
+		Principal: policy.PrincipalOf(p),
 		Session: policy.Session{
 			ID:            requestID(h, headers),
 			ClientAddress: addressHost(attrs.GetSource().GetAddress()),
@@ -302,20 +302,6 @@ func resourceOf(ext map[string]string, host, authority string) policy.Resource {
 		res.Type = envoyctx.TypeHTTP
 	}
 	return res
-}
-
-func principalInput(p *authn.Principal) policy.Principal {
-	in := policy.Principal{Sub: p.Subject, Iss: p.Issuer, Groups: p.Groups, Email: p.Email, Claims: p.Claims}
-	if in.Groups == nil {
-		in.Groups = []string{}
-	}
-	if in.Claims == nil {
-		in.Claims = map[string]any{}
-	}
-	if p.Act != nil {
-		in.Act = &policy.Actor{Sub: p.Act.Subject}
-	}
-	return in
 }
 
 // policyHeaders are the request headers policy sees: no pseudo-headers

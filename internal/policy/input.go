@@ -1,5 +1,7 @@
 package policy
 
+import "github.com/custos-dev/custos/internal/authn"
+
 // InputVersion is the version of the policy input this package produces.
 // Decide fills it in when Input.Version is zero.
 const InputVersion = 1
@@ -11,8 +13,8 @@ const (
 	KindHTTP       = "http"
 )
 
-// Input is the policy input, data.custos.decision's `input` (DESIGN.md §3;
-// every field is documented in policies/README.md).
+// Input is the policy input, data.custos.decision's `input`; every field
+// is documented in policies/README.md.
 type Input struct {
 	Version   int       `json:"version"`
 	Kind      string    `json:"kind"`
@@ -32,6 +34,24 @@ type Principal struct {
 	// Act is the RFC 8693 actor claim, when the token carries one.
 	Act    *Actor         `json:"act,omitempty"`
 	Claims map[string]any `json:"claims"`
+}
+
+// PrincipalOf is the policy input's principal for a verified token: the
+// same for every kind of request. Groups and claims are never null in the
+// input (an empty list, an empty object), so that a policy's count() or
+// iteration over them needs no guard.
+func PrincipalOf(p *authn.Principal) Principal {
+	in := Principal{Sub: p.Subject, Iss: p.Issuer, Groups: p.Groups, Email: p.Email, Claims: p.Claims}
+	if in.Groups == nil {
+		in.Groups = []string{}
+	}
+	if in.Claims == nil {
+		in.Claims = map[string]any{}
+	}
+	if p.Act != nil {
+		in.Act = &Actor{Sub: p.Act.Subject}
+	}
+	return in
 }
 
 // Actor names the other party of a delegated token.
