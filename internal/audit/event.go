@@ -24,7 +24,10 @@ const (
 )
 
 // Event names: the OTel log record's EventName. One event per
-// decision-bearing action (DESIGN.md §3).
+// decision-bearing action (a connection, an authentication, a statement, an
+// HTTP request, an approval's each step), and per change of custos' own
+// state that an auditor must see (policy loads, the journal starting and
+// stopping, control failures).
 const (
 	EventConnectionOpened  = "custos.connection.opened"
 	EventConnectionClosed  = "custos.connection.closed"

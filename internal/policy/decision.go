@@ -120,8 +120,8 @@ func (d *Decision) clone() *Decision {
 	return &c
 }
 
-// ErrMalformedDecision: the policy's decision does not have the shape of
-// DESIGN.md §3.
+// ErrMalformedDecision: the policy's decision does not have the shape
+// policies/README.md documents (its "Decision" section).
 var ErrMalformedDecision = errors.New("malformed decision")
 
 // strategies are the masking strategies a decision may name.
