@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/custos-dev/custos/internal/mask"
@@ -261,13 +263,33 @@ func (s *Scrubber) dropSAD(attrs []Attr) int {
 }
 
 // sadAttrName reports whether an attribute's name (its last dotted part)
-// names sensitive authentication data.
+// names sensitive authentication data. Every record asks it of each of its
+// keys, and keys are few (custos' own, mostly constants): the answers are
+// kept, up to sadNamesMax of them.
 func sadAttrName(key string) bool {
-	if i := strings.LastIndexByte(key, '.'); i >= 0 {
-		key = key[i+1:]
+	if v, ok := sadNames.Load(key); ok {
+		return v.(bool)
 	}
-	return mask.IsSADColumn(key)
+	name := key
+	if i := strings.LastIndexByte(name, '.'); i >= 0 {
+		name = name[i+1:]
+	}
+	sad := mask.IsSADColumn(name)
+	if sadNamesN.Load() < sadNamesMax {
+		if _, loaded := sadNames.LoadOrStore(strings.Clone(key), sad); !loaded {
+			sadNamesN.Add(1)
+		}
+	}
+	return sad
 }
+
+// sadNames caches sadAttrName's answers by key.
+var (
+	sadNames  sync.Map // string -> bool
+	sadNamesN atomic.Int64
+)
+
+const sadNamesMax = 4096
 
 // dropSADRow nulls a captured row's values in SAD columns and SAD members
 // of its JSON values. A row that is not a JSON array of strings is dropped
