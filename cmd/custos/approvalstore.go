@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -72,32 +71,11 @@ func openApprovals(ctx context.Context, cfg *config.Config, log *slog.Logger, on
 		return nil, fmt.Errorf("approvals: %w", err)
 	}
 	a := &approvals{svc: svc, store: st, notifier: notifier}
-	if err := a.withdrawOrphans(ctx, ac.Replica, log); err != nil {
+	if _, err := svc.WithdrawHeld(ctx, ac.Replica, "custos restarted: the parked client connection was lost"); err != nil {
 		a.close()
-		return nil, err
+		return nil, fmt.Errorf("approvals: %w", err)
 	}
 	return a, nil
-}
-
-// withdrawOrphans withdraws the live requests this replica held.
-func (a *approvals) withdrawOrphans(ctx context.Context, replica string, log *slog.Logger) error {
-	for _, state := range []approval.State{approval.StatePending, approval.StateApproved} {
-		reqs, err := a.svc.List(ctx, approval.Filter{State: state, Limit: approval.MaxListLimit})
-		if err != nil {
-			return fmt.Errorf("approvals: listing %s requests: %w", state, err)
-		}
-		for _, r := range reqs {
-			if r.Holder != replica {
-				continue
-			}
-			_, err := a.svc.Withdraw(ctx, r.ID, "custos restarted: the parked client connection was lost")
-			if err != nil && !errors.Is(err, approval.ErrNotPending) {
-				return fmt.Errorf("approvals: withdrawing %s: %w", r.ID, err)
-			}
-			log.Info("approval request withdrawn after restart", "approval_id", r.ID, "session_id", r.SessionID)
-		}
-	}
-	return nil
 }
 
 // close stops the service (ending waits, handing over its last events),

@@ -258,10 +258,33 @@ func (nr *NewRequest) validate() error {
 type Filter struct {
 	// State selects one state; "" selects all.
 	State State
+	// Holder selects the requests held by one replica (Request.Holder);
+	// "" selects all.
+	Holder string
+	// After continues a listing: only the requests List orders after it
+	// are selected (created before After.CreatedAt, or at that time with an
+	// id below After.ID). Set it to the last request of the previous page
+	// (CursorOf) to read every request a page at a time, however many
+	// there are: requests created or changed meanwhile neither shift the
+	// pages nor repeat one. The zero Cursor starts at the newest request.
+	After Cursor
 	// Limit caps the result; 0 means DefaultListLimit, and it is never more
 	// than MaxListLimit.
 	Limit int
 }
+
+// Cursor is a position in List's order (newest first): that of the request
+// created at CreatedAt with id ID.
+type Cursor struct {
+	CreatedAt time.Time
+	ID        string
+}
+
+// CursorOf is the position of r in List's order.
+func CursorOf(r *Request) Cursor { return Cursor{CreatedAt: r.CreatedAt, ID: r.ID} }
+
+// IsZero reports whether c is the zero Cursor, the start of a listing.
+func (c Cursor) IsZero() bool { return c.CreatedAt.IsZero() && c.ID == "" }
 
 // List limits.
 const (

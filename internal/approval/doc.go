@@ -57,7 +57,9 @@
 // (migrations/<store>/NNNN_name.sql) and record them in a
 // schema_migrations table; a schema newer than the build is refused.
 // Requests survive a restart: a new Service on the same store sees them
-// and keeps expiring them. A store used after Close returns
+// and keeps expiring them. Those the restarted replica held can never run,
+// their parked client connections being gone: [Service.WithdrawHeld]
+// withdraws them, however many there are. A store used after Close returns
 // ErrStoreClosed. The PostgreSQL store tries reads again on a broken
 // connection (a killed backend, a restarted server), and writes only when
 // they never reached the server; while the server is down operations fail

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -237,12 +238,10 @@ func (s *pgStore) Get(ctx context.Context, id string) (*Request, error) {
 }
 
 func (s *pgStore) List(ctx context.Context, f Filter) ([]Request, error) {
-	if f.State != "" {
-		return s.query(ctx, `SELECT id, version, body FROM `+PostgresSchema+`.requests WHERE state = $1
-			ORDER BY created_at DESC, id DESC LIMIT $2`, string(f.State), f.limit())
-	}
-	return s.query(ctx, `SELECT id, version, body FROM `+PostgresSchema+`.requests
-		ORDER BY created_at DESC, id DESC LIMIT $1`, f.limit())
+	q, args := listQuery(PostgresSchema+".requests", f,
+		func(n int) string { return "$" + strconv.Itoa(n) },
+		func(t time.Time) any { return t })
+	return s.query(ctx, q, args...)
 }
 
 func (s *pgStore) Due(ctx context.Context, before time.Time, limit int) ([]Request, error) {

@@ -224,6 +224,50 @@ func (s *Service) Withdraw(ctx context.Context, id, reason string) (*Request, er
 	})
 }
 
+// WithdrawHeld withdraws every live request (pending or approved) held by
+// replica, each as Withdraw does, with note as its Note, and returns how
+// many it withdrew. A replica calls it for itself when it starts again:
+// the client connections it parked did not survive, so their requests can
+// never run. It reads the store a page at a time (Filter.After), so no
+// request is missed however many there are. A request decided meanwhile
+// is skipped; any other failure ends it, with the count so far. Call it
+// before the replica parks requests again: it cannot tell those from the
+// ones left behind.
+func (s *Service) WithdrawHeld(ctx context.Context, replica, note string) (int, error) {
+	n := 0
+	// Pending first: a request approved while they are withdrawn is then
+	// found among the approved.
+	for _, state := range []State{StatePending, StateApproved} {
+		f := Filter{State: state, Holder: replica, Limit: MaxListLimit}
+		for {
+			page, err := s.List(ctx, f)
+			if err != nil {
+				return n, fmt.Errorf("approval: withdraw the requests held by %q: %w", replica, err)
+			}
+			for i := range page {
+				r := &page[i]
+				if r.Holder != replica { // Holder "" in a Filter selects every holder
+					continue
+				}
+				if _, err := s.Withdraw(ctx, r.ID, note); err != nil {
+					if errors.Is(err, ErrNotPending) {
+						continue
+					}
+					return n, fmt.Errorf("approval: withdraw %s: %w", r.ID, err)
+				}
+				n++
+				s.log.Info("approval request withdrawn after restart",
+					slog.String("approval_id", r.ID), slog.String("session_id", r.SessionID))
+			}
+			if len(page) < f.limit() {
+				break
+			}
+			f.After = CursorOf(&page[len(page)-1])
+		}
+	}
+	return n, nil
+}
+
 // Consume marks approved request id as used, exactly once, and only when
 // hash is the request's Hash (ErrHashMismatch otherwise, and the request
 // is unchanged). Call it right before running the statement; run nothing

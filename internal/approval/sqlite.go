@@ -217,12 +217,10 @@ func (s *sqliteStore) Get(ctx context.Context, id string) (*Request, error) {
 }
 
 func (s *sqliteStore) List(ctx context.Context, f Filter) ([]Request, error) {
-	if f.State != "" {
-		return s.query(ctx, `SELECT id, version, body FROM requests WHERE state = ?
-			ORDER BY created_at DESC, id DESC LIMIT ?`, string(f.State), f.limit())
-	}
-	return s.query(ctx, `SELECT id, version, body FROM requests
-		ORDER BY created_at DESC, id DESC LIMIT ?`, f.limit())
+	q, args := listQuery("requests", f,
+		func(int) string { return "?" },
+		func(t time.Time) any { return micros(t) })
+	return s.query(ctx, q, args...)
 }
 
 func (s *sqliteStore) Due(ctx context.Context, before time.Time, limit int) ([]Request, error) {

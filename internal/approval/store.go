@@ -25,7 +25,8 @@ type Store interface {
 	Create(ctx context.Context, r *Request) error
 	// Get returns request id, or ErrNotFound.
 	Get(ctx context.Context, id string) (*Request, error)
-	// List returns the requests f selects, newest first.
+	// List returns the requests f selects, newest first: by CreatedAt,
+	// then by ID, both descending (the order Filter.After refers to).
 	List(ctx context.Context, f Filter) ([]Request, error)
 	// Due returns up to limit live requests (pending or approved) whose
 	// ExpiresAt is at or before before, soonest first.
@@ -165,6 +166,36 @@ func pendingMigrations(all []migration, applied int) ([]migration, error) {
 		return nil, fmt.Errorf("%w: it is at version %d, this build knows up to %d", ErrSchemaTooNew, applied, len(all))
 	}
 	return all[applied:], nil
+}
+
+// listQuery is the query of List for f on table: the SQL and its
+// arguments. param(n) is the placeholder of the nth argument (from 1); at
+// converts a time to what the store's time columns hold.
+func listQuery(table string, f Filter, param func(n int) string, at func(time.Time) any) (string, []any) {
+	var where []string
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return param(len(args))
+	}
+	if f.State != "" {
+		where = append(where, "state = "+arg(string(f.State)))
+	}
+	if f.Holder != "" {
+		where = append(where, "holder = "+arg(f.Holder))
+	}
+	if !f.After.IsZero() {
+		// (created_at, id) < (after), written so that the first condition
+		// bounds an index range on created_at.
+		where = append(where, fmt.Sprintf("created_at <= %s AND (created_at < %s OR id < %s)",
+			arg(at(f.After.CreatedAt)), arg(at(f.After.CreatedAt)), arg(f.After.ID)))
+	}
+	q := "SELECT id, version, body FROM " + table
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY created_at DESC, id DESC LIMIT " + arg(f.limit())
+	return q, args
 }
 
 // decodeRequest reads a stored body; the version column is authoritative.
