@@ -168,6 +168,12 @@ type handshake struct {
 	clientAddr string
 	// deadline ends the startup phase.
 	deadline time.Time
+	// user and database are what the StartupMessage named, params the
+	// parameters passed upstream (checkStartupParams); tokenFingerprint
+	// names the client's token once one was read.
+	user, database   string
+	params           map[string]string
+	tokenFingerprint string
 }
 
 // bufferedConn reads first what a bufio.Reader already holds.
@@ -217,41 +223,86 @@ func (hs *handshake) send(msgs ...pgproto3.BackendMessage) error {
 	return err
 }
 
-// run negotiates encryption, reads the startup message, authenticates and
-// logs in upstream. A nil session with a nil error means the connection
-// was fully served (a cancel request).
+// run takes a connection through its startup phases and returns the
+// session to relay: the PROXY header and the address gate, encryption and
+// the startup message, the token, the principal's access, the upstream
+// login, and the client's welcome. An error that is not a clientError
+// (errNoAnswer among them: the client left, or a cancel request was
+// served) closes the connection without an answer.
 func (hs *handshake) run(ctx context.Context) (*session, error) {
-	s := hs.srv
 	if hs.proxy != nil {
 		if err := hs.acceptProxy(); err != nil {
 			return nil, err
 		}
 	}
-	if gated, left := s.gate.blocked(hs.clientAddr); gated {
-		// Refused before TLS and verification, and only when the window
-		// ends: a flood of refused connections from one address costs
-		// custos no more than this.
-		s.metrics.connections.WithLabelValues("auth_rate_limited").Inc()
-		hs.log.Debug("connection refused", "reason", "auth_rate_limited")
-		_ = s.sessionEvent(SessionEvent{Kind: SessionAuthFailed, ClientAddr: hs.clientAddr, Reason: "rate_limited",
-			Err: errors.New("too many refused connections from this address")})
-		s.gate.hold(ctx, left)
-		return nil, fatal("53300", fmt.Sprintf("too many refused connections from %s: try again in a second", hostOf(hs.clientAddr)))
+	if err := hs.checkGate(ctx); err != nil {
+		return nil, err
 	}
+	req, err := hs.negotiate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := hs.readStartup(ctx, req); err != nil {
+		return nil, err
+	}
+	principal, err := hs.authenticate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ss, up, err := hs.checkAccess(ctx, principal)
+	if err != nil {
+		return nil, err
+	}
+	hj, err := hs.connect(ctx, ss, up)
+	if err != nil {
+		return nil, err
+	}
+	if err := hs.open(ctx, ss, hj); err != nil {
+		return nil, err
+	}
+	return ss, nil
+}
+
+// checkGate refuses the connection while its address is gated
+// (authGate): before TLS and verification, and only when the window
+// ends, so that a flood of refused connections from one address costs
+// custos no more than this.
+func (hs *handshake) checkGate(ctx context.Context) error {
+	gated, left := hs.srv.gate.blocked(hs.clientAddr)
+	if !gated {
+		return nil
+	}
+	return hs.refuse(ctx, connRefusal{
+		metric: "auth_rate_limited",
+		level:  slog.LevelDebug, log: "connection refused", attrs: []any{"reason", "auth_rate_limited"},
+		event: SessionAuthFailed, reason: "rate_limited", cause: errors.New("too many refused connections from this address"),
+		hold: left,
+		code: "53300", message: fmt.Sprintf("too many refused connections from %s: try again in a second", hostOf(hs.clientAddr)),
+	})
+}
+
+// negotiate answers what a client may send before its StartupMessage
+// (direct TLS, SSLRequest, GSSENCRequest; a CancelRequest, which it
+// serves) and returns the StartupMessage.
+func (hs *handshake) negotiate(ctx context.Context) (*startupRequest, error) {
+	s := hs.srv
 	first, err := hs.br.Peek(1)
 	if err != nil {
-		return nil, nil // closed before saying anything
+		return nil, errNoAnswer // closed before saying anything
 	}
 	if hs.proxy == nil && (first[0] == proxyV2Sig[0] || first[0] == proxyV1Sig[0]) {
-		s.metrics.connections.WithLabelValues("protocol_error").Inc()
-		hs.log.Warn("PROXY protocol header on a listener without proxy_protocol refused")
-		return nil, fatal("08P01", "unexpected PROXY protocol header: this listener takes clients directly")
+		return nil, hs.refuse(ctx, connRefusal{
+			metric: "protocol_error",
+			level:  slog.LevelWarn, log: "PROXY protocol header on a listener without proxy_protocol refused",
+			code: "08P01", message: "unexpected PROXY protocol header: this listener takes clients directly",
+		})
 	}
 	if first[0] == 0x16 { // a TLS record: direct TLS (sslnegotiation=direct)
 		if s.opts.TLSConfig == nil {
-			hs.log.Warn("direct TLS refused: no certificate configured")
-			s.metrics.connections.WithLabelValues("tls_refused").Inc()
-			return nil, nil
+			return nil, hs.refuse(ctx, connRefusal{ // no answer: the client speaks TLS
+				metric: "tls_refused",
+				level:  slog.LevelWarn, log: "direct TLS refused: no certificate configured",
+			})
 		}
 		if err := hs.startTLS(ctx, &bufferedConn{Conn: hs.raw, r: hs.br}, true); err != nil {
 			return nil, err
@@ -261,52 +312,52 @@ func (hs *handshake) run(ctx context.Context) (*session, error) {
 		pkt, err := readStartupPacket(hs.br)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				return nil, nil
+				return nil, errNoAnswer
 			}
-			s.metrics.connections.WithLabelValues("protocol_error").Inc()
-			return nil, fatal("08P01", "invalid startup packet: "+err.Error())
+			return nil, hs.refuse(ctx, connRefusal{metric: "protocol_error", code: "08P01", message: "invalid startup packet: " + err.Error()})
 		}
 		req, err := parseStartupPacket(pkt)
 		if err != nil {
-			s.metrics.connections.WithLabelValues("protocol_error").Inc()
-			return nil, fatal("08P01", err.Error())
+			return nil, hs.refuse(ctx, connRefusal{metric: "protocol_error", code: "08P01", message: err.Error()})
 		}
 		switch req.code {
 		case sslRequestCode:
 			if hs.tls {
-				return nil, fatal("08P01", "SSL request received on an encrypted connection")
+				return nil, hs.refuse(ctx, connRefusal{code: "08P01", message: "SSL request received on an encrypted connection"})
 			}
 			if s.opts.TLSConfig == nil {
 				if _, err := hs.conn.Write([]byte{'N'}); err != nil {
-					return nil, nil
+					return nil, errNoAnswer
 				}
 				continue
 			}
 			if hs.br.Buffered() > 0 {
 				// Bytes sent before the handshake could have been
 				// injected by anyone on the path.
-				s.metrics.connections.WithLabelValues("protocol_error").Inc()
-				hs.log.Warn("unencrypted data after SSL request refused")
-				return nil, fatal("08P01", "received unencrypted data after SSL request")
+				return nil, hs.refuse(ctx, connRefusal{
+					metric: "protocol_error",
+					level:  slog.LevelWarn, log: "unencrypted data after SSL request refused",
+					code: "08P01", message: "received unencrypted data after SSL request",
+				})
 			}
 			if _, err := hs.conn.Write([]byte{'S'}); err != nil {
-				return nil, nil
+				return nil, errNoAnswer
 			}
 			if err := hs.startTLS(ctx, hs.raw, false); err != nil {
 				return nil, err
 			}
 		case gssEncRequestCode:
 			if hs.tls {
-				return nil, fatal("08P01", "GSSAPI encryption request received on an encrypted connection")
+				return nil, hs.refuse(ctx, connRefusal{code: "08P01", message: "GSSAPI encryption request received on an encrypted connection"})
 			}
 			if _, err := hs.conn.Write([]byte{'N'}); err != nil {
-				return nil, nil
+				return nil, errNoAnswer
 			}
 		case cancelRequestCode:
 			s.handleCancel(ctx, req, hs.log)
-			return nil, nil
+			return nil, errNoAnswer
 		default:
-			return hs.startup(ctx, req)
+			return req, nil
 		}
 	}
 }
@@ -316,16 +367,21 @@ func (hs *handshake) startTLS(ctx context.Context, c net.Conn, direct bool) erro
 	cfg.NextProtos = []string{"postgresql"}
 	tc := tls.Server(c, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		hs.srv.metrics.connections.WithLabelValues("tls_failed").Inc()
-		hs.log.Warn("client TLS handshake failed", "error", err)
-		return fmt.Errorf("tls handshake: %w", err)
+		return hs.refuse(ctx, connRefusal{
+			metric: "tls_failed",
+			level:  slog.LevelWarn, log: "client TLS handshake failed", attrs: []any{"error", err},
+			err: fmt.Errorf("tls handshake: %w", err),
+		})
 	}
 	if direct && tc.ConnectionState().NegotiatedProtocol != "postgresql" {
-		// Direct TLS without ALPN could be a confused HTTPS client.
-		hs.srv.metrics.connections.WithLabelValues("tls_refused").Inc()
-		hs.log.Warn("direct TLS without ALPN postgresql refused")
+		// Direct TLS without ALPN could be a confused HTTPS client. The
+		// refusal is sent over TLS.
 		hs.conn = tc
-		return fatal("08P01", "direct SSL connection requires ALPN protocol \"postgresql\"")
+		return hs.refuse(ctx, connRefusal{
+			metric: "tls_refused",
+			level:  slog.LevelWarn, log: "direct TLS without ALPN postgresql refused",
+			code: "08P01", message: "direct SSL connection requires ALPN protocol \"postgresql\"",
+		})
 	}
 	hs.conn = tc
 	hs.br = bufio.NewReaderSize(tc, 16<<10)
@@ -354,108 +410,138 @@ func (s *Server) handleCancel(ctx context.Context, req *startupRequest, log *slo
 	log.Info("cancel request forwarded", "session_id", ss.ID, "principal", ss.Principal.Subject)
 }
 
-// startup handles a StartupMessage: parameters, authentication, upstream.
-func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session, error) {
-	s := hs.srv
+// readStartup answers a StartupMessage's protocol version and options
+// (NegotiateProtocolVersion for 3.2 or _pq_ options) and checks its
+// parameters; from then on the handshake's log names the user and
+// database.
+func (hs *handshake) readStartup(ctx context.Context, req *startupRequest) error {
 	if minor := req.code & 0xffff; minor > 0 || len(req.pqOptions) > 0 {
 		opts := req.pqOptions
 		if opts == nil {
 			opts = []string{}
 		}
 		if err := hs.send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: opts}); err != nil {
-			return nil, nil
+			return errNoAnswer
 		}
 	}
 	sp, err := checkStartupParams(req.params)
 	if err != nil {
 		var pe *paramError
-		if errors.As(err, &pe) {
-			s.metrics.connections.WithLabelValues(pe.label).Inc()
-			hs.log.Warn("connection refused", "reason", pe.label, "error", pe.err)
-			return nil, pe.err
+		if !errors.As(err, &pe) {
+			return err
 		}
+		return hs.refuse(ctx, connRefusal{
+			metric: pe.label,
+			level:  slog.LevelWarn, log: "connection refused", attrs: []any{"reason", pe.label, "error", pe.err},
+			err: pe.err,
+		})
+	}
+	hs.user, hs.database, hs.params = sp.user, sp.database, sp.params
+	hs.log = hs.log.With("user", hs.user, "database", hs.database)
+	return nil
+}
+
+// authenticate reads the client's token (a password, or SASL
+// OAUTHBEARER), once the transport allows one to be sent, and verifies
+// it: the principal it names must be the startup message's user.
+func (hs *handshake) authenticate(ctx context.Context) (*authn.Principal, error) {
+	s := hs.srv
+	if err := hs.checkTransport(ctx); err != nil {
 		return nil, err
 	}
-	user, database, params := sp.user, sp.database, sp.params
-	log := hs.log.With("user", user, "database", database)
-	var tokenFingerprint string // once a token was read
-	// event reports this connection's authentication and session start.
-	event := func(kind SessionEventKind, reason string, p *authn.Principal, ss *session, err error) error {
-		ev := SessionEvent{Kind: kind, ClientAddr: hs.clientAddr, User: user, Database: database,
-			TLS: hs.tls, Principal: p, Reason: reason, Err: err, TokenFingerprint: tokenFingerprint}
-		if up := s.upstreamFor(database); up != nil {
-			ev.Resource = up.res
-		}
-		if ss != nil {
-			ev.Session = &ss.Session
-			if ss.span != nil {
-				ev.SpanContext = ss.span.SpanContext()
-			}
-		}
-		return s.sessionEvent(ev)
-	}
-
-	if !hs.tls {
-		transport := s.opts.Listener.PasswordTransport
-		if hs.proxy != nil {
-			// Behind a proxy the peer is the proxy: only TLS from the
-			// client itself protects the token, whatever the setting.
-			transport = config.TransportTLS
-		}
-		switch transport {
-		case config.TransportTLS:
-			s.metrics.authFailures.WithLabelValues("insecure_transport").Inc()
-			log.Warn("authentication failed", "reason", "insecure_transport")
-			_ = event(SessionAuthFailed, "insecure_transport", nil, nil, errors.New("password sent without TLS"))
-			return nil, fatalHint("28000", "custos requires TLS before a token may be sent", "Connect with sslmode=require (or stronger).")
-		case config.TransportTLSOrLoopback:
-			if !isLoopback(hs.raw.RemoteAddr()) {
-				s.metrics.authFailures.WithLabelValues("insecure_transport").Inc()
-				log.Warn("authentication failed", "reason", "insecure_transport")
-				_ = event(SessionAuthFailed, "insecure_transport", nil, nil, errors.New("password sent without TLS from a non-loopback address"))
-				return nil, fatalHint("28000", "custos requires TLS before a token may be sent from a non-loopback address", "Connect with sslmode=require (or stronger).")
-			}
-		}
-	}
-
 	var token string
+	var err error
 	if s.opts.Listener.OAuthBearer {
 		token, err = hs.oauthBearer(ctx)
 	} else {
 		token, err = hs.cleartextPassword()
 	}
 	if err != nil {
-		s.metrics.authFailures.WithLabelValues("protocol").Inc()
-		log.Warn("authentication failed", "reason", "protocol", "error", err)
-		_ = event(SessionAuthFailed, "protocol", nil, nil, err)
-		return nil, err
+		return nil, hs.refuse(ctx, connRefusal{
+			metric: "protocol", authFailure: true,
+			level: slog.LevelWarn, log: "authentication failed", attrs: []any{"reason", "protocol", "error", err},
+			event: SessionAuthFailed, reason: "protocol", cause: err,
+			err: err,
+		})
 	}
-	tokenFingerprint = authn.TokenFingerprint(token)
+	hs.tokenFingerprint = authn.TokenFingerprint(token)
 	principal, err := s.opts.Verifier.Verify(ctx, token)
 	if err != nil {
 		reason := authn.Reason(err)
-		s.metrics.authFailures.WithLabelValues(reason).Inc()
-		s.gate.failed(hs.clientAddr)
-		log.Warn("authentication failed", "reason", reason, "error", err)
-		_ = event(SessionAuthFailed, reason, nil, nil, err)
-		if s.opts.Listener.OAuthBearer {
-			hs.oauthFailure()
+		r := connRefusal{
+			metric: reason, authFailure: true, gate: true,
+			level: slog.LevelWarn, log: "authentication failed", attrs: []any{"reason", reason, "error", err},
+			event: SessionAuthFailed, reason: reason, cause: err,
+			code: "28P01", message: "token authentication failed for user \"" + hs.user + "\": " + err.Error(),
 		}
-		return nil, fatal("28P01", "token authentication failed for user \""+user+"\": "+err.Error())
+		if s.opts.Listener.OAuthBearer {
+			r.beforeAnswer = hs.oauthFailure
+		}
+		return nil, hs.refuse(ctx, r)
 	}
-	if principal.User != user {
-		s.metrics.authFailures.WithLabelValues("user_mismatch").Inc()
-		log.Warn("authentication failed", "reason", "user_mismatch", "principal", principal.Subject)
-		msg := fmt.Sprintf("startup user %q does not match the token's identity %q", user, principal.User)
-		_ = event(SessionAuthFailed, "user_mismatch", principal, nil, errors.New(msg))
-		return nil, fatalHint("28000", msg, "Connect with the user name your token was issued for.")
+	if principal.User != hs.user {
+		msg := fmt.Sprintf("startup user %q does not match the token's identity %q", hs.user, principal.User)
+		return nil, hs.refuse(ctx, connRefusal{
+			metric: "user_mismatch", authFailure: true,
+			level: slog.LevelWarn, log: "authentication failed", attrs: []any{"reason", "user_mismatch", "principal", principal.Subject},
+			event: SessionAuthFailed, reason: "user_mismatch", principal: principal, cause: errors.New(msg),
+			code: "28000", message: msg, hint: "Connect with the user name your token was issued for.",
+		})
 	}
-	up := s.upstreamFor(database)
+	return principal, nil
+}
+
+// checkTransport refuses a token about to be sent without TLS, unless the
+// listener's password_transport allows it for this client.
+func (hs *handshake) checkTransport(ctx context.Context) error {
+	if hs.tls {
+		return nil
+	}
+	transport := hs.srv.opts.Listener.PasswordTransport
+	if hs.proxy != nil {
+		// Behind a proxy the peer is the proxy: only TLS from the
+		// client itself protects the token, whatever the setting.
+		transport = config.TransportTLS
+	}
+	var cause error
+	var msg string
+	switch transport {
+	case config.TransportTLS:
+		cause, msg = errors.New("password sent without TLS"), "custos requires TLS before a token may be sent"
+	case config.TransportTLSOrLoopback:
+		if isLoopback(hs.raw.RemoteAddr()) {
+			return nil
+		}
+		cause, msg = errors.New("password sent without TLS from a non-loopback address"),
+			"custos requires TLS before a token may be sent from a non-loopback address"
+	default:
+		return nil
+	}
+	return hs.refuse(ctx, connRefusal{
+		metric: "insecure_transport", authFailure: true,
+		level: slog.LevelWarn, log: "authentication failed", attrs: []any{"reason", "insecure_transport"},
+		event: SessionAuthFailed, reason: "insecure_transport", cause: cause,
+		code: "28000", message: msg, hint: "Connect with sslmode=require (or stronger).",
+	})
+}
+
+// checkAccess gives an authenticated principal its session on the
+// database it named: a resource must serve the database, with group
+// logins one of the principal's groups must have a login, the policy must
+// let the principal set the startup parameters, and the session caps and
+// open rate must admit one more session (admitSession). It returns the
+// admitted session and the upstream it logs in to.
+func (hs *handshake) checkAccess(ctx context.Context, principal *authn.Principal) (*session, *upstream, error) {
+	s := hs.srv
+	up := s.upstreamFor(hs.database)
 	if up == nil {
-		s.metrics.connections.WithLabelValues("unknown_database").Inc()
-		log.Warn("connection refused", "reason", "unknown_database", "principal", principal.Subject)
-		_ = event(SessionRefused, "unknown_database", principal, nil, fmt.Errorf("database %q is not served by custos", database))
-		return nil, fatal("3D000", fmt.Sprintf("database %q is not served by custos", database))
+		return nil, nil, hs.refuse(ctx, connRefusal{
+			metric: "unknown_database",
+			level:  slog.LevelWarn, log: "connection refused", attrs: []any{"reason", "unknown_database", "principal", principal.Subject},
+			event: SessionRefused, reason: "unknown_database", principal: principal,
+			cause: fmt.Errorf("database %q is not served by custos", hs.database),
+			code:  "3D000", message: fmt.Sprintf("database %q is not served by custos", hs.database),
+		})
 	}
 
 	// With group logins, the principal's groups choose the upstream role;
@@ -464,11 +550,14 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 	var login *config.UpstreamLogin
 	if len(up.res.Logins) > 0 {
 		if login = up.res.LoginFor(principal.Groups); login == nil {
-			s.metrics.connections.WithLabelValues("no_login").Inc()
-			log.Warn("connection refused", "reason", "no_login", "principal", principal.Subject, "groups", principal.Groups)
 			msg := fmt.Sprintf("none of your groups has a login for resource %q", up.res.Name)
-			_ = event(SessionRefused, "no_login", principal, nil, errors.New(msg))
-			return nil, fatalHint("28000", msg, "Ask for a group that resource serves.")
+			return nil, nil, hs.refuse(ctx, connRefusal{
+				metric: "no_login",
+				level:  slog.LevelWarn, log: "connection refused",
+				attrs: []any{"reason", "no_login", "principal", principal.Subject, "groups", principal.Groups},
+				event: SessionRefused, reason: "no_login", principal: principal, cause: errors.New(msg),
+				code: "28000", message: msg, hint: "Ask for a group that resource serves.",
+			})
 		}
 	}
 
@@ -477,69 +566,95 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		Principal:  principal,
 		Resource:   up.res,
 		ClientAddr: hs.clientAddr,
-		Params:     params,
+		Params:     hs.params,
 		TLS:        hs.tls,
 		Started:    time.Now(),
 		Login:      login,
 	}, hs.conn, hs.br, up.res.Address)
-	ss.log = log.With("session_id", ss.ID, "principal", principal.Subject, "resource", up.res.Name, "upstream_user", ss.UpstreamUser())
+	ss.log = hs.log.With("session_id", ss.ID, "principal", principal.Subject, "resource", up.res.Name, "upstream_user", ss.UpstreamUser())
 	if principal.Act != nil {
 		ss.log = ss.log.With("act", principal.Act.Subject)
 	}
 	if dec, err := s.decideStartupParams(ctx, &ss.Session); err != nil {
-		s.metrics.connections.WithLabelValues("refused_parameter").Inc()
-		ss.log.Warn("connection refused", "reason", "refused_parameter", "decision_id", dec.ID, "reasons", dec.Reasons)
-		_ = event(SessionRefused, "refused_parameter", principal, ss, err)
-		ss.cancel()
-		return nil, err
+		return nil, nil, hs.refuse(ctx, connRefusal{
+			metric: "refused_parameter",
+			level:  slog.LevelWarn, log: "connection refused",
+			attrs: []any{"reason", "refused_parameter", "decision_id", dec.ID, "reasons", dec.Reasons},
+			event: SessionRefused, reason: "refused_parameter", session: ss, cause: err,
+			beforeAnswer: ss.cancel,
+			err:          err,
+		})
 	}
 	if reason, err := s.admitSession(ss); err != nil {
-		s.metrics.connections.WithLabelValues("refused_limit").Inc()
 		// A principal retrying over its bounds makes custos do a TLS
 		// handshake and a verification for each refusal: the address's
 		// refusals are bounded as refused tokens are.
-		s.gate.failed(hs.clientAddr)
-		ss.log.Warn("connection refused", "reason", reason)
-		_ = event(SessionRefused, reason, principal, ss, err)
-		return nil, err
+		return nil, nil, hs.refuse(ctx, connRefusal{
+			metric: "refused_limit", gate: true,
+			level: slog.LevelWarn, log: "connection refused", attrs: []any{"reason", reason},
+			event: SessionRefused, reason: reason, session: ss, cause: err,
+			err: err,
+		})
 	}
-	upstreamFailed := func(err error) (*session, error) {
+	return ss, up, nil
+}
+
+// connect logs an admitted session in upstream (as its per-principal
+// user, when its login provisions one), checks the client encoding the
+// server reports, and makes the session active. A refusal releases the
+// session.
+func (hs *handshake) connect(ctx context.Context, ss *session, up *upstream) (*pgconn.HijackedConn, error) {
+	s := hs.srv
+	upstreamFailed := func(err error) error {
 		s.releaseSession(ss)
-		s.metrics.connections.WithLabelValues("upstream_failed").Inc()
-		ss.log.Error("upstream login failed", "error", err)
-		_ = event(SessionRefused, "upstream_failed", principal, ss, err)
-		return nil, upstreamError(up.res.Name, err)
+		return hs.refuse(ctx, connRefusal{
+			metric: "upstream_failed",
+			level:  slog.LevelError, log: "upstream login failed", attrs: []any{"error", err},
+			event: SessionRefused, reason: "upstream_failed", session: ss, cause: err,
+			err: upstreamError(up.res.Name, err),
+		})
 	}
 	var cred *credential
-	if login != nil && login.PerPrincipal {
-		u, pw, err := s.prov.acquire(ctx, up, login, principal)
+	if login := ss.Login; login != nil && login.PerPrincipal {
+		u, pw, err := s.prov.acquire(ctx, up, login, ss.Principal)
 		if err != nil {
-			return upstreamFailed(err)
+			return nil, upstreamFailed(err)
 		}
 		ss.provUser, ss.provUp, ss.ProvisionedUser = u, up, u
 		cred = &credential{user: u, password: pw}
 	}
-	hj, err := s.connectUpstream(ctx, up, &ss.Session, cred, params)
+	hj, err := s.connectUpstream(ctx, up, &ss.Session, cred, hs.params)
 	if err != nil {
-		return upstreamFailed(err)
+		return nil, upstreamFailed(err)
 	}
-	if err := checkReportedEncoding(hj.ParameterStatuses["client_encoding"], params["client_encoding"]); err != nil {
+	if err := checkReportedEncoding(hj.ParameterStatuses["client_encoding"], hs.params["client_encoding"]); err != nil {
 		_ = hj.Conn.Close()
 		s.releaseSession(ss)
-		s.metrics.connections.WithLabelValues("unsafe_encoding").Inc()
-		ss.log.Error("connection refused", "reason", "unsafe_encoding", "client_encoding", hj.ParameterStatuses["client_encoding"], "error", err)
-		_ = event(SessionRefused, "unsafe_encoding", principal, ss, err)
-		return nil, unsafeEncodingError(err)
+		return nil, hs.refuse(ctx, connRefusal{
+			metric: "unsafe_encoding",
+			level:  slog.LevelError, log: "connection refused",
+			attrs: []any{"reason", "unsafe_encoding", "client_encoding", hj.ParameterStatuses["client_encoding"], "error", err},
+			event: SessionRefused, reason: "unsafe_encoding", session: ss, cause: err,
+			err: unsafeEncodingError(err),
+		})
 	}
 	ss.attachUpstream(hj)
 	if err := s.activateSession(ss); err != nil {
 		ss.closeUpstream()
 		s.releaseSession(ss)
-		return nil, err
+		return nil, hs.refuse(ctx, connRefusal{err: err}) // shutting down: nothing to count
 	}
-	ss.log.Info("authentication succeeded", "tls", hs.tls, "issuer", principal.Issuer, "groups", principal.Groups)
+	return hj, nil
+}
+
+// open records the session's start and tells the client it is connected:
+// AuthenticationOk, the server's parameters, custos' cancel key and
+// ReadyForQuery. A session the audit journal cannot record is refused.
+func (hs *handshake) open(ctx context.Context, ss *session, hj *pgconn.HijackedConn) error {
+	s := hs.srv
+	ss.log.Info("authentication succeeded", "tls", hs.tls, "issuer", ss.Principal.Issuer, "groups", ss.Principal.Groups)
 	ss.startSpan()
-	_ = event(SessionAuthSucceeded, "", principal, ss, nil)
+	_ = hs.event(SessionAuthSucceeded, "", ss.Principal, ss, nil)
 
 	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
 	names := make([]string, 0, len(hj.ParameterStatuses))
@@ -556,25 +671,48 @@ func (hs *handshake) startup(ctx context.Context, req *startupRequest) (*session
 		&pgproto3.BackendKeyData{ProcessID: ss.keyPID, SecretKey: secret[:]},
 		&pgproto3.ReadyForQuery{TxStatus: hj.TxStatus},
 	)
-	if err := event(SessionOpened, "", principal, ss, nil); err != nil {
+	if err := hs.event(SessionOpened, "", ss.Principal, ss, nil); err != nil {
 		ss.closeUpstream()
 		s.releaseSession(ss)
-		s.metrics.connections.WithLabelValues("refused_audit").Inc()
-		ss.log.Error("connection refused", "reason", "audit_unavailable", "error", err)
-		_ = event(SessionRefused, "audit_unavailable", principal, ss, err)
-		ss.endSpan(err)
-		return nil, fatalHint("58030", "custos cannot record this session in its audit journal; sessions on cardholder data are refused until it can",
-			"The incident is logged; retry later.")
+		return hs.refuse(ctx, connRefusal{
+			metric: "refused_audit",
+			level:  slog.LevelError, log: "connection refused", attrs: []any{"reason", "audit_unavailable", "error", err},
+			event: SessionRefused, reason: "audit_unavailable", session: ss, cause: err,
+			beforeAnswer: func() { ss.endSpan(err) },
+			code:         "58030", message: "custos cannot record this session in its audit journal; sessions on cardholder data are refused until it can",
+			hint: "The incident is logged; retry later.",
+		})
 	}
 	if err := hs.send(msgs...); err != nil {
 		ss.closeUpstream()
 		s.releaseSession(ss)
 		s.sessionClosed(ss)
 		ss.endSpan(err)
-		return nil, nil
+		return errNoAnswer
 	}
 	s.metrics.connections.WithLabelValues("established").Inc()
-	return ss, nil
+	return nil
+}
+
+// event reports this connection's authentication and session start
+// (Options.OnSessionEvent) and returns the answer: the user, database and
+// token the client gave once it gave them, the resource once the database
+// is known to be served, and the session once there is one.
+func (hs *handshake) event(kind SessionEventKind, reason string, p *authn.Principal, ss *session, err error) error {
+	ev := SessionEvent{Kind: kind, ClientAddr: hs.clientAddr, User: hs.user, Database: hs.database,
+		TLS: hs.tls, Principal: p, Reason: reason, Err: err, TokenFingerprint: hs.tokenFingerprint}
+	if hs.database != "" {
+		if up := hs.srv.upstreamFor(hs.database); up != nil {
+			ev.Resource = up.res
+		}
+	}
+	if ss != nil {
+		ev.Session = &ss.Session
+		if ss.span != nil {
+			ev.SpanContext = ss.span.SpanContext()
+		}
+	}
+	return hs.srv.sessionEvent(ev)
 }
 
 // upstreamError tells the client the upstream login failed without
