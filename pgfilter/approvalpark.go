@@ -3,7 +3,6 @@ package pgfilter
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -215,43 +214,20 @@ func statementFlags(stmts []sqlclass.Statement) []string {
 
 // bindParams returns what a Bind message pins: its parameter format codes
 // (as one value) and each parameter value (nil for NULL). A nil bind pins
-// nothing.
+// nothing. What follows the parameter values is not read, and a
+// parameter length below -1 pins NULL: the server refuses such a Bind.
 func bindParams(bind []byte) ([][]byte, error) {
 	if bind == nil {
 		return nil, nil
 	}
-	_, rest, ok := cstring(bind)
-	if ok {
-		_, rest, ok = cstring(rest)
-	}
-	if !ok || len(rest) < 2 {
+	var b bindMsg
+	if _, err := b.decodeThrough(bind, bindParameters); err != nil {
 		return nil, errMalformedBind
 	}
-	nf := int(binary.BigEndian.Uint16(rest))
-	if len(rest) < 2+2*nf+2 {
-		return nil, errMalformedBind
-	}
-	params := [][]byte{slices.Clone(rest[:2+2*nf])}
-	rest = rest[2+2*nf:]
-	np := int(binary.BigEndian.Uint16(rest))
-	rest = rest[2:]
-	for range np {
-		if len(rest) < 4 {
-			return nil, errMalformedBind
-		}
-		n := int32(binary.BigEndian.Uint32(rest))
-		rest = rest[4:]
-		if n < 0 {
-			params = append(params, nil)
-			continue
-		}
-		if int(n) > len(rest) {
-			return nil, errMalformedBind
-		}
-		params = append(params, slices.Clone(rest[:n]))
-		rest = rest[n:]
+	params := make([][]byte, 1, 1+b.Params.count())
+	params[0] = bytes.Clone(b.ParamFormats)
+	for _, v := range b.Params.all() {
+		params = append(params, bytes.Clone(v))
 	}
 	return params, nil
 }
-
-var errMalformedBind = errors.New("malformed Bind message")

@@ -193,14 +193,13 @@ func (h *policyHook) flushServer() {
 // will use. A Bind that would replace a named portal custos knows of is
 // refused: it is replaced by a Bind of a statement that does not exist.
 func (h *policyHook) bind(ctx context.Context, m *Message) {
-	name, rest, ok := cstring(m.Body)
-	if !ok {
+	// Only the names are read; the server refuses a Bind malformed after them.
+	var b bindMsg
+	tail, err := b.decodeThrough(m.Body, bindNames)
+	if err != nil {
 		return
 	}
-	stmt, tail, ok := cstring(rest)
-	if !ok {
-		return
-	}
+	name, stmt := string(b.Portal), string(b.Statement)
 	if name != "" && h.state.lookupPortal(name, h.settle(ctx)) != nil {
 		resp := h.nameRefusal("42P03", fmt.Sprintf("portal %q already exists", name),
 			"custos does not let a named portal be bound again before it is closed", hintRedefine)

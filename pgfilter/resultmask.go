@@ -308,49 +308,14 @@ func (rm *resultMasker) setRules(r *maskRules) {
 }
 
 // parseBind reads a Bind's portal, statement and result format codes.
+// What follows the result format codes is not read: the server refuses
+// the Bind if it is malformed there.
 func parseBind(b []byte) (*portal, string, bool) {
-	name, b, ok := cstring(b)
-	if !ok {
+	var m bindMsg
+	if _, err := m.decodeThrough(b, bindResultFormats); err != nil {
 		return nil, "", false
 	}
-	stmt, b, ok := cstring(b)
-	if !ok || len(b) < 2 {
-		return nil, "", false
-	}
-	n := int(binary.BigEndian.Uint16(b))
-	b = b[2:]
-	if len(b) < 2*n+2 {
-		return nil, "", false
-	}
-	b = b[2*n:]
-	np := int(binary.BigEndian.Uint16(b))
-	b = b[2:]
-	for range np {
-		if len(b) < 4 {
-			return nil, "", false
-		}
-		l := int(int32(binary.BigEndian.Uint32(b)))
-		b = b[4:]
-		if l > 0 {
-			if len(b) < l {
-				return nil, "", false
-			}
-			b = b[l:]
-		}
-	}
-	if len(b) < 2 {
-		return nil, "", false
-	}
-	nr := int(binary.BigEndian.Uint16(b))
-	b = b[2:]
-	if len(b) < 2*nr {
-		return nil, "", false
-	}
-	formats := make([]int16, nr)
-	for i := range formats {
-		formats[i] = int16(binary.BigEndian.Uint16(b[2*i:]))
-	}
-	return &portal{stmt: stmt, formats: formats}, name, true
+	return &portal{stmt: string(m.Statement), formats: m.ResultFormats.int16s()}, string(m.Portal), true
 }
 
 // server masks one server message and advances the request queue.
