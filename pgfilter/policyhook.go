@@ -641,22 +641,16 @@ func (h *policyHook) decide(ctx context.Context, res *sqlclass.Result, stmts []s
 		h.srv.metrics.decided(dec)
 		return dec
 	}
-	p := h.ses.Principal
 	in := &policy.Input{
-		Version: 1,
-		Kind:    "sql",
-		Principal: policy.Principal{
-			Sub: p.Subject, Iss: p.Issuer, Groups: p.Groups, Email: p.Email, Claims: p.Claims,
-		},
+		Version:   1,
+		Kind:      "sql",
+		Principal: policy.PrincipalOf(h.ses.Principal),
 		Session: policy.Session{
 			ID: h.ses.ID, ClientAddress: h.ses.ClientAddr,
 			ApplicationName: h.ses.Params["application_name"], Database: h.ses.Resource.Database,
 		},
 		Resource: policy.Resource{Name: h.ses.Resource.Name, Type: "postgres", Labels: h.ses.Resource.Labels},
 		SQL:      &policy.SQL{Normalized: res.Normalized, Fingerprint: res.Fingerprint, Statements: h.statementsJSON(res, stmts)},
-	}
-	if p.Act != nil {
-		in.Principal.Act = &policy.Actor{Sub: p.Act.Subject}
 	}
 	dec := h.eng.Decide(ctx, in)
 	h.remember(res, stmts, dec)
