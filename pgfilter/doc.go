@@ -100,7 +100,18 @@
 // is seen at once; the bytes read are relayed after the parked message,
 // in order. A parked session is busy, never idle.
 //
-// Statement records (statements.go, with Options.Statements): each Query,
+// Audit records (audit.go, with Options.Audit, an *audit.Journal):
+// pgfilter builds the audit events of its sessions itself, next to where
+// they happen: each authentication (refused tokens through
+// Options.AuthFailures, which aggregates repeats), session start, refusal
+// and end is recorded before the client hears of it, and every statement
+// through JournalRecorder, the StatementRecorder pgfilter provides, which
+// encodes what a session's statements share once per text in a template
+// dropped when the session closes. With Options.AuditFailClosed a session
+// on cardholder data whose start cannot be recorded is refused.
+//
+// Statement records (statements.go, with Options.Statements, or
+// Options.Audit's recorder when that is not set): each Query,
 // Execute and FunctionCall is queued in the session's ledger as it goes
 // upstream, with its decision, approval and the PANs of its literals and
 // parameters (fingerprints only, later). The server's answers complete

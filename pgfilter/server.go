@@ -85,6 +85,23 @@ type Options struct {
 	// many (masked) result rows of each statement its record keeps.
 	Statements StatementRecorder
 	ResultRows int
+	// Audit, when set, records each authentication, session start and
+	// session end, and (unless Statements is set) every statement, as
+	// pgfilter builds them (audit.go): *audit.Journal is an AuditRecorder.
+	// OnSessionEvent, when also set, is told of the events as well.
+	Audit AuditRecorder
+	// AuthFailures, when set, records the refused tokens instead of
+	// Audit: the first failure of a source, reason and token at once,
+	// repeats aggregated (*audit.AuthFailures).
+	AuthFailures AuthFailureRecorder
+	// AuditFailClosed refuses, on a resource marked cardholder data, a
+	// session whose start Audit cannot record, statements while Audit
+	// cannot write, and the results of a statement whose record Audit
+	// could not keep (the session then ends).
+	AuditFailClosed bool
+	// OnAuditFailure, when set, is told of each event Audit could not
+	// record, by event name; nil logs it on Logger.
+	OnAuditFailure func(event string, err error)
 	// Tracer, when set, records one pg.session span per client session,
 	// from its authentication to its end (never per message); nil records
 	// none.
@@ -151,20 +168,30 @@ type SessionEvent struct {
 	Duration               time.Duration
 }
 
-// sessionEvent passes ev to Options.OnSessionEvent and returns its answer.
+// sessionEvent records ev in Options.Audit and passes it to
+// Options.OnSessionEvent; it returns the first refusal.
 func (s *Server) sessionEvent(ev SessionEvent) error {
-	if s.opts.OnSessionEvent == nil {
+	if s.journal == nil && s.opts.OnSessionEvent == nil {
 		return nil
 	}
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	return s.opts.OnSessionEvent(ev)
+	var err error
+	if s.journal != nil {
+		err = s.journal.SessionEvent(ev)
+	}
+	if s.opts.OnSessionEvent != nil {
+		if herr := s.opts.OnSessionEvent(ev); err == nil {
+			err = herr
+		}
+	}
+	return err
 }
 
 // sessionClosed reports the end of a session that ran.
 func (s *Server) sessionClosed(ss *session) {
-	if s.opts.OnSessionEvent == nil {
+	if s.journal == nil && s.opts.OnSessionEvent == nil {
 		return
 	}
 	ev := SessionEvent{Kind: SessionClosed, ClientAddr: ss.ClientAddr, User: ss.Principal.User,
@@ -187,6 +214,8 @@ type Server struct {
 	metrics   *metrics
 	// proxy is Serve's PROXY protocol policy (nil: direct clients).
 	proxy *proxyPolicy
+	// journal records the session events in Options.Audit (nil: none).
+	journal *JournalRecorder
 
 	// prov keeps the per-principal users of group logins that have them.
 	prov *provisioner
@@ -239,6 +268,10 @@ func New(opts Options) (*Server, error) {
 	if opts.Listener.PasswordTransport == config.TransportTLS && opts.TLSConfig == nil {
 		return nil, errors.New("pgfilter: password transport tls needs a TLS certificate")
 	}
+	journal := NewJournalRecorder(opts)
+	if journal != nil && opts.Statements == nil {
+		opts.Statements = journal
+	}
 	var proxy *proxyPolicy
 	switch opts.Listener.ProxyProtocol {
 	case "", config.ProxyProtocolOff:
@@ -255,6 +288,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		opts:       opts,
+		journal:    journal,
 		log:        opts.Logger,
 		upstreams:  map[string]*upstream{},
 		metrics:    newMetrics(opts.Registerer),

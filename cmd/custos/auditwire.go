@@ -6,9 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -44,9 +42,10 @@ const eventXDSConfigServed = "custos.xds.config_served"
 // id is not configured: someone asked for Envoy's configuration.
 const eventXDSRequestRefused = "custos.xds.request_refused"
 
-// auditor keeps custos' audit journal: it records the events that are not
-// on the per-statement path (sessions, authentication, approvals, policy
-// loads, xDS) and exports the journal as OTLP logs when configured. A
+// auditor keeps custos' audit journal: it opens it, hands it to pgfilter
+// (which records its sessions, authentications and statements itself)
+// and to extproc, records the other events (approvals, policy loads,
+// discovery, xDS) and exports the journal as OTLP logs when configured. A
 // zero journal (audit off) records nothing. An event that cannot be
 // recorded is logged and counted; it never stops custos.
 type auditor struct {
@@ -67,10 +66,6 @@ type auditor struct {
 	mu     sync.Mutex // guards closed against new asynchronous appends
 	closed bool
 	async  sync.WaitGroup
-
-	// templates holds each open session's statement templates
-	// (*sessionTemplates by session id), dropped when the session closes.
-	templates sync.Map
 }
 
 // openAuditor opens the journal of the config's audit section in
@@ -168,30 +163,17 @@ func (a *auditor) record(ev audit.Event) error {
 	ctx, cancel := context.WithTimeout(context.Background(), auditAppendTimeout)
 	defer cancel()
 	if _, err := a.j.Append(ctx, ev); err != nil {
-		a.failures.WithLabelValues(ev.Name).Inc()
-		a.log.Error("audit event not recorded", "event", ev.Name, "error", err.Error(),
-			"unavailable", errors.Is(err, audit.ErrUnavailable))
+		a.recordFailed(ev.Name, err)
 		return err
 	}
 	return nil
 }
 
-// recordAuthFailure records a refused authentication through the
-// aggregator (token is the token's fingerprint). A failure is logged,
-// counted and returned.
-func (a *auditor) recordAuthFailure(ev audit.Event, token string) error {
-	if !a.enabled() {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), auditAppendTimeout)
-	defer cancel()
-	if err := a.authFailures.Record(ctx, ev, token); err != nil {
-		a.failures.WithLabelValues(ev.Name).Inc()
-		a.log.Error("audit event not recorded", "event", ev.Name, "error", err.Error(),
-			"unavailable", errors.Is(err, audit.ErrUnavailable))
-		return err
-	}
-	return nil
+// recordFailed logs and counts an event that could not be recorded.
+func (a *auditor) recordFailed(event string, err error) {
+	a.failures.WithLabelValues(event).Inc()
+	a.log.Error("audit event not recorded", "event", event, "error", err.Error(),
+		"unavailable", errors.Is(err, audit.ErrUnavailable))
 }
 
 // recordAsync appends ev without making the caller wait (callers that
@@ -272,83 +254,15 @@ func (a *auditor) closeJournal() {
 	}
 }
 
-// sessionEvent records a pgfilter connection's authentication, session
-// start or end, before the client hears of it.
-//
-// A session on a resource marked cardholder data whose start cannot be
-// recorded is refused (the error) unless audit.fail_closed is false.
-func (a *auditor) sessionEvent(ev pgfilter.SessionEvent) error {
+// pgfilterAudit sets pgfilter's audit options: the journal, which records
+// the sessions and statements pgfilter builds, the aggregator of refused
+// tokens, audit.fail_closed, and failures logged and counted. Audit off
+// leaves o as it is.
+func (a *auditor) pgfilterAudit(o *pgfilter.Options) {
 	if !a.enabled() {
-		return nil
+		return
 	}
-	e := audit.Event{
-		Time:         ev.Time,
-		UserID:       ev.User, // the claimed user until a token is verified
-		DBSystem:     audit.DBSystemPostgreSQL,
-		DBNamespace:  ev.Database,
-		ResourceType: "postgres",
-		Attrs:        []audit.Attr{audit.String("custos.pg.user", ev.User), audit.Bool("custos.tls", ev.TLS)},
-	}
-	e.ClientAddress, e.ClientPort = splitAddr(ev.ClientAddr)
-	e.TraceID, e.SpanID = ev.SpanContext.TraceID(), ev.SpanContext.SpanID()
-	if r := ev.Resource; r != nil {
-		e.Resource, e.ResourceType, e.DBNamespace = r.Name, r.Type, r.Database
-	}
-	if p := ev.Principal; p != nil {
-		e.SetPrincipal(p)
-	}
-	if s := ev.Session; s != nil {
-		e.SessionID = s.ID
-		// The PostgreSQL role the session runs as upstream: what the
-		// database's own logs and views name for it.
-		if s.Resource != nil {
-			e.Attrs = append(e.Attrs, audit.String("custos.pg.upstream_user", s.UpstreamUser()))
-		}
-		if app := s.Params["application_name"]; app != "" {
-			e.Attrs = append(e.Attrs, audit.String("custos.pg.application_name", app))
-		}
-	}
-	if ev.Err != nil {
-		e.Error = ev.Err.Error()
-	}
-	switch ev.Kind {
-	case pgfilter.SessionAuthFailed:
-		e.Name, e.Outcome, e.ErrorType = audit.EventAuthFailed, audit.OutcomeFailure, ev.Reason
-		return a.recordAuthFailure(e, ev.TokenFingerprint)
-	case pgfilter.SessionAuthSucceeded:
-		e.Name, e.Outcome = audit.EventAuthSucceeded, audit.OutcomeSuccess
-	case pgfilter.SessionOpened:
-		e.Name, e.Outcome = audit.EventConnectionOpened, audit.OutcomeSuccess
-	case pgfilter.SessionRefused:
-		e.Name, e.Outcome, e.ErrorType = audit.EventConnectionOpened, audit.OutcomeFailure, ev.Reason
-		if ev.Reason == "session_limit" || ev.Reason == "session_rate" {
-			e.Outcome = audit.OutcomeDenied
-		}
-	case pgfilter.SessionClosed:
-		if ev.Session != nil {
-			a.templates.Delete(ev.Session.ID)
-		}
-		e.Name, e.Outcome = audit.EventConnectionClosed, audit.OutcomeSuccess
-		e.Duration, e.Masked, e.SADDropped = ev.Duration, ev.MaskedPANs, ev.RemovedSAD
-		e.Attrs = append(e.Attrs, audit.String("custos.connection.close_reason", ev.Reason))
-	default:
-		return nil
-	}
-	err := a.record(e)
-	if err != nil && ev.Kind == pgfilter.SessionOpened && a.failClosed && ev.Resource != nil && ev.Resource.CardholderData() {
-		return fmt.Errorf("audit journal: %w", err)
-	}
-	return nil
-}
-
-// splitAddr splits host:port; an address without a port is all host.
-func splitAddr(addr string) (string, int) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr, 0
-	}
-	p, _ := strconv.Atoi(port)
-	return host, p
+	o.Audit, o.AuthFailures, o.AuditFailClosed, o.OnAuditFailure = a.j, a.authFailures, a.failClosed, a.recordFailed
 }
 
 // approvalEvent records a transition of a parked request, with who caused
@@ -496,160 +410,4 @@ func (a *auditor) xdsEvent(ev xds.Event) {
 	}
 	e.Attrs = attrs
 	a.recordAsync(e)
-}
-
-// statements returns the recorder of pgfilter's statements, or nil when
-// audit is off.
-func (a *auditor) statements() pgfilter.StatementRecorder {
-	if !a.enabled() {
-		return nil
-	}
-	return a
-}
-
-// errStatementUnrecorded refuses a statement on cardholder data while the
-// journal cannot be written.
-var errStatementUnrecorded = errors.New("audit journal unavailable")
-
-// Admit implements pgfilter.StatementRecorder: while the journal cannot
-// write, statements on cardholder data are refused before they run.
-func (a *auditor) Admit(s *pgfilter.Session) error {
-	if a.failClosed && s.Resource.CardholderData() && a.j.Failing() {
-		return errStatementUnrecorded
-	}
-	return nil
-}
-
-// Record implements pgfilter.StatementRecorder: it queues the statement's
-// record for the next group commit and returns at once. What a session's
-// statements share (who, from where, on what; the statement's text) is
-// encoded once per session and text, in a template.
-func (a *auditor) Record(ev *pgfilter.StatementEvent) pgfilter.Durable {
-	s := ev.Session
-	e := audit.Event{
-		Time:          ev.Start,
-		DBCollections: ev.Collections,
-		DBStatusCode:  ev.SQLState,
-		ApprovalID:    ev.ApprovalID,
-		Rows:          ev.Rows,
-		Masked:        ev.Masked,
-		SADDropped:    ev.SAD,
-		Duration:      ev.Duration,
-		Error:         ev.Error,
-		PANSources:    ev.PANSources,
-		TraceID:       ev.SpanContext.TraceID(),
-		SpanID:        ev.SpanContext.SpanID(),
-	}
-	switch ev.Outcome {
-	case pgfilter.StatementSucceeded:
-		e.Outcome = audit.OutcomeSuccess
-	case pgfilter.StatementDenied:
-		e.Outcome = audit.OutcomeDenied
-	default:
-		e.Outcome = audit.OutcomeFailure
-	}
-	if ev.SQLState != "" {
-		e.ErrorType = ev.SQLState
-	}
-	var attrs [8]audit.Attr
-	e.Attrs = append(attrs[:0],
-		audit.Int("custos.statement.seq", ev.Seq),
-		audit.String("custos.pg.protocol", ev.Protocol),
-		audit.Int("custos.duration_us", ev.Duration.Microseconds()))
-	if d := ev.Decision; d != nil {
-		e.Decision, e.DecisionID, e.Reasons = d.Label(), d.ID, d.Reasons
-		if d.PolicyVersion != "" {
-			e.Attrs = append(e.Attrs, audit.String(audit.AttrPolicyVersion, d.PolicyVersion))
-		}
-	}
-	if ev.ApprovalWait > 0 {
-		e.Attrs = append(e.Attrs, audit.Int("custos.approval.wait_ms", ev.ApprovalWait.Milliseconds()))
-	}
-	if len(ev.Columns) > 0 || len(ev.ResultRows) > 0 {
-		e.Attrs = append(e.Attrs, audit.Strings("custos.result.columns", ev.Columns),
-			audit.Strings("custos.result.rows", ev.ResultRows), audit.Bool("custos.result.truncated", ev.Truncated))
-	}
-	durability := audit.Written
-	if ev.NeedsSync() {
-		durability = audit.Synced
-	}
-	t := a.statementTemplate(ev)
-	if t == nil {
-		e.Name = audit.EventStatement
-		a.statementStatic(&e, ev)
-	}
-	p := a.j.EnqueueAs(context.Background(), t, e, durability)
-	return &statementRecord{a: a, p: p, failClosed: a.failClosed && s.Resource.CardholderData()}
-}
-
-// statementStatic sets what a session's statements with ev's text share.
-func (a *auditor) statementStatic(e *audit.Event, ev *pgfilter.StatementEvent) {
-	s := ev.Session
-	e.SetPrincipal(s.Principal)
-	e.ClientAddress, e.ClientPort = splitAddr(s.ClientAddr)
-	e.SessionID, e.Resource, e.ResourceType = s.ID, s.Resource.Name, "postgres"
-	e.DBSystem, e.DBNamespace = audit.DBSystemPostgreSQL, s.Resource.Database
-	e.DBOperation, e.DBQueryText, e.DBQueryFingerprint = ev.Operation, ev.Text, ev.Fingerprint
-}
-
-// sessionTemplates are the statement templates of one session, by text.
-type sessionTemplates struct {
-	mu     sync.Mutex
-	byText map[templateKey]*audit.Template
-}
-
-type templateKey struct{ text, fingerprint, operation string }
-
-// maxTemplatesPerSession bounds a session's templates; past it they are
-// dropped and made again.
-const maxTemplatesPerSession = 256
-
-// statementTemplate returns the template of ev's session and text, made
-// on first use; nil when none can be made (the event is then recorded
-// whole).
-func (a *auditor) statementTemplate(ev *pgfilter.StatementEvent) *audit.Template {
-	v, ok := a.templates.Load(ev.Session.ID)
-	if !ok {
-		v, _ = a.templates.LoadOrStore(ev.Session.ID, &sessionTemplates{byText: map[templateKey]*audit.Template{}})
-	}
-	st := v.(*sessionTemplates)
-	k := templateKey{ev.Text, ev.Fingerprint, ev.Operation}
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if t, ok := st.byText[k]; ok {
-		return t
-	}
-	var e audit.Event
-	a.statementStatic(&e, ev)
-	t, err := a.j.NewTemplate(audit.EventStatement, e)
-	if err != nil {
-		return nil
-	}
-	if len(st.byText) >= maxTemplatesPerSession {
-		clear(st.byText)
-	}
-	st.byText[k] = t
-	return t
-}
-
-// statementRecord is a statement's record on its way to the journal.
-type statementRecord struct {
-	a          *auditor
-	p          *audit.Pending
-	failClosed bool
-}
-
-// Wait implements pgfilter.Durable: a record that cannot be kept is logged
-// and counted, and fails the statement only on cardholder data with
-// audit.fail_closed.
-func (r *statementRecord) Wait(ctx context.Context) error {
-	if _, err := r.p.Wait(ctx); err != nil {
-		r.a.failures.WithLabelValues(audit.EventStatement).Inc()
-		r.a.log.Error("audit event not recorded", "event", audit.EventStatement, "error", err.Error(),
-			"unavailable", errors.Is(err, audit.ErrUnavailable))
-		if r.failClosed {
-			return fmt.Errorf("audit journal: %w", err)
-		}
-	}
-	return nil
 }

@@ -563,7 +563,7 @@ func TestSessionRefusedWhenAuditFails(t *testing.T) {
 			if err := a.j.Close(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			err = a.sessionEvent(pgfilter.SessionEvent{Kind: tc.kind, User: "alice", Database: "payments", Resource: tc.res, ClientAddr: "127.0.0.1:5000"})
+			err = journalRecorder(a, nil).SessionEvent(pgfilter.SessionEvent{Kind: tc.kind, User: "alice", Database: "payments", Resource: tc.res, ClientAddr: "127.0.0.1:5000"})
 			if (err != nil) != tc.refused {
 				t.Fatalf("sessionEvent = %v, want refused %v", err, tc.refused)
 			}

@@ -218,7 +218,7 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		}
 		aprSvc = apr.svc
 	}
-	pg, err := pgfilter.New(pgfilter.Options{
+	pgOpts := pgfilter.Options{
 		Listener:    cfg.Listeners.Postgres,
 		Sessions:    cfg.Sessions,
 		Resources:   cfg.Resources,
@@ -232,11 +232,11 @@ func newGateway(ctx context.Context, cfg *config.Config, lns *listeners, log *sl
 		Logger:      log.With("component", "pgfilter"),
 		Registerer:  reg,
 
-		OnSessionEvent: aud.sessionEvent,
-		Statements:     aud.statements(),
-		ResultRows:     max(cfg.Audit.ReplayRows, 0),
-		Tracer:         tr.tracer(),
-	})
+		ResultRows: max(cfg.Audit.ReplayRows, 0),
+		Tracer:     tr.tracer(),
+	}
+	aud.pgfilterAudit(&pgOpts)
+	pg, err := pgfilter.New(pgOpts)
 	if err != nil {
 		if apr != nil {
 			apr.close()

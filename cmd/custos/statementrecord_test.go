@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/custos-dev/custos/internal/audit"
 	"github.com/custos-dev/custos/internal/authn"
 	"github.com/custos-dev/custos/internal/config"
 	"github.com/custos-dev/custos/internal/policy"
@@ -26,6 +27,29 @@ func benchStatement(ses *pgfilter.Session, i int) *pgfilter.StatementEvent {
 		Outcome: pgfilter.StatementSucceeded, Rows: 1,
 		Columns: []string{"abalance"}, ResultRows: []string{`["0"]`},
 	}
+}
+
+// journalRecorder is the recorder pgfilter makes of a's journal (the
+// options of a.pgfilterAudit), on j instead when j is not nil.
+func journalRecorder(a *auditor, j pgfilter.AuditRecorder) *pgfilter.JournalRecorder {
+	var o pgfilter.Options
+	a.pgfilterAudit(&o)
+	if j != nil {
+		o.Audit = j
+	}
+	return pgfilter.NewJournalRecorder(o)
+}
+
+// pendingJournal is a journal that keeps the last record queued, so that
+// a test can wait for that record's position.
+type pendingJournal struct {
+	*audit.Journal
+	last *audit.Pending
+}
+
+func (j *pendingJournal) EnqueueAs(ctx context.Context, t *audit.Template, ev audit.Event, d audit.Durability) *audit.Pending {
+	j.last = j.Journal.EnqueueAs(ctx, t, ev, d)
+	return j.last
 }
 
 // BenchmarkStatementRecord is the audit cost of one statement on the
@@ -51,7 +75,7 @@ func BenchmarkStatementRecord(b *testing.B) {
 			res := &config.Resource{Name: "payments-db", Database: "payments", Labels: map[string]string{"pci": "cde"}}
 			ses := &pgfilter.Session{ID: "0123456789abcdef01234567", ClientAddr: "127.0.0.1:54321", Resource: res,
 				Principal: &authn.Principal{Subject: "bench", Issuer: "http://127.0.0.1:9902/dev-oidc", Groups: []string{"agents"}, User: "bench"}}
-			rec := a.statements()
+			rec := journalRecorder(a, nil)
 			ctx := context.Background()
 			b.ReportAllocs()
 			i := 0
@@ -86,11 +110,13 @@ func TestStatementDurabilityByWhatItTouched(t *testing.T) {
 	res := &config.Resource{Name: "payments-db", Database: "payments", Labels: map[string]string{"pci": "cde"}}
 	ses := &pgfilter.Session{ID: "0123456789abcdef01234567", ClientAddr: "127.0.0.1:54321", Resource: res,
 		Principal: &authn.Principal{Subject: "alice", Issuer: "http://127.0.0.1:9902/dev-oidc", Groups: []string{"agents"}, User: "alice"}}
-	rec := a.statements()
+	pj := &pendingJournal{Journal: a.j}
+	rec := journalRecorder(a, pj)
 	ctx := context.Background()
 	record := func(ev *pgfilter.StatementEvent) uint64 {
 		t.Helper()
-		seq, err := rec.Record(ev).(*statementRecord).p.Wait(ctx)
+		rec.Record(ev)
+		seq, err := pj.last.Wait(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
