@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,15 +93,32 @@ func TestServe(t *testing.T) {
 	}
 }
 
+// freeAddr returns a loopback address nothing listens on, never one it
+// returned before in this process: a port closed here may be handed out
+// again by the next call, and a config naming one port for two
+// listeners is refused.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	freeAddrs.Lock()
+	defer freeAddrs.Unlock()
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		_ = ln.Close()
+		if !freeAddrs.given[addr] {
+			freeAddrs.given[addr] = true
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
+
+var freeAddrs = struct {
+	sync.Mutex
+	given map[string]bool
+}{given: map[string]bool{}}
 
 func waitHTTP(t *testing.T, url string) {
 	t.Helper()
