@@ -80,6 +80,10 @@
 // COPY FROM STDIN, which the server ignores, are not waited for. The masker
 // follows the same rule for the row shapes it keeps (a portal is known at
 // its BindComplete; one still uncertain is described by the server first).
+// The masker's queue of messages and the statement ledger both follow the
+// server's batch rule through one syncQueue (inflight.go): after an
+// ErrorResponse in the extended protocol the server skips every message up
+// to the next Sync, and ReadyForQuery ends the batch.
 //
 // Approvals (approvalpark.go, park.go): when the decision requires
 // approval, the client-to-server goroutine records an approval request,
@@ -117,7 +121,7 @@
 // parameters (fingerprints only, later). The server's answers complete
 // them in order (CommandComplete, ErrorResponse, EmptyQueryResponse,
 // PortalSuspended for an Execute; ReadyForQuery for a Query or a
-// FunctionCall, and for Executes the server skipped after an error). A
+// FunctionCall, and for the statements the server skipped after an error). A
 // hook after the masker counts rows and masked values and keeps the first
 // Options.ResultRows masked rows, then hands the record to the recorder,
 // which writes it without waiting:

@@ -37,8 +37,9 @@ type resultMasker struct {
 
 	tbuf []byte // a text column's masked value, until it is copied into the row
 
-	mu      sync.Mutex
-	pending []pendingOp
+	mu sync.Mutex
+	// pending are the client's messages the server has yet to answer.
+	pending syncQueue[pendingOp]
 	// stmts holds described statements (an empty, non-nil slice for one
 	// that returns no rows), in the server's order; describing lists the
 	// statements the client has described since their last Parse.
@@ -116,6 +117,17 @@ type pendingOp struct {
 	closeStmt bool
 }
 
+// batchRole implements batchEntry.
+func (op pendingOp) batchRole() batchRole {
+	switch op.kind {
+	case opSync:
+		return roleSync
+	case opSimple, opFunc:
+		return roleOwn
+	}
+	return roleExtended
+}
+
 // maskRules are a policy decision's masking rules for one statement.
 type maskRules struct {
 	// columns maps a column name (the real one, not an alias) to its
@@ -169,23 +181,11 @@ func (rm *resultMasker) Handle(ctx context.Context, d Direction, m *Message, c C
 	return rm.server(ctx, m)
 }
 
-func (rm *resultMasker) push(op pendingOp) { rm.pending = append(rm.pending, op) }
+func (rm *resultMasker) push(op pendingOp) { rm.pending.push(op) }
 
-func (rm *resultMasker) front() (pendingOp, bool) {
-	if len(rm.pending) == 0 {
-		return pendingOp{}, false
-	}
-	return rm.pending[0], true
-}
+func (rm *resultMasker) front() (pendingOp, bool) { return rm.pending.head() }
 
-func (rm *resultMasker) pop() {
-	if len(rm.pending) > 0 {
-		rm.pending = rm.pending[1:]
-		if len(rm.pending) == 0 {
-			rm.pending = rm.pending[:0:0]
-		}
-	}
-}
+func (rm *resultMasker) pop() { rm.pending.pop() }
 
 // client records what the client asked for, in order.
 func (rm *resultMasker) client(m *Message, c Conn) error {
@@ -276,10 +276,10 @@ func (rm *resultMasker) portalFor(name string) *portal {
 	boundary := false
 	for i := len(rm.pending) - 1; i >= 0; i-- {
 		op := rm.pending[i]
-		switch op.kind {
-		case opSync, opSimple, opFunc:
+		switch {
+		case op.batchRole() != roleExtended:
 			boundary = true
-		case opBind:
+		case op.kind == opBind:
 			if op.name == name {
 				if boundary {
 					return &portal{} // it may or may not succeed
@@ -409,25 +409,15 @@ func (rm *resultMasker) server(ctx context.Context, m *Message) (Verdict, error)
 	case 'E':
 		rm.cp = nil
 		rm.maskFields(m)
-		if op.kind != opSimple && op.kind != opFunc {
-			// The server skips to the next Sync.
-			for len(rm.pending) > 0 && rm.pending[0].kind != opSync {
-				rm.pop()
-			}
-		}
+		// In the extended protocol the server skips to the next Sync.
+		rm.pending.fail(nil)
 	case 'N':
 		rm.maskFields(m)
 	case 'Z':
 		if len(m.Body) > 0 && m.Body[0] == 'I' {
 			clear(rm.portals) // they end with the transaction
 		}
-		for len(rm.pending) > 0 {
-			k := rm.pending[0].kind
-			rm.pop()
-			if k == opSync || k == opSimple || k == opFunc {
-				break
-			}
-		}
+		rm.pending.endBatch(nil)
 		rm.simple = nil
 	case 'H':
 		rm.startCopy(ctx, m, op)

@@ -181,43 +181,77 @@ type stmtEntry struct {
 	copyOut  bool
 }
 
+// batchRole implements batchEntry.
+func (e *stmtEntry) batchRole() batchRole {
+	switch e.kind {
+	case kindExec:
+		return roleExtended
+	case kindSync:
+		return roleSync
+	}
+	return roleOwn
+}
+
 // ledger queues a session's statements in the order the server answers
 // them: pushed by the client-to-server goroutine, completed by the
 // server-to-client one.
 type ledger struct {
-	mu  sync.Mutex
-	q   []*stmtEntry
-	seq int64
+	mu sync.Mutex
+	q  syncQueue[*stmtEntry]
+	// ended are statements taken off q, in order, to be completed when
+	// their batch ends (those the server skipped after an error).
+	ended []*stmtEntry
+	seq   int64
 }
 
 func (l *ledger) push(e *stmtEntry) {
 	l.mu.Lock()
-	l.q = append(l.q, e)
+	l.q.push(e)
 	l.mu.Unlock()
 }
 
 func (l *ledger) head() *stmtEntry {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.q) == 0 {
-		return nil
-	}
-	return l.q[0]
+	e, _ := l.q.head()
+	return e
 }
 
 func (l *ledger) pop() *stmtEntry {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.q) == 0 {
-		return nil
-	}
-	e := l.q[0]
-	l.q[0] = nil
-	l.q = l.q[1:]
-	if len(l.q) == 0 {
-		l.q = l.q[:0:0]
-	}
+	e, _ := l.q.pop()
 	return e
+}
+
+// fail applies an ErrorResponse: it returns the Execute that failed (nil
+// when the error is not an Execute's) and keeps the statements the server
+// skips after it, marked skipped, for endBatch.
+func (l *ledger) fail() *stmtEntry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e, _ := l.q.fail(l.skip)
+	return e
+}
+
+func (l *ledger) skip(e *stmtEntry) {
+	e.skipped = true
+	l.ended = append(l.ended, e)
+}
+
+func (l *ledger) keep(e *stmtEntry) { l.ended = append(l.ended, e) }
+
+// endBatch applies a ReadyForQuery: it appends to out the statements of
+// the batch it ends, in order (those skipped after an error, then the
+// rest through its Sync, Query or FunctionCall), and returns out.
+func (l *ledger) endBatch(out []*stmtEntry) []*stmtEntry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.q.endBatch(l.keep)
+	out = append(out, l.ended...)
+	clear(l.ended)
+	l.ended = l.ended[:0]
+	return out
 }
 
 // describe fills e's description from a classification.
@@ -292,6 +326,9 @@ type auditHook struct {
 	// cur is the ledger's head as last read: only this hook pops, so it
 	// stays the head until the hook pops it, and rows need no lock.
 	cur *stmtEntry
+	// batch holds the statements a ReadyForQuery ends while they are
+	// completed.
+	batch []*stmtEntry
 }
 
 // head returns the statement the server is answering, or nil.
@@ -397,35 +434,28 @@ func (a *auditHook) Handle(_ context.Context, _ Direction, m *Message, _ Conn) (
 		if e.code == "" {
 			e.code, e.errMsg = errorFields(m.Body)
 		}
-		if e.kind == kindExec {
-			a.led.mu.Lock()
-			for _, next := range a.led.q[1:] {
-				if next.kind != kindExec {
-					break
-				}
-				next.skipped = true
-			}
-			a.led.mu.Unlock()
-			return Forward, a.complete(a.pop())
+		// An Execute's error: the server skips to the next Sync. A
+		// Query's or FunctionCall's ends at its ReadyForQuery.
+		if failed := a.led.fail(); failed != nil {
+			a.cur = nil
+			return Forward, a.complete(failed)
 		}
 	case 'Z':
 		a.simpleCols = nil
-		for {
-			e := a.pop()
-			if e == nil {
-				break
-			}
+		a.cur = nil
+		a.batch = a.led.endBatch(a.batch[:0])
+		var err error
+		for i, e := range a.batch {
+			a.batch[i] = nil
 			if e.kind == kindExec {
-				e.skipped = true
+				e.skipped = true // never answered before its batch ended
 			}
-			if e.kind != kindSync {
-				if err := a.complete(e); err != nil {
-					return Forward, err
-				}
+			if e.kind != kindSync && err == nil {
+				err = a.complete(e)
 			}
-			if e.kind != kindExec {
-				break
-			}
+		}
+		if err != nil {
+			return Forward, err
 		}
 	}
 	return Forward, nil
