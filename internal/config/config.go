@@ -592,11 +592,13 @@ const (
 	DefaultMaxPerPrincipal = 32
 	DefaultMaxTotal        = 90
 	DefaultReserveSessions = 10
-	// Session opens per principal: a pool's sessions at once, then two a
-	// second (an agent running psql per command is well inside it; each
-	// open costs PostgreSQL a backend's start and a SCRAM exchange).
+	// Session opens per principal: a full pool's sessions twice over at
+	// once (a pool that closed reconnects at once: a client restarting, a
+	// benchmark's warm-up then its run), then two a second (an agent
+	// running psql per command is well inside it; each open costs
+	// PostgreSQL a backend's start and a SCRAM exchange).
 	DefaultOpenRate        = 2
-	DefaultOpenBurst       = DefaultMaxPerPrincipal
+	DefaultOpenBurst       = 2 * DefaultMaxPerPrincipal
 	DefaultClockSkew       = 30 * time.Second
 	DefaultSweepInterval   = 5 * time.Second
 	DefaultEnvoyListenHost = "0.0.0.0"
