@@ -379,7 +379,10 @@ func (ss *session) pump(d Direction, src *frameReader, dst *frameWriter, dstMu *
 			if verdict == Forward {
 				err = dst.write(m.Type, m.Body)
 			}
-			if f := ss.afterForward; d == ClientToServer && f != nil {
+			// Only the client pump reads or sets afterForward: the direction
+			// is checked before the field is read.
+			if d == ClientToServer && ss.afterForward != nil {
+				f := ss.afterForward
 				ss.afterForward = nil
 				if werr := f(dst); err == nil {
 					err = werr
