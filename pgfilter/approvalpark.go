@@ -25,24 +25,51 @@ func (h *policyHook) parks(dec *policy.Decision) bool {
 	return dec != nil && dec.Allow && dec.RequireApproval != nil && h.srv.opts.Approvals != nil && h.relay != nil
 }
 
-// park holds the message m (a Query, or the Execute of a portal bound by
-// bind) until approvers decide on it. It returns nil, nil when the
-// statement was approved and the approval consumed: the caller lets m go
-// upstream, exactly as it arrived. Otherwise it returns the client's
-// answer (denied, expired, cancelled, or the approval machinery failing
-// closed), or an error that ends the session (the client went away, the
-// session is ending). h.mu is held on entry and on return, and released
-// while waiting.
-func (h *policyHook) park(ctx context.Context, m *Message, dec *policy.Decision, res *sqlclass.Result,
+// parkOutcome is how parking a statement ended; the policy hook applies
+// it to its own state.
+type parkOutcome struct {
+	// approvalID is the approval request recorded for the statement, ""
+	// when none was.
+	approvalID string
+	// refusal is the client's answer when the statement does not run
+	// (denied, expired, cancelled, or the approval machinery failing
+	// closed). With a nil err, a nil refusal means the statement was
+	// approved and the approval consumed: the message goes upstream
+	// exactly as it arrived.
+	refusal *pgproto3.ErrorResponse
+	// err ends the session (the client went away, the session is ending).
+	err error
+}
+
+// pendingApproval is an approval request recorded for a statement about
+// to be parked.
+type pendingApproval struct {
+	req  *approval.Request
+	hash string // what the approval is pinned to
+	dec  *policy.Decision
+}
+
+// parkWait is how the wait for a decision ended: got is the request as
+// decided, or err says why the wait stopped without a decision.
+type parkWait struct {
+	got *approval.Request
+	err error
+}
+
+// requestApproval records the approval request for a statement (text,
+// with the parameters of bind, nil for a Query) that dec sends to
+// approvers. It returns the client's answer instead when the request
+// cannot be recorded. It reads no mutable hook state.
+func (h *policyHook) requestApproval(ctx context.Context, dec *policy.Decision, res *sqlclass.Result,
 	stmts []sqlclass.Statement, text string, bind []byte,
-) (*pgproto3.ErrorResponse, error) {
+) (*pendingApproval, *pgproto3.ErrorResponse) {
 	svc := h.srv.opts.Approvals
 	ra := dec.RequireApproval
 	p := h.ses.Principal
 	requester := approval.PrincipalOf(p)
 	params, err := bindParams(bind)
 	if err != nil {
-		return denyResponse("approval required, but custos could not read the statement's parameters to pin them: "+err.Error(), dec.ID), nil
+		return nil, denyResponse("approval required, but custos could not read the statement's parameters to pin them: "+err.Error(), dec.ID)
 	}
 	hash := approval.PinHash(requester, h.ses.Resource.Name, approval.KindSQL, text, params)
 	req, err := svc.Request(ctx, approval.NewRequest{
@@ -64,66 +91,83 @@ func (h *policyHook) park(ctx context.Context, m *Message, dec *policy.Decision,
 		h.srv.log.Error("approval request could not be recorded", "session_id", h.ses.ID, "decision_id", dec.ID, "error", err)
 		resp := denyResponse("approval required, but custos could not record the request; the statement was not run", dec.ID)
 		resp.Hint = "Retry later; the incident is logged."
-		return resp, nil
+		return nil, resp
 	}
 	h.srv.metrics.parked.WithLabelValues("requested").Inc()
-	h.approvalID = req.ID
 	h.srv.log.Info("statement parked for approval", "session_id", h.ses.ID, "approval_id", req.ID,
 		"decision_id", dec.ID, "principal", p.Subject, "approver_groups", strings.Join(req.ApproverGroups, ","))
-	held := bytes.Clone(m.Body) // the reader's buffer is reused while waiting
-	h.mu.Unlock()
-	var got *approval.Request
-	werr := h.relay.hold(ctx, func() error {
-		return h.relay.SendToClient(h.parkedNotice(req))
+	return &pendingApproval{req: req, hash: hash, dec: dec}, nil
+}
+
+// awaitDecision parks the client's current message on the relay until
+// approvers decide on pa: the client is sent notice first, and is read
+// meanwhile (see session.hold). It touches no hook state, and is called
+// without h.mu.
+func (h *policyHook) awaitDecision(ctx context.Context, pa *pendingApproval, notice *pgproto3.NoticeResponse) parkWait {
+	svc := h.srv.opts.Approvals
+	var w parkWait
+	w.err = h.relay.hold(ctx, func() error {
+		return h.relay.SendToClient(notice)
 	}, func(ctx context.Context) error {
-		r, err := svc.Wait(ctx, req.ID)
-		got = r
+		r, err := svc.Wait(ctx, pa.req.ID)
+		w.got = r
 		return err
 	})
-	h.mu.Lock()
-	m.Body = held
+	return w
+}
+
+// concludePark turns how the wait for pa ended into the parking outcome:
+// it withdraws a request nobody waits for any more, consumes an approval,
+// and counts and logs the end of the wait.
+func (h *policyHook) concludePark(ctx context.Context, pa *pendingApproval, w parkWait) parkOutcome {
+	svc := h.srv.opts.Approvals
+	req, dec, got, werr := pa.req, pa.dec, w.got, w.err
+	out := parkOutcome{approvalID: req.ID}
 
 	switch {
 	case werr == nil:
 	case errors.Is(werr, errAnnounce):
 		h.withdraw(ctx, req.ID, "the client could not be told of the request")
-		return nil, werr
+		out.err = werr
+		return out
 	case errors.Is(werr, errParkCancelled):
 		h.withdraw(ctx, req.ID, "the client cancelled the statement")
 		h.srv.metrics.parked.WithLabelValues("cancelled").Inc()
-		return &pgproto3.ErrorResponse{
+		out.refusal = &pgproto3.ErrorResponse{
 			Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "57014",
 			Message: "canceling statement due to user request",
 			Detail:  "custos withdrew approval request " + req.ID + "; the statement was not run.",
-		}, nil
+		}
+		return out
 	case errors.Is(werr, errClientGone):
 		h.withdraw(ctx, req.ID, "the client disconnected")
 		h.srv.metrics.parked.WithLabelValues("client_gone").Inc()
-		return nil, werr
+		out.err = werr
+		return out
 	case ctx.Err() != nil:
 		h.withdraw(ctx, req.ID, "the session ended before a decision")
 		h.srv.metrics.parked.WithLabelValues("session_ended").Inc()
-		return nil, ctx.Err()
+		out.err = ctx.Err()
+		return out
 	default:
 		h.withdraw(ctx, req.ID, "custos could not follow the request")
 		h.srv.metrics.parked.WithLabelValues("failed").Inc()
 		h.srv.log.Error("approval wait failed", "session_id", h.ses.ID, "approval_id", req.ID, "error", werr)
-		return denyResponse("custos could not follow approval request "+req.ID+"; the statement was not run", dec.ID), nil
+		out.refusal = denyResponse("custos could not follow approval request "+req.ID+"; the statement was not run", dec.ID)
+		return out
 	}
 
 	switch got.State {
 	case approval.StateApproved:
-		if _, err := svc.Consume(ctx, req.ID, hash); err != nil {
+		if _, err := svc.Consume(ctx, req.ID, pa.hash); err != nil {
 			h.srv.metrics.parked.WithLabelValues("failed").Inc()
 			h.srv.log.Warn("approved statement could not be run", "session_id", h.ses.ID, "approval_id", req.ID, "error", err)
-			return denyResponse(fmt.Sprintf("approval %s could not be used (%v); the statement was not run", req.ID, err), dec.ID), nil
+			out.refusal = denyResponse(fmt.Sprintf("approval %s could not be used (%v); the statement was not run", req.ID, err), dec.ID)
+			return out
 		}
 		h.srv.metrics.parked.WithLabelValues("approved").Inc()
 		h.srv.log.Info("approved statement runs", "session_id", h.ses.ID, "approval_id", req.ID)
-		if err := h.relay.SendToClient(notice("custos: approval "+req.ID+" granted by "+voters(got)+"; the statement runs now", "")); err != nil {
-			return nil, err
-		}
-		return nil, nil
+		out.err = h.relay.SendToClient(notice("custos: approval "+req.ID+" granted by "+voters(got)+"; the statement runs now", ""))
 	case approval.StateDenied:
 		h.srv.metrics.parked.WithLabelValues("denied").Inc()
 		msg := "approval " + req.ID + " denied"
@@ -133,20 +177,21 @@ func (h *policyHook) park(ctx context.Context, m *Message, dec *policy.Decision,
 				msg += ": " + got.Denial.Reason
 			}
 		}
-		return denyResponse(msg, dec.ID), nil
+		out.refusal = denyResponse(msg, dec.ID)
 	case approval.StateExpired:
 		h.srv.metrics.parked.WithLabelValues("expired").Inc()
 		resp := denyResponse(fmt.Sprintf("approval %s expired at %s without a decision", req.ID, got.ExpiresAt.Format(time.RFC3339)), dec.ID)
 		resp.Hint = "Send the statement again to ask again."
-		return resp, nil
+		out.refusal = resp
 	default:
 		h.srv.metrics.parked.WithLabelValues("withdrawn").Inc()
 		msg := fmt.Sprintf("approval %s is %s", req.ID, got.State)
 		if got.Note != "" {
 			msg += ": " + got.Note
 		}
-		return denyResponse(msg+"; the statement was not run", dec.ID), nil
+		out.refusal = denyResponse(msg+"; the statement was not run", dec.ID)
 	}
+	return out
 }
 
 // withdraw records that the parked client no longer waits, even when the

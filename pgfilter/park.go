@@ -38,15 +38,9 @@ var (
 func (ss *session) hold(ctx context.Context, announce func() error, wait func(context.Context) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	ss.parkMu.Lock()
-	ss.parkCancel = cancel
-	ss.parkMu.Unlock()
-	ss.parked.Store(true)
+	ss.setParked(cancel)
 	defer func() {
-		ss.parkMu.Lock()
-		ss.parkCancel = nil
-		ss.parkMu.Unlock()
-		ss.parked.Store(false)
+		ss.setParked(nil)
 		ss.touch()
 	}()
 	if err := announce(); err != nil {
@@ -62,6 +56,15 @@ func (ss *session) hold(ctx context.Context, announce func() error, wait func(co
 		}
 	}
 	return err
+}
+
+// setParked makes the session parked, with cancel ending its wait, or,
+// with a nil cancel, no longer parked.
+func (ss *session) setParked(cancel context.CancelCauseFunc) {
+	ss.parkMu.Lock()
+	ss.parkCancel = cancel
+	ss.parkMu.Unlock()
+	ss.parked.Store(cancel != nil)
 }
 
 // cancelParked ends the wait of a parked statement, reporting whether one

@@ -1,6 +1,7 @@
 package pgfilter
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -294,12 +295,13 @@ func (h *policyHook) query(ctx context.Context, m *Message, op *stateOp) error {
 	dec := h.decide(ctx, res, stmts)
 	h.noteDecision(e, dec)
 	if h.parks(dec) {
-		resp, err := h.park(ctx, m, dec, res, stmts, q, nil)
-		if err != nil {
-			return err
+		out := h.park(ctx, m, dec, res, stmts, q, nil)
+		h.approvalID = out.approvalID
+		if out.err != nil {
+			return out.err
 		}
-		if resp != nil {
-			h.refuseQuery(m, h.refused(e, resp))
+		if out.refusal != nil {
+			h.refuseQuery(m, h.refused(e, out.refusal))
 			return nil
 		}
 		if err := h.takeApprovedRole(stmts, true); err != nil {
@@ -313,6 +315,35 @@ func (h *policyHook) query(ctx context.Context, m *Message, op *stateOp) error {
 	h.handMask(dec)
 	h.sent(e)
 	return nil
+}
+
+// park holds the message m (a Query, or the Execute of a portal bound by
+// bind) until approvers decide on it, and returns how that ended (see
+// parkOutcome); the caller applies the outcome. h.mu is held on entry and
+// on return; it is released only inside waitUnlocked.
+func (h *policyHook) park(ctx context.Context, m *Message, dec *policy.Decision, res *sqlclass.Result,
+	stmts []sqlclass.Statement, text string, bind []byte,
+) parkOutcome {
+	pa, resp := h.requestApproval(ctx, dec, res, stmts, text, bind)
+	if resp != nil {
+		return parkOutcome{refusal: resp}
+	}
+	held := bytes.Clone(m.Body) // the reader's buffer is reused while waiting
+	w := h.waitUnlocked(ctx, pa, h.parkedNotice(pa.req))
+	m.Body = held
+	return h.concludePark(ctx, pa, w)
+}
+
+// waitUnlocked is the one place h.mu is released while a client message
+// is being decided: a parked statement waits for a human, and meanwhile
+// the server-to-client pump must keep taking h.mu to relay what the
+// server still sends (answers to earlier messages, notices,
+// notifications). The wait touches no hook state; h.mu is held again on
+// return.
+func (h *policyHook) waitUnlocked(ctx context.Context, pa *pendingApproval, n *pgproto3.NoticeResponse) parkWait {
+	h.mu.Unlock()
+	defer h.mu.Lock()
+	return h.awaitDecision(ctx, pa, n)
 }
 
 // entry starts the record of a statement that just arrived; nil when
@@ -488,11 +519,12 @@ func (h *policyHook) execute(ctx context.Context, m *Message, op *stateOp) error
 		dec := h.decide(ctx, info.res, stmts)
 		h.noteDecision(e, dec)
 		if h.parks(dec) {
-			var err error
-			resp, err = h.park(ctx, m, dec, info.res, stmts, info.text, p.bind)
-			if err != nil {
-				return err
+			out := h.park(ctx, m, dec, info.res, stmts, info.text, p.bind)
+			h.approvalID = out.approvalID
+			if out.err != nil {
+				return out.err
 			}
+			resp = out.refusal
 			if resp == nil {
 				if err := h.takeApprovedRole(stmts, false); err != nil {
 					return err
