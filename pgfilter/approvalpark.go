@@ -49,13 +49,6 @@ type pendingApproval struct {
 	dec  *policy.Decision
 }
 
-// parkWait is how the wait for a decision ended: got is the request as
-// decided, or err says why the wait stopped without a decision.
-type parkWait struct {
-	got *approval.Request
-	err error
-}
-
 // requestApproval records the approval request for a statement (text,
 // with the parameters of bind, nil for a Query) that dec sends to
 // approvers. It returns the client's answer instead when the request
@@ -101,27 +94,35 @@ func (h *policyHook) requestApproval(ctx context.Context, dec *policy.Decision, 
 
 // awaitDecision parks the client's current message on the relay until
 // approvers decide on pa: the client is sent notice first, and is read
-// meanwhile (see session.hold). It touches no hook state, and is called
-// without h.mu.
-func (h *policyHook) awaitDecision(ctx context.Context, pa *pendingApproval, notice *pgproto3.NoticeResponse) parkWait {
+// meanwhile (see session.hold). It returns the request as decided, or why
+// the wait stopped without a decision, and touches no hook state.
+//
+// It is the one place h.mu is released while a client message is being
+// decided: a parked statement waits for a human, and meanwhile the
+// server-to-client pump must keep taking h.mu to relay what the server
+// still sends (answers to earlier messages, notices, notifications). h.mu
+// is held on entry and again on return.
+func (h *policyHook) awaitDecision(ctx context.Context, pa *pendingApproval, notice *pgproto3.NoticeResponse) (*approval.Request, error) {
+	h.mu.Unlock()
+	defer h.mu.Lock()
 	svc := h.srv.opts.Approvals
-	var w parkWait
-	w.err = h.relay.hold(ctx, func() error {
+	var got *approval.Request
+	err := h.relay.hold(ctx, func() error {
 		return h.relay.SendToClient(notice)
 	}, func(ctx context.Context) error {
 		r, err := svc.Wait(ctx, pa.req.ID)
-		w.got = r
+		got = r
 		return err
 	})
-	return w
+	return got, err
 }
 
 // concludePark turns how the wait for pa ended into the parking outcome:
 // it withdraws a request nobody waits for any more, consumes an approval,
 // and counts and logs the end of the wait.
-func (h *policyHook) concludePark(ctx context.Context, pa *pendingApproval, w parkWait) parkOutcome {
+func (h *policyHook) concludePark(ctx context.Context, pa *pendingApproval, got *approval.Request, werr error) parkOutcome {
 	svc := h.srv.opts.Approvals
-	req, dec, got, werr := pa.req, pa.dec, w.got, w.err
+	req, dec := pa.req, pa.dec
 	out := parkOutcome{approvalID: req.ID}
 
 	switch {

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"strconv"
 	"sync"
 	"time"
 
@@ -178,16 +176,6 @@ func (r *JournalRecorder) SessionEvent(ev SessionEvent) error {
 		return fmt.Errorf("audit journal: %w", err)
 	}
 	return nil
-}
-
-// splitAddr splits host:port; an address without a port is all host.
-func splitAddr(addr string) (string, int) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr, 0
-	}
-	p, _ := strconv.Atoi(port)
-	return host, p
 }
 
 // Admit implements StatementRecorder: while the journal cannot write,

@@ -3,6 +3,7 @@ package pgfilter
 import (
 	"context"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,12 +47,20 @@ func newAuthGate() *authGate {
 	return &authGate{now: time.Now, seen: map[string]*gateEntry{}}
 }
 
+// splitAddr splits host:port; an address without a port is all host.
+func splitAddr(addr string) (string, int) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr, 0
+	}
+	p, _ := strconv.Atoi(port)
+	return host, p
+}
+
 // hostOf is addr without its port.
 func hostOf(addr string) string {
-	if h, _, err := net.SplitHostPort(addr); err == nil {
-		return h
-	}
-	return addr
+	h, _ := splitAddr(addr)
+	return h
 }
 
 // blocked reports whether connections from addr are refused for now, and

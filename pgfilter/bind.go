@@ -29,11 +29,8 @@ const (
 // aliases src for the parameter values, but it copies both names and
 // allocates the format code lists and the list of values on every call,
 // also for a caller that needs only the names (every Bind of every
-// extended statement reaches policyHook.bind); it always reads the whole
-// message, where each caller here reads only as far as it needs; and it
-// accepts bytes after the result format codes and a parameter format
-// count that is neither 0, 1 nor the parameter count, which PostgreSQL
-// refuses.
+// extended statement reaches policyHook.bind); and it always reads the
+// whole message, where each caller here reads only as far as it needs.
 type bindMsg struct {
 	Portal        []byte
 	Statement     []byte
@@ -42,38 +39,12 @@ type bindMsg struct {
 	ResultFormats formatCodes // none (all text), one for all, or one per column
 }
 
-// decode decodes a Bind body (the message after its type byte and length)
-// and refuses what PostgreSQL refuses while reading one: a name without
-// its terminating NUL, a count or length that runs past the end of the
-// body, more than one parameter format code but not one per parameter, a
-// parameter length below -1 (-1 is NULL), and bytes after the result
-// format codes. The values of the format codes, and the counts a
-// statement decides (of its parameters, of its result columns), are the
-// server's to check. On an error b holds the parts read before it.
-func (b *bindMsg) decode(src []byte) error {
-	rest, err := b.decodeThrough(src, bindResultFormats)
-	if err != nil {
-		return err
-	}
-	np := b.Params.count()
-	if nf := b.ParamFormats.count(); nf > 1 && nf != np {
-		return fmt.Errorf("%w: %d parameter format codes for %d parameters", errMalformedBind, nf, np)
-	}
-	if i, l, ok := b.Params.badLength(); ok {
-		return fmt.Errorf("%w: parameter %d has length %d", errMalformedBind, i+1, l)
-	}
-	if len(rest) != 0 {
-		return fmt.Errorf("%w: %d bytes after the result format codes", errMalformedBind, len(rest))
-	}
-	return nil
-}
-
 // decodeThrough decodes the parts of src in order up to and including
 // last, and returns the bytes that follow it, unread; the later parts are
 // left empty. It refuses only what leaves the message's layout unknown: a
 // name without its NUL, a count or length that runs past the end of src.
 // A parameter length below -1 reads as NULL (no value bytes follow), as -1
-// does; decode refuses it.
+// does; the server refuses such a Bind.
 func (b *bindMsg) decodeThrough(src []byte, last bindPart) ([]byte, error) {
 	*b = bindMsg{}
 	i := bytes.IndexByte(src, 0)
@@ -201,25 +172,4 @@ func (v bindValues) all() iter.Seq2[int, []byte] {
 			}
 		}
 	}
-}
-
-// badLength returns the index and length of the first value whose length
-// is below -1.
-func (v bindValues) badLength() (int, int32, bool) {
-	n := v.count()
-	if n == 0 {
-		return 0, 0, false
-	}
-	rest := v[2:]
-	for i := range n {
-		l := int32(binary.BigEndian.Uint32(rest))
-		rest = rest[4:]
-		if l < -1 {
-			return i, l, true
-		}
-		if l > 0 {
-			rest = rest[l:]
-		}
-	}
-	return 0, 0, false
 }

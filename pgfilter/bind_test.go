@@ -4,11 +4,57 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"slices"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
+
+// decode is the tests' oracle of PostgreSQL's rules for a Bind: it
+// decodes as decodeThrough does and also refuses more than one parameter
+// format code but not one per parameter, a parameter length below -1 (-1
+// is NULL), and bytes after the result format codes. The gateway's
+// callers read only as far as each needs and leave those checks to the
+// server. On an error b holds the parts read before it.
+func (b *bindMsg) decode(src []byte) error {
+	rest, err := b.decodeThrough(src, bindResultFormats)
+	if err != nil {
+		return err
+	}
+	np := b.Params.count()
+	if nf := b.ParamFormats.count(); nf > 1 && nf != np {
+		return fmt.Errorf("%w: %d parameter format codes for %d parameters", errMalformedBind, nf, np)
+	}
+	if i, l, ok := b.Params.badLength(); ok {
+		return fmt.Errorf("%w: parameter %d has length %d", errMalformedBind, i+1, l)
+	}
+	if len(rest) != 0 {
+		return fmt.Errorf("%w: %d bytes after the result format codes", errMalformedBind, len(rest))
+	}
+	return nil
+}
+
+// badLength returns the index and length of the first value whose length
+// is below -1.
+func (v bindValues) badLength() (int, int32, bool) {
+	n := v.count()
+	if n == 0 {
+		return 0, 0, false
+	}
+	rest := v[2:]
+	for i := range n {
+		l := int32(binary.BigEndian.Uint32(rest))
+		rest = rest[4:]
+		if l < -1 {
+			return i, l, true
+		}
+		if l > 0 {
+			rest = rest[l:]
+		}
+	}
+	return 0, 0, false
+}
 
 // bindBody is the body of b as pgproto3 encodes it.
 func bindBody(tb testing.TB, b *pgproto3.Bind) []byte {

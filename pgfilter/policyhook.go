@@ -320,7 +320,7 @@ func (h *policyHook) query(ctx context.Context, m *Message, op *stateOp) error {
 // park holds the message m (a Query, or the Execute of a portal bound by
 // bind) until approvers decide on it, and returns how that ended (see
 // parkOutcome); the caller applies the outcome. h.mu is held on entry and
-// on return; it is released only inside waitUnlocked.
+// on return; it is released only inside awaitDecision.
 func (h *policyHook) park(ctx context.Context, m *Message, dec *policy.Decision, res *sqlclass.Result,
 	stmts []sqlclass.Statement, text string, bind []byte,
 ) parkOutcome {
@@ -329,21 +329,9 @@ func (h *policyHook) park(ctx context.Context, m *Message, dec *policy.Decision,
 		return parkOutcome{refusal: resp}
 	}
 	held := bytes.Clone(m.Body) // the reader's buffer is reused while waiting
-	w := h.waitUnlocked(ctx, pa, h.parkedNotice(pa.req))
+	got, werr := h.awaitDecision(ctx, pa, h.parkedNotice(pa.req))
 	m.Body = held
-	return h.concludePark(ctx, pa, w)
-}
-
-// waitUnlocked is the one place h.mu is released while a client message
-// is being decided: a parked statement waits for a human, and meanwhile
-// the server-to-client pump must keep taking h.mu to relay what the
-// server still sends (answers to earlier messages, notices,
-// notifications). The wait touches no hook state; h.mu is held again on
-// return.
-func (h *policyHook) waitUnlocked(ctx context.Context, pa *pendingApproval, n *pgproto3.NoticeResponse) parkWait {
-	h.mu.Unlock()
-	defer h.mu.Lock()
-	return h.awaitDecision(ctx, pa, n)
+	return h.concludePark(ctx, pa, got, werr)
 }
 
 // entry starts the record of a statement that just arrived; nil when

@@ -2,8 +2,6 @@ package pgfilter
 
 import (
 	"context"
-	"net"
-	"strconv"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -20,11 +18,7 @@ func (ss *session) startSpan() {
 	if tr == nil {
 		return
 	}
-	host, port := ss.ClientAddr, 0
-	if h, p, err := net.SplitHostPort(ss.ClientAddr); err == nil {
-		host = h
-		port, _ = strconv.Atoi(p)
-	}
+	host, port := splitAddr(ss.ClientAddr)
 	attrs := []attribute.KeyValue{
 		attribute.String("db.system.name", "postgresql"),
 		attribute.String("db.namespace", ss.Resource.Database),
