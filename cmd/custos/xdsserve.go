@@ -48,21 +48,22 @@ func serveXDS(ctx context.Context, g *grpc.Server, cfg *config.Config, cfgPath s
 	}
 	srv.Register(g)
 	if cfgPath != "" {
-		go watchConfig(ctx, srv, cfgPath, log)
+		// The file as served now, hashed before anything is served: a
+		// change made once clients see this configuration is a change.
+		go watchConfig(ctx, srv, cfgPath, fileHash(cfgPath), log)
 	}
 	return nil
 }
 
 // watchConfig reloads the xDS configuration from path on SIGHUP and when
-// the file's content changes. Only xDS follows the file: other settings
-// take effect at the next start.
-func watchConfig(ctx context.Context, srv *xds.Server, path string, log *slog.Logger) {
+// the file's content changes from last (its hash). Only xDS follows the
+// file: other settings take effect at the next start.
+func watchConfig(ctx context.Context, srv *xds.Server, path string, last []byte, log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	t := time.NewTicker(configPollInterval)
 	defer t.Stop()
-	last := fileHash(path)
 	for {
 		select {
 		case <-ctx.Done():
